@@ -1,0 +1,55 @@
+"""outbox_admin: the transactional outbox for Python, with the tools to run it.
+
+Publish events in your own database transaction with ``publish_outbox_event``;
+a dispatcher delivers them at least once, with leases, retries and dead letters.
+"""
+
+from __future__ import annotations
+
+from .bus import BusMessage, MessageBus, emit_message_bus_event, subscribe
+from .config import Settings
+from .db import init_db, make_engine
+from .errors import (
+    AdminActionError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    InvalidEventError,
+    InvalidEventTypeError,
+    NotInTransactionError,
+    OutboxError,
+    PayloadError,
+    UnknownEventTypeError,
+)
+from .event_types import EventTypeRegistry, MessageBusEventType, register_event_type, registered_event_types
+from .models import EventStatus, OutboxEvent, OutboxEventTransition, OutboxTables
+from .publisher import EventSpec, publish_outbox_event, publish_outbox_events
+
+__all__ = [
+    "AdminActionError",
+    "BusMessage",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "EventSpec",
+    "EventStatus",
+    "EventTypeRegistry",
+    "InvalidEventError",
+    "InvalidEventTypeError",
+    "MessageBus",
+    "MessageBusEventType",
+    "NotInTransactionError",
+    "OutboxError",
+    "OutboxEvent",
+    "OutboxEventTransition",
+    "OutboxTables",
+    "PayloadError",
+    "Settings",
+    "UnknownEventTypeError",
+    "emit_message_bus_event",
+    "init_db",
+    "make_engine",
+    "publish_outbox_event",
+    "publish_outbox_events",
+    "register_event_type",
+    "registered_event_types",
+    "subscribe",
+]

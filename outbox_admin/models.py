@@ -1,0 +1,217 @@
+"""The outbox tables: ``OutboxEvent`` and its history, ``OutboxEventTransition``.
+
+Table names default to those of the original Prisma schema and can be changed
+with ``OutboxTables.named(...)``; every part of the package takes an
+``OutboxTables`` (default ``DEFAULT_TABLES``), so nothing else hard-codes a name.
+The typed ORM classes map the default tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped
+
+from .coltypes import UTCDateTime, json_type
+from .errors import ConfigurationError
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class EventStatus(enum.StrEnum):
+    """Where an event is in its lifecycle (stored as its text value)."""
+
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    DISCARDED = "DISCARDED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _check_identifier(kind: str, name: str | None) -> None:
+    if name is not None and not _IDENTIFIER.match(name):
+        raise ConfigurationError(
+            f"{kind} {name!r} is not a plain SQL identifier (letters, digits, underscore; "
+            "at most 63 characters, not starting with a digit)"
+        )
+
+
+def _define_tables(
+    metadata: MetaData, events_name: str, transitions_name: str, schema: str | None
+) -> tuple[Table, Table]:
+    events = Table(
+        events_name,
+        metadata,
+        Column("id", String(36), primary_key=True),
+        Column("org_id", String(255), nullable=False),
+        Column("event_type", String(255), nullable=False),
+        Column("entity_type", String(255), nullable=False),
+        Column("entity_id", String(255), nullable=False),
+        Column("payload", json_type(), nullable=False),
+        Column("status", String(16), nullable=False, default=EventStatus.PENDING.value),
+        Column("retry_count", Integer, nullable=False, default=0),
+        Column("error_message", Text),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("processed_at", UTCDateTime),
+        Column("available_at", UTCDateTime, nullable=False),
+        Column("locked_by", String(255)),
+        Column("locked_until", UTCDateTime),
+        Column("idempotency_key", String(255)),
+        UniqueConstraint("org_id", "idempotency_key", name=f"uq_{events_name}_idempotency"),
+        schema=schema,
+    )
+    pending = events.c.status == EventStatus.PENDING.value
+    processing = events.c.status == EventStatus.PROCESSING.value
+    # Due PENDING events, oldest first: a partial index stays as small as the backlog.
+    Index(
+        f"ix_{events_name}_due",
+        events.c.created_at,
+        events.c.id,
+        events.c.available_at,
+        postgresql_where=pending,
+        sqlite_where=pending,
+    )
+    Index(f"ix_{events_name}_leases", events.c.locked_until, postgresql_where=processing, sqlite_where=processing)
+    Index(f"ix_{events_name}_org_time", events.c.org_id, events.c.created_at)
+    Index(f"ix_{events_name}_entity_time", events.c.entity_type, events.c.entity_id, events.c.created_at)
+
+    transitions = Table(
+        transitions_name,
+        metadata,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column(
+            "event_id",
+            String(36),
+            ForeignKey(events.c.id, ondelete="CASCADE", name=f"fk_{transitions_name}_event"),
+            nullable=False,
+        ),
+        Column("from_status", String(16)),
+        Column("to_status", String(16), nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("actor", String(255), nullable=False),
+        Column("attempt", Integer, nullable=False, default=0),
+        Column("error_message", Text),
+        schema=schema,
+    )
+    Index(f"ix_{transitions_name}_event", transitions.c.event_id, transitions.c.id)
+    Index(f"ix_{transitions_name}_at", transitions.c.at)
+    return events, transitions
+
+
+@dataclass(frozen=True)
+class OutboxTables:
+    """The two outbox tables as SQLAlchemy Core ``Table`` objects.
+
+    ``OutboxTables.named(events="app_outbox", transitions="app_outbox_history")``
+    makes a set with other names (validated as plain identifiers) in its own
+    ``MetaData``; pass it as ``tables=`` to ``init_db``, the publisher, the
+    dispatcher and the analytics.
+    """
+
+    events: Table
+    transitions: Table
+
+    @property
+    def version_table(self) -> str:
+        """Alembic's version table for these tables (kept apart from an application's own)."""
+        if self.events.name == "OutboxEvent":
+            return "outbox_alembic_version"
+        return f"{self.events.name}_alembic_version"
+
+    @property
+    def schema(self) -> str | None:
+        return self.events.schema
+
+    @classmethod
+    def named(
+        cls,
+        events: str = "OutboxEvent",
+        transitions: str | None = None,
+        *,
+        schema: str | None = None,
+    ) -> OutboxTables:
+        transitions = transitions or f"{events}Transition"
+        for kind, name in (("table name", events), ("table name", transitions), ("schema name", schema)):
+            _check_identifier(kind, name)
+        if events == transitions:
+            raise ConfigurationError("the events and transitions tables need different names")
+        metadata = MetaData(naming_convention=NAMING_CONVENTION)
+        return cls(*_define_tables(metadata, events, transitions, schema))
+
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+DEFAULT_TABLES = OutboxTables(*_define_tables(metadata, "OutboxEvent", "OutboxEventTransition", None))
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class OutboxEvent(Base):
+    """One event written by ``publish_outbox_event`` in the caller's transaction."""
+
+    __table__ = DEFAULT_TABLES.events
+
+    id: Mapped[str]
+    org_id: Mapped[str]
+    event_type: Mapped[str]
+    entity_type: Mapped[str]
+    entity_id: Mapped[str]
+    payload: Mapped[Any]
+    status: Mapped[str]
+    retry_count: Mapped[int]
+    error_message: Mapped[str | None]
+    created_at: Mapped[dt.datetime]
+    processed_at: Mapped[dt.datetime | None]
+    available_at: Mapped[dt.datetime]
+    locked_by: Mapped[str | None]
+    locked_until: Mapped[dt.datetime | None]
+    idempotency_key: Mapped[str | None]
+
+    def __repr__(self) -> str:
+        return f"<OutboxEvent {self.id} {self.event_type} {self.status}>"
+
+
+class OutboxEventTransition(Base):
+    """One status change of one event: the history the dashboard and timelines read."""
+
+    __table__ = DEFAULT_TABLES.transitions
+
+    id: Mapped[int]
+    event_id: Mapped[str]
+    from_status: Mapped[str | None]
+    to_status: Mapped[str]
+    at: Mapped[dt.datetime]
+    actor: Mapped[str]
+    attempt: Mapped[int]
+    error_message: Mapped[str | None]
+
+    def __repr__(self) -> str:
+        return f"<OutboxEventTransition {self.event_id} {self.from_status}->{self.to_status}>"

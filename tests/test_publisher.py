@@ -1,0 +1,266 @@
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from outbox_admin import (
+    EventSpec,
+    EventStatus,
+    InvalidEventError,
+    NotInTransactionError,
+    OutboxError,
+    OutboxEvent,
+    OutboxEventTransition,
+    PayloadError,
+    UnknownEventTypeError,
+    publish_outbox_event,
+    publish_outbox_events,
+)
+from outbox_admin.models import DEFAULT_TABLES
+
+
+def publish(tx, **overrides):
+    fields = dict(
+        org_id="org-1", event_type="PROJECT.CREATED", entity_type="Project", entity_id="p-1", payload={"name": "Apollo"}
+    )
+    fields.update(overrides)
+    return publish_outbox_event(tx, **fields)
+
+
+def counts(engine: Engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        events = conn.scalar(select(func.count()).select_from(DEFAULT_TABLES.events))
+        transitions = conn.scalar(select(func.count()).select_from(DEFAULT_TABLES.transitions))
+    return events, transitions
+
+
+def test_commit_leaves_one_event_and_its_first_transition(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        event = publish(session, payload={"budget": Decimal("1250.50")})
+    assert counts(engine) == (1, 1)
+    with Session(engine) as session:
+        stored = session.get(OutboxEvent, event.id)
+        assert stored is not None
+        assert stored.status == EventStatus.PENDING
+        assert stored.retry_count == 0
+        assert stored.payload == {"budget": 1250.5}
+        assert stored.created_at.tzinfo is not None and stored.created_at.utcoffset() == dt.timedelta(0)
+        assert stored.available_at >= stored.created_at
+        transition = session.scalars(select(OutboxEventTransition)).one()
+    assert (transition.event_id, transition.from_status, transition.to_status) == (event.id, None, "PENDING")
+    assert transition.actor == "publisher"
+
+
+def test_rollback_leaves_nothing(engine: Engine) -> None:
+    with pytest.raises(RuntimeError), Session(engine) as session, session.begin():
+        publish(session)
+        raise RuntimeError("the business change failed")
+    with engine.connect() as conn, conn.begin() as tx:
+        publish(conn)
+        tx.rollback()
+    assert counts(engine) == (0, 0)
+
+
+def test_connection_transaction_commits_with_the_change(engine: Engine) -> None:
+    with engine.begin() as conn:
+        event = publish(conn)
+    assert counts(engine) == (1, 1)
+    assert len(event.id) == 36 and uuid.UUID(event.id).version == 7
+
+
+def test_publish_outside_a_transaction_is_refused(engine: Engine) -> None:
+    with pytest.raises(NotInTransactionError, match="Engine"):
+        publish(engine)
+    with Session(engine) as session, pytest.raises(NotInTransactionError, match="session has no transaction"):
+        publish(session)
+    with engine.connect() as conn, pytest.raises(NotInTransactionError, match="connection has no transaction"):
+        publish(conn)
+    with pytest.raises(NotInTransactionError, match="not a Session or Connection"):
+        publish("sqlite:///outbox.db")
+    assert counts(engine) == (0, 0)
+
+
+def test_unknown_event_type_names_close_matches(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        with pytest.raises(UnknownEventTypeError) as info:
+            publish(session, event_type="PROJECT.CREATD")
+        assert "PROJECT.CREATED" in info.value.close_matches
+        assert "did you mean 'PROJECT.CREATED'" in str(info.value)
+        with pytest.raises(UnknownEventTypeError):
+            publish(session, event_type=42)
+    assert counts(engine) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("org_id", ""), ("entity_type", "   "), ("entity_id", "x" * 256), ("entity_id", None), ("org_id", True)],
+)
+def test_bad_fields_are_refused(engine: Engine, field: str, value: object) -> None:
+    with Session(engine) as session, session.begin(), pytest.raises(InvalidEventError, match=field):
+        publish(session, **{field: value})
+
+
+def test_integer_entity_ids_are_stored_as_text(engine: Engine) -> None:
+    with engine.begin() as conn:
+        event = publish(conn, entity_id=42)
+    assert event.entity_id == "42"
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+def test_payload_normalisation_round_trips(engine: Engine) -> None:
+    some_uuid = uuid.uuid4()
+    payload = {
+        "price": Decimal("19.99"),
+        "units": Decimal("3"),
+        "big": Decimal("1E+3"),
+        "when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "day": dt.date(2026, 1, 2),
+        "id": some_uuid,
+        "colour": Colour.RED,
+        "pair": (1, 2),
+        "tags": {"b", "a"},
+        "nested": {"list": [Decimal("0.5"), None, True]},
+    }
+    with engine.begin() as conn:
+        event = publish(conn, payload=payload)
+    expected = {
+        "price": 19.99,
+        "units": 3,
+        "big": 1000,
+        "when": "2026-01-02T03:04:05+00:00",
+        "day": "2026-01-02",
+        "id": str(some_uuid),
+        "colour": "red",
+        "pair": [1, 2],
+        "tags": ["a", "b"],
+        "nested": {"list": [0.5, None, True]},
+    }
+    assert event.payload == expected
+    with Session(engine) as session:
+        stored = session.get(OutboxEvent, event.id).payload
+    assert stored == expected
+    assert isinstance(stored["units"], int) and isinstance(stored["price"], float)
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        ({"items": [{"price": 1}, {"price": 2}, {"price": 3}, {"price": float("nan")}]}, r"payload\.items\[3\]\.price"),
+        ({"x": float("inf")}, r"payload\.x"),
+        ({"x": Decimal("NaN")}, r"payload\.x"),
+        ({"x": b"bytes"}, r"payload\.x.*bytes"),
+        ({"x": object()}, r"payload\.x.*object"),
+        ({1: "one"}, r"^payload: key 1"),
+        ({"a": {"b c": "\x00"}}, r'payload\.a\["b c"\].*NUL'),
+        ({"s": "\ud800"}, r"payload\.s.*surrogate"),
+        ("x" * (300 * 1024), r"payload: is \d+ bytes"),
+    ],
+)
+def test_payload_errors_name_the_path_and_write_nothing(engine: Engine, payload: object, path: str) -> None:
+    with Session(engine) as session, session.begin(), pytest.raises(PayloadError, match=path):
+        publish(session, payload=payload)
+    assert counts(engine) == (0, 0)
+
+
+def test_payload_size_limit_is_configurable(engine: Engine) -> None:
+    with engine.begin() as conn:
+        with pytest.raises(PayloadError, match="limit of 10 bytes"):
+            publish(conn, payload={"name": "long enough"}, max_payload_bytes=10)
+        publish(conn, payload="x" * (300 * 1024), max_payload_bytes=None)
+    assert counts(engine) == (1, 1)
+
+
+def test_deep_nesting_is_a_payload_error(engine: Engine) -> None:
+    deep: object = 1
+    for _ in range(200):
+        deep = [deep]
+    with engine.begin() as conn, pytest.raises(PayloadError, match="nested deeper"):
+        publish(conn, payload=deep)
+
+
+def test_idempotency_key_stores_one_event(engine: Engine) -> None:
+    with engine.begin() as conn:
+        first = publish(conn, idempotency_key="order-7")
+        second = publish(conn, idempotency_key="order-7", payload={"ignored": True})
+        other_org = publish(conn, idempotency_key="order-7", org_id="org-2")
+    with engine.begin() as conn:
+        later = publish(conn, idempotency_key="order-7")
+    assert first.id == second.id == later.id != other_org.id
+    assert later.payload == {"name": "Apollo"}
+    assert counts(engine) == (2, 2)
+
+
+def test_idempotency_under_two_racing_transactions(engine: Engine) -> None:
+    """Two transactions publish the same key at once: one event, both get its id."""
+    inside = threading.Barrier(2, timeout=10)
+
+    def racer(i: int) -> str:
+        with Session(engine) as session, session.begin():
+            inside.wait()  # both transactions are open before either publishes
+            event = publish(session, idempotency_key="same-key", entity_id=f"p-{i}")
+            return event.id
+
+    # On SQLite the second writer waits for the write lock; on PostgreSQL for the unique index.
+    with ThreadPoolExecutor(2) as pool:
+        ids = list(pool.map(racer, range(2)))
+    assert ids[0] == ids[1]
+    assert counts(engine) == (1, 1)
+
+
+def test_eight_threads_publish_eight_thousand_distinct_events(engine: Engine) -> None:
+    def worker(thread_no: int) -> list[str]:
+        made: list[str] = []
+        for batch in range(20):
+            with Session(engine) as session, session.begin():
+                for i in range(50):
+                    made.append(publish(session, entity_id=f"{thread_no}-{batch}-{i}").id)
+        return made
+
+    with ThreadPoolExecutor(8) as pool:
+        all_ids = [i for ids in pool.map(worker, range(8)) for i in ids]
+    assert len(all_ids) == 8000 == len(set(all_ids))
+    assert counts(engine) == (8000, 8000)
+
+
+def test_bulk_publish_checks_everything_before_writing(engine: Engine) -> None:
+    specs = [EventSpec("org-1", "PROJECT.UPDATED", "Project", str(i), {"i": i}) for i in range(100)]
+    with engine.begin() as conn:
+        with pytest.raises(PayloadError, match="payload"):
+            publish_outbox_events(conn, [*specs, EventSpec("org-1", "PROJECT.UPDATED", "Project", "x", {1: 2})])
+        events = publish_outbox_events(conn, specs)
+        assert publish_outbox_events(conn, []) == []
+        with pytest.raises(InvalidEventError, match="unexpected keyword"):
+            publish_outbox_events(conn, [{"org": "x"}])
+    assert [e.payload["i"] for e in events] == list(range(100))
+    assert counts(engine) == (100, 100)
+    with engine.connect() as conn:
+        order = (
+            conn.execute(
+                select(DEFAULT_TABLES.events.c.entity_id).order_by(
+                    DEFAULT_TABLES.events.c.created_at, DEFAULT_TABLES.events.c.id
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert order == [str(i) for i in range(100)]
+
+
+def test_all_errors_derive_from_outbox_error() -> None:
+    import outbox_admin.errors as errors
+
+    for name in dir(errors):
+        obj = getattr(errors, name)
+        if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == errors.__name__:
+            assert issubclass(obj, OutboxError)
