@@ -9,6 +9,7 @@ from __future__ import annotations
 from .bus import BusMessage, MessageBus, emit_message_bus_event, subscribe
 from .config import Settings
 from .db import init_db, make_engine
+from .dispatcher import Backoff, Dispatcher, DispatchReport
 from .errors import (
     AdminActionError,
     ConfigurationError,
@@ -23,12 +24,17 @@ from .errors import (
 from .event_types import EventTypeRegistry, MessageBusEventType, register_event_type, registered_event_types
 from .models import EventStatus, OutboxEvent, OutboxEventTransition, OutboxTables
 from .publisher import EventSpec, publish_outbox_event, publish_outbox_events
+from .service import DispatcherService, ServiceStatus
 
 __all__ = [
     "AdminActionError",
+    "Backoff",
     "BusMessage",
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "DispatchReport",
+    "Dispatcher",
+    "DispatcherService",
     "EventSpec",
     "EventStatus",
     "EventTypeRegistry",
@@ -42,6 +48,7 @@ __all__ = [
     "OutboxEventTransition",
     "OutboxTables",
     "PayloadError",
+    "ServiceStatus",
     "Settings",
     "UnknownEventTypeError",
     "emit_message_bus_event",

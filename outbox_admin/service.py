@@ -1,0 +1,313 @@
+"""The background dispatcher: an APScheduler job that drains the outbox every interval.
+
+``DispatcherService(dispatcher, interval_seconds=30)`` runs one job (the
+original's ``*/30 * * * * *`` cron) with ``max_instances=1`` and coalescing; each
+tick drains until nothing is due (bounded). Besides the interval it wakes:
+
+- when a transaction in this process commits events (``outbox_admin.wakeup``);
+- on PostgreSQL, when any process commits events: a listener thread ``LISTEN``\\s
+  on ``outbox_events`` and wakes the service on each ``NOTIFY``.
+
+A tick that fails (the database went away) is logged and kept in ``status()``;
+the next tick carries on. Safety between processes comes from the database
+(``SKIP LOCKED``), not from the scheduler.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .config import DEFAULT_INTERVAL_SECONDS
+from .dispatcher import Dispatcher, DispatchReport
+from .errors import ConfigurationError
+from .wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "outbox-dispatch"
+#: A wake-up from a ``Connection`` commit hook can arrive just before the commit is
+#: visible; a woken tick that finds nothing looks again after these pauses.
+WAKE_RECHECK_SECONDS = (0.002, 0.01, 0.05)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """A snapshot of the service for dashboards and the CLI."""
+
+    running: bool
+    dispatcher: str
+    interval_seconds: float
+    last_tick_at: dt.datetime | None
+    last_report: DispatchReport | None
+    next_tick_at: dt.datetime | None
+    last_error: str | None
+    last_error_at: dt.datetime | None
+    ticks: int
+    failed_ticks: int
+    totals: DispatchReport
+    listening: bool
+
+    def seconds_to_next_tick(self, now: dt.datetime | None = None) -> float | None:
+        if self.next_tick_at is None:
+            return None
+        now = now or dt.datetime.now(dt.UTC)
+        return max(0.0, (self.next_tick_at - now).total_seconds())
+
+
+class DispatcherService:
+    """Runs a ``Dispatcher`` in a background thread, every ``interval_seconds`` and on wake-ups."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
+        *,
+        drain_seconds: float | None = None,
+        listen: bool = True,
+        signal: WakeSignal = wake_signal,
+    ) -> None:
+        if interval_seconds <= 0:
+            raise ConfigurationError("interval_seconds must be positive")
+        self.dispatcher = dispatcher
+        self.interval_seconds = float(interval_seconds)
+        # A tick drains, but never for longer than an interval (at least 5 s), so status stays fresh.
+        self.drain_seconds = drain_seconds if drain_seconds is not None else max(5.0, self.interval_seconds)
+        self.listen = listen and dispatcher.engine.dialect.name == "postgresql"
+        self._signal = signal
+        self._lock = threading.Lock()
+        self._scheduler: BackgroundScheduler | None = None
+        self._remove_wake: Any = None
+        self._listener: _PostgresListener | None = None
+        self._wake_pending = threading.Event()
+        self._in_tick = False
+        self._tick_done = threading.Condition()
+        self._last_tick_at: dt.datetime | None = None
+        self._last_report: DispatchReport | None = None
+        self._last_error: str | None = None
+        self._last_error_at: dt.datetime | None = None
+        self._ticks = 0
+        self._failed_ticks = 0
+        self._totals = DispatchReport()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None and self._scheduler.running
+
+    def start(self) -> None:
+        """Start ticking now and every interval; idempotent."""
+        with self._lock:
+            if self.running:
+                return
+            self.dispatcher.clear_stop()
+            scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={"misfire_grace_time": None})
+            scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
+            scheduler.add_job(
+                self._tick,
+                IntervalTrigger(seconds=self.interval_seconds, timezone=dt.UTC),
+                id=JOB_ID,
+                name=f"outbox dispatcher {self.dispatcher.name}",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=dt.datetime.now(dt.UTC),
+            )
+            scheduler.start()
+            self._scheduler = scheduler
+            url = self.dispatcher.engine.url.render_as_string(hide_password=True)
+            self._remove_wake = self._signal.listen(url, self.wake)
+            if self.listen:
+                self._listener = _PostgresListener(self.dispatcher.engine, self.wake)
+                self._listener.start()
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop: the event in hand finishes, the rest of its batch is released to PENDING."""
+        with self._lock:
+            scheduler, self._scheduler = self._scheduler, None
+            if self._remove_wake is not None:
+                self._remove_wake()
+                self._remove_wake = None
+            if self._listener is not None:
+                self._listener.stop()
+                self._listener = None
+            if scheduler is None:
+                return
+            self.dispatcher.request_stop()
+            scheduler.shutdown(wait=wait)
+
+    def __enter__(self) -> DispatcherService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- triggering ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Tick as soon as possible (or once more right after the running tick)."""
+        self._wake_pending.set()
+        scheduler = self._scheduler
+        if self._in_tick or scheduler is None or not scheduler.running:
+            return  # the running tick sees the flag and goes round once more
+        try:
+            scheduler.modify_job(JOB_ID, next_run_time=dt.datetime.now(dt.UTC))
+        except Exception:  # noqa: BLE001 - shutting down; nothing to wake
+            log.debug("wake-up ignored: scheduler is stopping")
+
+    def run_now(self, timeout: float | None = 30.0) -> DispatchReport | None:
+        """Tick now and wait for it; returns that tick's report (None if it failed or timed out).
+
+        When the service is not running, the tick runs in the calling thread.
+        """
+        if not self.running:
+            return None if self._tick() else self._last_report
+        with self._tick_done:
+            seen = self._ticks
+            self.wake()
+            finished = self._tick_done.wait_for(lambda: self._ticks > seen, timeout=timeout)
+        return self._last_report if finished else None
+
+    def wait_for_tick(self, after: int, timeout: float) -> bool:
+        """Block until more than ``after`` ticks have run (for tests and scripts)."""
+        with self._tick_done:
+            return self._tick_done.wait_for(lambda: self._ticks > after, timeout=timeout)
+
+    # -- the job ---------------------------------------------------------------------
+
+    def _tick(self) -> str | None:
+        """One scheduled run: drain, again while wake-ups arrived meanwhile; returns the error, if any."""
+        started = dt.datetime.now(dt.UTC)
+        report = DispatchReport()
+        error: str | None = None
+        self._in_tick = True
+        try:
+            while True:
+                woken = self._wake_pending.is_set()
+                self._wake_pending.clear()
+                drained = self.dispatcher.drain(max_seconds=self.drain_seconds)
+                report = report + drained
+                if woken and drained.claimed == 0:
+                    # The signal may have come just before the commit became visible: look again
+                    # shortly, or at once when the next signal (NOTIFY, after_commit) arrives.
+                    for pause in WAKE_RECHECK_SECONDS:
+                        if self._wake_pending.wait(pause):
+                            break
+                        drained = self.dispatcher.drain(max_seconds=self.drain_seconds)
+                        report = report + drained
+                        if drained.claimed:
+                            break
+                if not self._wake_pending.is_set() or self.dispatcher.stopping:
+                    break
+        except Exception as exc:  # noqa: BLE001 - recorded in status(); the next tick tries again
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            log.warning("outbox dispatcher tick failed: %s", error)
+        finally:
+            self._in_tick = False
+        with self._tick_done:
+            self._last_tick_at = started
+            self._last_report = report
+            self._totals = self._totals + report
+            self._ticks += 1
+            if error is not None:
+                self._failed_ticks += 1
+                self._last_error = error
+                self._last_error_at = started
+            self._tick_done.notify_all()
+        return error
+
+    def _on_job_error(self, event: JobExecutionEvent) -> None:  # pragma: no cover - _tick catches everything
+        log.error("outbox dispatcher job raised: %r", event.exception)
+
+    # -- status ----------------------------------------------------------------------
+
+    def status(self) -> ServiceStatus:
+        next_tick = None
+        scheduler = self._scheduler
+        if scheduler is not None and scheduler.running:
+            job = scheduler.get_job(JOB_ID)
+            next_tick = job.next_run_time if job is not None else None
+        with self._tick_done:
+            return ServiceStatus(
+                running=self.running,
+                dispatcher=self.dispatcher.name,
+                interval_seconds=self.interval_seconds,
+                last_tick_at=self._last_tick_at,
+                last_report=self._last_report,
+                next_tick_at=next_tick,
+                last_error=self._last_error,
+                last_error_at=self._last_error_at,
+                ticks=self._ticks,
+                failed_ticks=self._failed_ticks,
+                totals=self._totals,
+                listening=self._listener is not None and self._listener.connected,
+            )
+
+
+class _PostgresListener:
+    """A thread holding one connection that ``LISTEN``s for the publisher's ``NOTIFY``.
+
+    Reconnects with backoff when the database goes away; every (re)connect wakes
+    the service once, since notifications sent while disconnected are lost.
+    """
+
+    def __init__(self, engine: Any, on_notify: Any) -> None:
+        self._url = engine.url
+        self._on_notify = on_notify
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-listen", daemon=True)
+        self.connected = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        url = self._url
+        conninfo = psycopg.conninfo.make_conninfo(
+            host=url.host or "",
+            port=str(url.port or ""),
+            dbname=url.database or "",
+            user=url.username or "",
+            password=url.password or "",
+            **{k: v for k, v in url.query.items() if isinstance(v, str)},
+        )
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                conn = self._connect()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("outbox listener cannot connect: %s", exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.5
+            self.connected = True
+            self._on_notify()
+            try:
+                with conn:
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            self._on_notify()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("outbox listener lost its connection: %s", exc)
+            finally:
+                self.connected = False
