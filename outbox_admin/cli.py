@@ -95,6 +95,89 @@ def publish(
         console.print(f"published {event.event_type} {event.id}")
 
 
+@app.command()
+def dispatch(
+    once: Annotated[bool, typer.Option("--once", help="Drain what is due now, then exit.")] = False,
+    interval: Annotated[float | None, typer.Option("--interval", min=0.01, help="Seconds between ticks.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    max_attempts: Annotated[int | None, typer.Option("--max-attempts", min=1)] = None,
+    lease_seconds: Annotated[float | None, typer.Option("--lease-seconds", min=0.1)] = None,
+    ordering: Annotated[str | None, typer.Option("--ordering", help="'entity' to keep each entity in order.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Do not print the audit log of delivered events.")] = False,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Run the dispatcher in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
+    import logging
+    import signal
+    import threading
+
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+    from .config import Settings
+    from .dispatcher import Dispatcher
+    from .service import DispatcherService
+
+    if ordering not in (None, "entity"):
+        _fail("--ordering takes 'entity'", 2)
+    settings = Settings.from_env()
+    overrides = {
+        k: v
+        for k, v in {"batch_size": batch_size, "max_attempts": max_attempts, "lease_seconds": lease_seconds}.items()
+        if v is not None
+    }
+    engine = make_engine(database_url or settings.database_url)
+    init_db(engine)
+    dispatcher = Dispatcher.from_settings(engine, settings, ordering=ordering, **overrides)
+    if once:
+        report = dispatcher.drain(max_seconds=None)
+        engine.dispose()
+        _print_report(report, json_output)
+        return
+    service = DispatcherService(dispatcher, interval_seconds=interval or settings.interval_seconds)
+    stopped = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    service.start()
+    err_console.print(
+        f"dispatching from {engine.url.render_as_string(hide_password=True)} as {dispatcher.name} "
+        f"every {service.interval_seconds:g} s (Ctrl-C to stop)",
+        highlight=False,
+    )
+    while not stopped.wait(1.0):
+        pass
+    service.stop(wait=True)
+    status = service.status()
+    engine.dispose()
+    _print_report(status.totals, json_output)
+
+
+def _print_report(report: Any, json_output: bool) -> None:
+    data = report.as_dict()
+    if json_output:
+        print(json.dumps(data))
+        return
+    from rich.table import Table
+
+    table = Table("claimed", "completed", "retried", "failed", "recovered", "released", "ticks", "seconds")
+    table.add_row(
+        *(
+            str(data[k]) if k != "seconds" else f"{data[k]:.2f}"
+            for k in ("claimed", "completed", "retried", "failed", "recovered", "released", "ticks", "seconds")
+        )
+    )
+    console.print(table)
+
+
 def main() -> None:
     """Entry point: outbox errors print one line and exit 1; usage errors exit 2."""
     try:

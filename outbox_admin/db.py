@@ -140,7 +140,7 @@ _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now'{modifier}) || '000'"
 
 @compiles(utc_now, "postgresql")
 def _now_pg(element: utc_now, compiler: Any, **kw: Any) -> str:
-    return "clock_timestamp()"
+    return "statement_timestamp()"
 
 
 @compiles(utc_now, "sqlite")
@@ -156,7 +156,9 @@ def _now_default(element: utc_now, compiler: Any, **kw: Any) -> str:
 @compiles(utc_now_plus, "postgresql")
 def _now_plus_pg(element: utc_now_plus, compiler: Any, **kw: Any) -> str:
     (seconds,) = list(element.clauses)
-    return f"(clock_timestamp() + make_interval(secs => CAST({compiler.process(seconds, **kw)} AS double precision)))"
+    return (
+        f"(statement_timestamp() + make_interval(secs => CAST({compiler.process(seconds, **kw)} AS double precision)))"
+    )
 
 
 @compiles(utc_now_plus, "sqlite")

@@ -242,12 +242,14 @@ class Dispatcher:
         """PROCESSING events whose lease expired go back to PENDING (or FAILED), as a failed attempt."""
         ev = self.tables.events
         now = self._now()
+        held = ev.alias("held")  # an alias: a subquery on the UPDATE's own table would be correlated to it
         expired = (
-            select(ev.c.id)
-            .where(ev.c.status == PROCESSING, ev.c.locked_until < now)
+            select(held.c.id)
+            .where(held.c.status == PROCESSING, held.c.locked_until < now)
             .limit(self.batch_size * 4)
-            .with_for_update(skip_locked=True, of=ev)
-            .scalar_subquery()
+            .with_for_update(skip_locked=True, of=held)
+            .cte("expired")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
         )
         new_status: Any = literal(PENDING)
         if self.max_attempts is not None:
@@ -259,7 +261,7 @@ class Dispatcher:
         )
         stmt = (
             update(ev)
-            .where(ev.c.id.in_(expired), ev.c.status == PROCESSING)
+            .where(ev.c.id.in_(select(expired.c.id)), ev.c.status == PROCESSING)
             .values(
                 status=new_status,
                 retry_count=ev.c.retry_count + 1,
@@ -277,24 +279,33 @@ class Dispatcher:
     def _claim(self) -> list[DeliveredEvent]:
         ev = self.tables.events
         now = self._now()
-        due = select(ev.c.id).where(ev.c.status == PENDING, ev.c.available_at <= now)
+        candidate = ev.alias("candidate")  # an alias: an unaliased subquery would be correlated to the UPDATE
+        due = select(candidate.c.id).where(candidate.c.status == PENDING, candidate.c.available_at <= now)
         if self.ordering == "entity":
             older = ev.alias("older")
             due = due.where(
                 ~exists().where(
-                    older.c.entity_type == ev.c.entity_type,
-                    older.c.entity_id == ev.c.entity_id,
+                    older.c.entity_type == candidate.c.entity_type,
+                    older.c.entity_id == candidate.c.entity_id,
                     older.c.status.in_([PENDING, PROCESSING]),
                     or_(
-                        older.c.created_at < ev.c.created_at,
-                        and_(older.c.created_at == ev.c.created_at, older.c.id < ev.c.id),
+                        older.c.created_at < candidate.c.created_at,
+                        and_(older.c.created_at == candidate.c.created_at, older.c.id < candidate.c.id),
                     ),
                 )
             )
-        due = due.order_by(ev.c.created_at, ev.c.id).limit(self.batch_size).with_for_update(skip_locked=True, of=ev)
+        due = (
+            due.order_by(candidate.c.created_at, candidate.c.id)
+            .limit(self.batch_size)
+            .with_for_update(skip_locked=True, of=candidate)
+            # A materialized CTE runs once: as a subquery PostgreSQL may rescan it per row, and
+            # SKIP LOCKED would then hand out a fresh batch on each rescan.
+            .cte("due")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
         stmt = (
             update(ev)
-            .where(ev.c.id.in_(due.scalar_subquery()), ev.c.status == PENDING)
+            .where(ev.c.id.in_(select(due.c.id)), ev.c.status == PENDING)
             .values(status=PROCESSING, locked_by=self.name, locked_until=self._now_plus(self.lease_seconds))
         )
         rows = self._write(

@@ -1,0 +1,253 @@
+"""The background service: wake-ups, status, graceful stop, and the dispatch CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from outbox_admin import Dispatcher, DispatcherService, make_engine, publish_outbox_event
+from outbox_admin.handlers import DeliveredEvent
+from outbox_admin.models import DEFAULT_TABLES
+
+EVENTS = DEFAULT_TABLES.events
+
+
+def publish(tx, entity_id: str = "1") -> str:
+    return publish_outbox_event(
+        tx, org_id="o", event_type="PROJECT.CREATED", entity_type="Project", entity_id=entity_id
+    ).id
+
+
+class Arrivals:
+    """Records when each event reached the handler; ``wait_for`` polls with a deadline."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.changed = threading.Condition()
+
+    def __call__(self, event: DeliveredEvent) -> None:
+        with self.changed:
+            self.at.setdefault(event.id, time.time())
+            self.changed.notify_all()
+
+    def wait_for(self, event_id: str, timeout: float = 5.0) -> float:
+        with self.changed:
+            assert self.changed.wait_for(lambda: event_id in self.at, timeout=timeout), "event not handled in time"
+            return self.at[event_id]
+
+
+def statuses(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(EVENTS.c.status, func.count()).group_by(EVENTS.c.status)).all())
+
+
+def test_a_commit_in_this_process_is_handled_within_a_second(engine: Engine) -> None:
+    arrivals = Arrivals()
+    service = DispatcherService(Dispatcher(engine, [arrivals]), interval_seconds=30)
+    with service:
+        assert service.wait_for_tick(0, timeout=5)  # the first tick runs at start
+        for publish_with in ("session", "connection"):
+            if publish_with == "session":
+                with Session(engine) as session, session.begin():
+                    event_id = publish(session)
+            else:
+                with engine.begin() as conn:
+                    event_id = publish(conn)
+            committed = time.time()
+            assert arrivals.wait_for(event_id, timeout=5) - committed < 1.0
+    status = service.status()  # stopped: every tick has finished
+    assert status.failed_ticks == 0 and status.totals.completed == 2 and not status.running
+    assert statuses(engine) == {"COMPLETED": 2}
+
+
+PUBLISH_SCRIPT = """
+import sys, time
+from outbox_admin import make_engine, publish_outbox_event
+engine = make_engine(sys.argv[1])
+with engine.begin() as conn:
+    event = publish_outbox_event(conn, org_id="o", event_type="PROJECT.CREATED", entity_type="Project", entity_id="x")
+print(event.id, time.time(), flush=True)
+engine.dispose()
+"""
+
+
+def test_a_commit_in_another_process_is_handled_within_a_second_on_postgres(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    arrivals = Arrivals()
+    service = DispatcherService(Dispatcher(engine, [arrivals]), interval_seconds=30)
+    try:
+        service.start()
+        deadline = time.monotonic() + 10
+        while not service.status().listening:
+            assert time.monotonic() < deadline, "the LISTEN connection did not come up"
+            time.sleep(0.01)
+        service.wait_for_tick(0, timeout=5)
+        for _ in range(3):
+            out = subprocess.run(
+                [sys.executable, "-c", PUBLISH_SCRIPT, postgres_url],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.split()
+            event_id, committed = out[0], float(out[1])
+            assert arrivals.wait_for(event_id, timeout=5) - committed < 1.0
+    finally:
+        service.stop()
+        engine.dispose()
+
+
+def test_status_run_now_and_next_tick(engine: Engine) -> None:
+    service = DispatcherService(Dispatcher(engine, []), interval_seconds=30)
+    assert service.status().running is False
+    with engine.begin() as conn:
+        publish(conn)
+    report = service.run_now()  # not started: runs in this thread
+    assert report is not None and report.completed == 1
+    with service:
+        service.wait_for_tick(1, timeout=5)
+        with engine.begin() as conn:
+            publish(conn)
+        report = service.run_now(timeout=10)
+        assert report is not None
+        status = service.status()
+        assert status.running and status.next_tick_at is not None
+        assert 25 < status.seconds_to_next_tick() <= 30
+        assert status.last_tick_at is not None and status.totals.completed == 2
+    assert service.status().running is False
+    assert statuses(engine) == {"COMPLETED": 2}
+
+
+def test_stop_finishes_the_event_in_hand_and_releases_the_rest(engine: Engine) -> None:
+    with engine.begin() as conn:
+        ids = [publish(conn, str(i)) for i in range(5)]
+    in_hand = threading.Event()
+    release = threading.Event()
+    handled: list[str] = []
+
+    def slow(event: DeliveredEvent) -> None:
+        handled.append(event.id)
+        in_hand.set()
+        release.wait(10)
+
+    service = DispatcherService(Dispatcher(engine, [slow]), interval_seconds=30)
+    service.start()
+    assert in_hand.wait(10)
+    stopper = threading.Thread(target=service.stop)
+    stopper.start()
+    deadline = time.monotonic() + 5
+    while not service.dispatcher.stopping:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    release.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert handled == ids[:1]
+    assert statuses(engine) == {"COMPLETED": 1, "PENDING": 4}
+    with engine.connect() as conn:
+        assert conn.execute(select(func.max(EVENTS.c.retry_count))).scalar_one() == 0
+    assert service.status().totals.released == 4
+
+
+def test_a_failing_tick_is_recorded_and_the_service_keeps_going(sqlite_url: str, tmp_path: Path) -> None:
+    engine = make_engine(sqlite_url)
+    calls: list[int] = []
+
+    class Boom(Dispatcher):
+        def drain(self, max_seconds=None):  # the database is "away" for the first tick
+            calls.append(1)
+            if len(calls) == 1:
+                raise ConnectionError("database went away")
+            return super().drain(max_seconds)
+
+    service = DispatcherService(Boom(engine, []), interval_seconds=0.05)
+    try:
+        service.start()
+        deadline = time.monotonic() + 10
+        while service.status().ticks < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        status = service.status()
+        assert status.failed_ticks == 1
+        assert status.last_error == "ConnectionError: database went away"
+        assert status.running
+    finally:
+        service.stop()
+        engine.dispose()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "outbox_admin", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_dispatch_once(db_url: str) -> None:
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        for i in range(3):
+            publish(conn, str(i))
+    result = run_cli("dispatch", "--once", "--json", "--database-url", db_url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["completed"] == 3
+    assert "outbox event" in result.stderr  # the audit log
+    assert statuses(engine) == {"COMPLETED": 3}
+    engine.dispose()
+
+
+def test_cli_dispatch_stops_gracefully_on_sigterm(sqlite_url: str) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "outbox_admin",
+            "dispatch",
+            "--interval",
+            "0.2",
+            "--json",
+            "--quiet",
+            "--database-url",
+            sqlite_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        engine = make_engine(sqlite_url)
+        with engine.begin() as conn:
+            publish(conn)
+        deadline = time.monotonic() + 20
+        while statuses(engine).get("COMPLETED") != 1:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["completed"] == 1
+    engine.dispose()
+
+
+@pytest.mark.parametrize("args", [["dispatch", "--batch-size", "0"], ["dispatch", "--ordering", "random"]])
+def test_cli_dispatch_bad_usage(args: list[str], tmp_path: Path) -> None:
+    result = run_cli(*args, "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
