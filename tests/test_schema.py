@@ -48,7 +48,8 @@ def test_postgres_plans_use_indexes(postgres_url: str) -> None:
     queries = {
         "ix_OutboxEvent_due": "SELECT id FROM \"OutboxEvent\" WHERE status = 'PENDING' AND available_at <= now() "
         "ORDER BY created_at, id LIMIT 50",
-        "ix_OutboxEvent_org_time": "SELECT id FROM \"OutboxEvent\" WHERE org_id = 'o' ORDER BY created_at DESC LIMIT 50",
+        "ix_OutboxEvent_org_time": "SELECT id FROM \"OutboxEvent\" WHERE org_id = 'o' "
+        "ORDER BY created_at DESC LIMIT 50",
         "ix_OutboxEvent_entity_time": "SELECT id FROM \"OutboxEvent\" WHERE entity_type = 'P' AND entity_id = '1' "
         "ORDER BY created_at",
     }
