@@ -9,8 +9,10 @@ Every error is an ``OutboxError``, so callers can catch the whole family::
     ├── InvalidEventTypeError     a name to register is not ENTITY.ACTION
     ├── InvalidEventError         org, entity type or entity id is empty or too long
     ├── PayloadError              the payload cannot be stored as JSON
+    ├── FilterError               a filter (status, time, search, ...) is unusable
     ├── AdminActionError          a manual action was refused (wrong status, ...)
-    └── DatabaseUnavailableError  the database could not be reached
+    ├── DatabaseUnavailableError  the database could not be reached
+    └── SinkError                 a sink could not deliver an event (the message says why)
 """
 
 from __future__ import annotations
@@ -70,9 +72,30 @@ class PayloadError(OutboxError, ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+class FilterError(OutboxError, ValueError):
+    """A filter value is unusable; ``field`` names which one."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {reason}")
+
+
 class AdminActionError(OutboxError):
     """A manual action (requeue, discard, ...) was refused."""
 
 
 class DatabaseUnavailableError(OutboxError):
     """The database could not be reached."""
+
+
+class SinkError(OutboxError):
+    """A sink could not deliver an event; the message says why (status code, timeout, refusal).
+
+    Raising it makes the dispatcher retry the event; ``sink`` names the sink (and its
+    target), ``status_code`` is set for HTTP responses.
+    """
+
+    def __init__(self, message: str, *, sink: str | None = None, status_code: int | None = None) -> None:
+        self.sink = sink
+        self.status_code = status_code
+        super().__init__(message)

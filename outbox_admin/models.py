@@ -39,6 +39,9 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+#: History rows written by a person's action (requeue, discard) carry actors with this prefix.
+MANUAL_ACTOR_PREFIX = "admin:"
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -101,6 +104,7 @@ def _define_tables(
     Index(f"ix_{events_name}_leases", events.c.locked_until, postgresql_where=processing, sqlite_where=processing)
     Index(f"ix_{events_name}_org_time", events.c.org_id, events.c.created_at)
     Index(f"ix_{events_name}_entity_time", events.c.entity_type, events.c.entity_id, events.c.created_at)
+    Index(f"ix_{events_name}_status_time", events.c.status, events.c.created_at, events.c.id)
 
     transitions = Table(
         transitions_name,
@@ -122,6 +126,7 @@ def _define_tables(
     )
     Index(f"ix_{transitions_name}_event", transitions.c.event_id, transitions.c.id)
     Index(f"ix_{transitions_name}_at", transitions.c.at)
+    Index(f"ix_{transitions_name}_to_status_at", transitions.c.to_status, transitions.c.at)
     return events, transitions
 
 

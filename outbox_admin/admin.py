@@ -1,0 +1,302 @@
+"""Writes a person triggers: requeue, discard, purge.
+
+Each action covers one id, a list of ids, or a filter (``EventFilter``), runs in
+one transaction, and writes a history row per event naming who did it (actor
+``admin:<name>``). Actions are guarded by status in the same statement that
+changes the row (``... WHERE id IN (...) AND status = 'FAILED'``), so an event a
+dispatcher moved in the meantime is left alone, and they are safe while
+dispatchers run. ``plan_action`` is the dry run: how many events an action
+would touch and a sample of their ids.
+
+Discarding moves an event to ``DISCARDED`` rather than deleting it, so the audit
+trail stays; ``purge`` deletes old finished events in small batches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, delete, desc, func, insert, literal, select, update
+
+from .db import db_now, db_now_plus, write_transaction
+from .errors import AdminActionError
+from .filters import EventFilter, as_filter, prepare_connection
+from .models import DEFAULT_TABLES, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
+
+PENDING, PROCESSING, COMPLETED, FAILED, DISCARDED = (s.value for s in EventStatus)
+REQUEUEABLE = (FAILED, PENDING, DISCARDED)
+DISCARDABLE = (FAILED, PENDING)
+NEVER_PURGED = (PENDING, PROCESSING)
+CHUNK = 1000
+DEFAULT_ACTOR = "admin"
+
+Action = Literal["requeue", "discard"]
+
+
+def actor_name(actor: str) -> str:
+    """The actor recorded in history: ``admin:<name>`` (so the Live page can show manual actions only)."""
+    actor = (actor or DEFAULT_ACTOR).strip() or DEFAULT_ACTOR
+    return actor if actor.startswith(MANUAL_ACTOR_PREFIX) else f"{MANUAL_ACTOR_PREFIX}{actor}"[:255]
+
+
+@dataclass(frozen=True)
+class ActionPlan:
+    """A dry run: the action, the conditions it will run on, how many events match, a sample of ids."""
+
+    action: str
+    filters: EventFilter
+    statuses: tuple[str, ...]
+    count: int
+    sample_ids: list[str]
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    events: int
+    transitions: int
+    batches: int
+
+
+def _statuses_for(action: Action, status: str | Iterable[str] | None, force: bool) -> tuple[str, ...]:
+    allowed = REQUEUEABLE if action == "requeue" else DISCARDABLE
+    if status is None:
+        return allowed + ((PROCESSING, COMPLETED) if force and action == "requeue" else ())
+    wanted = EventFilter.build(status=status).status or ()
+    refused = [s for s in wanted if s not in allowed]
+    if refused and not (force and action == "requeue" and set(refused) <= {PROCESSING, COMPLETED}):
+        hint = (
+            " (pass force=True to redeliver them)"
+            if action == "requeue" and set(refused) <= {PROCESSING, COMPLETED}
+            else ""
+        )
+        raise AdminActionError(
+            f"cannot {action} events that are {', '.join(refused)}; {action} applies to {', '.join(allowed)}{hint}"
+        )
+    return wanted
+
+
+def _scope(event_ids: str | Sequence[str] | None, filters: EventFilter | None, loose: dict[str, Any]) -> EventFilter:
+    flt = as_filter(filters, **loose)
+    if event_ids is not None:
+        ids = (event_ids,) if isinstance(event_ids, str) else tuple(event_ids)
+        if not ids:
+            raise AdminActionError("no event ids given")
+        flt = flt.with_(event_ids=ids)
+    return flt
+
+
+def plan_action(
+    engine: Engine,
+    action: Action,
+    event_ids: str | Sequence[str] | None = None,
+    *,
+    status: str | Iterable[str] | None = FAILED,
+    force: bool = False,
+    filters: EventFilter | None = None,
+    sample: int = 20,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> ActionPlan:
+    """The dry run of ``requeue``/``discard`` with the same arguments: count and sample ids."""
+    if action not in ("requeue", "discard"):
+        raise AdminActionError(f"unknown action {action!r}")
+    statuses = _statuses_for(action, status, force)
+    flt = _scope(event_ids, filters, loose).with_(status=statuses)
+    ev = tables.events
+    with engine.connect() as conn:
+        prepare_connection(conn)
+        where = flt.clause(tables)
+        count = conn.execute(select(func.count()).select_from(ev).where(where)).scalar_one()
+        ids = (
+            conn.execute(select(ev.c.id).where(where).order_by(desc(ev.c.created_at), desc(ev.c.id)).limit(sample))
+            .scalars()
+            .all()
+        )
+    return ActionPlan(action, flt, statuses, int(count), list(ids))
+
+
+def _refuse_explicit_ids(
+    conn: Connection, flt: EventFilter, allowed: Sequence[str], action: str, tables: OutboxTables, force_hint: bool
+) -> None:
+    """With explicit ids and no status given, refuse the whole action if some are in a wrong status."""
+    ev = tables.events
+    assert flt.event_ids is not None
+    found: dict[str, str] = {}
+    for start in range(0, len(flt.event_ids), CHUNK):
+        chunk = flt.event_ids[start : start + CHUNK]
+        found.update(conn.execute(select(ev.c.id, ev.c.status).where(ev.c.id.in_(chunk))).all())
+    missing = [i for i in flt.event_ids if i not in found]
+    if missing:
+        raise AdminActionError(f"no such event: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    wrong = sorted({(s, i) for i, s in found.items() if s not in allowed})
+    if wrong:
+        listed = ", ".join(f"{i} is {s}" for s, i in wrong[:5])
+        hint = "; pass force=True to redeliver them" if force_hint else ""
+        raise AdminActionError(f"cannot {action}: {listed}{' ...' if len(wrong) > 5 else ''}{hint}")
+
+
+def _move(
+    engine: Engine,
+    action: Action,
+    flt: EventFilter,
+    statuses: Sequence[str],
+    to_status: str,
+    values: dict[str, Any],
+    actor: str,
+    note: str | None,
+    tables: OutboxTables,
+    check_ids: bool,
+    force: bool,
+) -> int:
+    ev, tr = tables.events, tables.transitions
+    who = actor_name(actor)
+    moved = 0
+    with write_transaction(engine) as conn:
+        prepare_connection(conn)
+        if check_ids and flt.event_ids is not None:
+            _refuse_explicit_ids(conn, flt, statuses, action, tables, force_hint=action == "requeue" and not force)
+        for old in statuses:
+            scoped = flt.with_(status=(old,))
+            ids = list(
+                conn.execute(update(ev).where(scoped.clause(tables)).values(**values).returning(ev.c.id)).scalars()
+            )
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
+                source = select(
+                    ev.c.id, literal(old), literal(to_status), db_now(), literal(who), ev.c.retry_count, literal(note)
+                ).where(ev.c.id.in_(chunk))
+                conn.execute(
+                    insert(tr).from_select(
+                        [
+                            tr.c.event_id,
+                            tr.c.from_status,
+                            tr.c.to_status,
+                            tr.c.at,
+                            tr.c.actor,
+                            tr.c.attempt,
+                            tr.c.error_message,
+                        ],
+                        source,
+                    )
+                )
+            moved += len(ids)
+    return moved
+
+
+def requeue(
+    engine: Engine,
+    event_ids: str | Sequence[str] | None = None,
+    *,
+    status: str | Iterable[str] | None = FAILED,
+    event_type: str | Iterable[str] | None = None,
+    org_id: str | Iterable[str] | None = None,
+    error_group: str | None = None,
+    filters: EventFilter | None = None,
+    reset_attempts: bool = False,
+    force: bool = False,
+    actor: str = DEFAULT_ACTOR,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> int:
+    """Move matching events back to PENDING, due now; returns how many moved.
+
+    By default only FAILED events move. ``status=None`` takes every requeueable
+    status (FAILED, PENDING, DISCARDED); PROCESSING or COMPLETED events are
+    refused with an ``AdminActionError`` unless ``force=True`` (they will be
+    delivered again). ``reset_attempts`` sets ``retry_count`` back to 0 so the
+    event gets its full number of attempts.
+    """
+    statuses = _statuses_for("requeue", status, force)
+    flt = _scope(event_ids, filters, {**loose, "event_type": event_type, "org_id": org_id, "error_group": error_group})
+    values: dict[str, Any] = {"status": PENDING, "available_at": db_now(), "locked_by": None, "locked_until": None}
+    if reset_attempts:
+        values["retry_count"] = 0
+    return _move(
+        engine, "requeue", flt, statuses, PENDING, values, actor, None, tables, check_ids=status is None, force=force
+    )
+
+
+def discard(
+    engine: Engine,
+    event_ids: str | Sequence[str] | None = None,
+    *,
+    status: str | Iterable[str] | None = None,
+    event_type: str | Iterable[str] | None = None,
+    org_id: str | Iterable[str] | None = None,
+    error_group: str | None = None,
+    filters: EventFilter | None = None,
+    reason: str | None = None,
+    actor: str = DEFAULT_ACTOR,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> int:
+    """Move matching FAILED or PENDING events to DISCARDED (kept, never delivered); returns how many moved.
+
+    Explicit ids that are PROCESSING, COMPLETED or already DISCARDED are refused
+    with an ``AdminActionError`` and nothing is written. ``reason`` is kept in the
+    history row.
+    """
+    statuses = _statuses_for("discard", status, False)
+    flt = _scope(event_ids, filters, {**loose, "event_type": event_type, "org_id": org_id, "error_group": error_group})
+    note = f"discarded: {reason}"[:2000] if reason else "discarded"
+    values = {"status": DISCARDED, "locked_by": None, "locked_until": None}
+    return _move(
+        engine, "discard", flt, statuses, DISCARDED, values, actor, note, tables, check_ids=status is None, force=False
+    )
+
+
+def purge(
+    engine: Engine,
+    older_than: dt.timedelta | dt.datetime,
+    statuses: Iterable[str] = (COMPLETED, DISCARDED),
+    *,
+    batch_size: int = 5000,
+    progress: Callable[[int], None] | None = None,
+    tables: OutboxTables = DEFAULT_TABLES,
+) -> PurgeResult:
+    """Delete events created before ``older_than`` ago (or before a datetime) in the given statuses,
+    with their history, ``batch_size`` events per transaction so the table is never locked for long.
+
+    PENDING and PROCESSING events are never purged. ``progress(n)`` is called with
+    the number of events deleted after each batch.
+    """
+    wanted = tuple(EventFilter.build(status=tuple(statuses)).status or ())
+    refused = [s for s in wanted if s in NEVER_PURGED]
+    if refused or not wanted:
+        raise AdminActionError(
+            f"purge never deletes undelivered events ({', '.join(NEVER_PURGED)})"
+            if refused
+            else "purge needs at least one status"
+        )
+    if batch_size < 1:
+        raise AdminActionError("batch_size must be at least 1")
+    ev, tr = tables.events, tables.transitions
+    if isinstance(older_than, dt.timedelta):
+        cutoff: Any = db_now_plus(-older_than.total_seconds())
+    else:
+        cutoff = older_than if older_than.tzinfo else older_than.replace(tzinfo=dt.UTC)
+    events = transitions = batches = 0
+    while True:
+        with write_transaction(engine) as conn:
+            ids = list(
+                conn.execute(
+                    select(ev.c.id)
+                    .where(ev.c.status.in_(wanted), ev.c.created_at < cutoff)
+                    .order_by(ev.c.created_at)
+                    .limit(batch_size)
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            if not ids:
+                break
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
+                transitions += conn.execute(delete(tr).where(tr.c.event_id.in_(chunk))).rowcount or 0
+                events += conn.execute(delete(ev).where(ev.c.id.in_(chunk), ev.c.status.in_(wanted))).rowcount or 0
+        batches += 1
+        if progress is not None:
+            progress(events)
+    return PurgeResult(events, transitions, batches)

@@ -1,0 +1,171 @@
+"""Plotly figures built from the analytics frames, with one colour per status everywhere.
+
+The dashboard and the notebooks use these figures as they are, so a status has
+the same colour in every chart, badge and feed.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .models import EventStatus
+
+STATUS_COLORS: dict[str, str] = {
+    EventStatus.PENDING.value: "#f2a900",  # amber: waiting
+    EventStatus.PROCESSING.value: "#1f77b4",  # blue: in hand
+    EventStatus.COMPLETED.value: "#2ca02c",  # green: done
+    EventStatus.FAILED.value: "#d62728",  # red: dead letter
+    EventStatus.DISCARDED.value: "#7f7f7f",  # grey: set aside by a person
+}
+SERIES_COLORS = {"published": "#9467bd", "completed": STATUS_COLORS["COMPLETED"], "failed": STATUS_COLORS["FAILED"]}
+STATUS_ORDER = list(STATUS_COLORS)
+
+
+def status_color(status: str | None) -> str:
+    return STATUS_COLORS.get(status or "", "#bcbd22")
+
+
+def _layout(fig: go.Figure, title: str, x: str | None = None, y: str | None = None) -> go.Figure:
+    fig.update_layout(
+        title={"text": title},
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        margin={"l": 40, "r": 20, "t": 50, "b": 40},
+        legend_title_text="",
+    )
+    return fig
+
+
+def _empty(title: str, message: str = "No events yet") -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, font={"size": 16, "color": "#7f7f7f"})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, title)
+
+
+def status_figure(counts: pd.DataFrame, title: str = "Events by status") -> go.Figure:
+    """A donut of ``status_counts``."""
+    data = counts[counts["count"] > 0]
+    if data.empty:
+        return _empty(title)
+    fig = go.Figure(
+        go.Pie(
+            labels=data["status"],
+            values=data["count"],
+            hole=0.55,
+            sort=False,
+            marker={"colors": [status_color(s) for s in data["status"]]},
+            textinfo="label+value",
+        )
+    )
+    return _layout(fig, title)
+
+
+def throughput_figure(frame: pd.DataFrame, title: str = "Events per minute") -> go.Figure:
+    """Lines of published, completed and failed per bucket (``throughput``)."""
+    if frame.empty:
+        return _empty(title)
+    fig = go.Figure()
+    for series in ("published", "completed", "failed"):
+        fig.add_trace(
+            go.Scatter(
+                x=frame["bucket"],
+                y=frame[series],
+                name=series,
+                mode="lines+markers",
+                line={"color": SERIES_COLORS[series]},
+            )
+        )
+    return _layout(fig, title, "time (UTC)", "events")
+
+
+def retry_histogram_figure(frame: pd.DataFrame, title: str = "Retries per event") -> go.Figure:
+    """Stacked bars of ``retry_histogram``: events per retry count, by status."""
+    if frame.empty:
+        return _empty(title)
+    fig = go.Figure()
+    for status in [s for s in STATUS_ORDER if s in set(frame["status"])]:
+        part = frame[frame["status"] == status]
+        fig.add_trace(go.Bar(x=part["retry_count"], y=part["count"], name=status, marker_color=status_color(status)))
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(dtick=1)
+    return _layout(fig, title, "retry count", "events")
+
+
+def error_groups_figure(frame: pd.DataFrame, top: int = 10, title: str = "Top error groups") -> go.Figure:
+    """Horizontal bars of the largest ``error_summary`` groups, split into still retrying and FAILED."""
+    if frame.empty:
+        return _empty(title, "No errors")
+    data = frame.head(top).iloc[::-1]
+    labels = [g if len(g) <= 60 else g[:57] + "..." for g in data["error_group"]]
+    fig = go.Figure(
+        [
+            go.Bar(y=labels, x=data["failed"], name="FAILED", orientation="h", marker_color=STATUS_COLORS["FAILED"]),
+            go.Bar(
+                y=labels,
+                x=data["events"] - data["failed"],
+                name="other (retrying or recovered)",
+                orientation="h",
+                marker_color=STATUS_COLORS["PENDING"],
+            ),
+        ]
+    )
+    fig.update_layout(barmode="stack")
+    return _layout(fig, title, "events", None)
+
+
+def latency_figure(stats: pd.DataFrame, title: str = "Latency, created to processed") -> go.Figure:
+    """Grouped bars of the p50/p90/p99 seconds per event type (``latency_stats``)."""
+    data = stats[stats["events"] > 0]
+    if data.empty:
+        return _empty(title, "No completed events")
+    fig = go.Figure()
+    for quantile, color in (("p50", "#2ca02c"), ("p90", "#f2a900"), ("p99", "#d62728")):
+        fig.add_trace(
+            go.Bar(x=data["event_type"].replace("*", "all types"), y=data[quantile], name=quantile, marker_color=color)
+        )
+    fig.update_layout(barmode="group")
+    return _layout(fig, title, "event type", "seconds")
+
+
+def timeline_figure(transitions: pd.DataFrame, title: str = "Status timeline") -> go.Figure:
+    """One event's status changes over time (a ``transitions_frame`` for one event)."""
+    if transitions.empty:
+        return _empty(title, "No history")
+    data = transitions.sort_values("id")
+    fig = go.Figure(
+        go.Scatter(
+            x=data["at"],
+            y=data["to_status"],
+            mode="lines+markers+text",
+            line={"color": "#cccccc", "shape": "hv"},
+            marker={"size": 14, "color": [status_color(s) for s in data["to_status"]]},
+            text=[f"#{a}" if a else "" for a in data["attempt"]],
+            textposition="top center",
+            hovertext=[
+                f"{a} by {who}" + (f"<br>{e}" if e else "")
+                for a, who, e in zip(data["to_status"], data["actor"], data["error_message"], strict=True)
+            ],
+        )
+    )
+    fig.update_yaxes(categoryorder="array", categoryarray=STATUS_ORDER)
+    return _layout(fig, title, "time (UTC)", "status")
+
+
+def status_flow_figure(
+    transitions: pd.DataFrame, bucket: str = "10s", title: str = "Status changes over time"
+) -> go.Figure:
+    """Stacked bars of status changes per time bucket, coloured by the status entered (Live page)."""
+    if transitions.empty:
+        return _empty(title, "No status changes in this window")
+    data = transitions.assign(bucket=transitions["at"].dt.floor(bucket))
+    counts = data.groupby(["bucket", "to_status"]).size().reset_index(name="count")
+    fig = go.Figure()
+    for status in [s for s in STATUS_ORDER if s in set(counts["to_status"])]:
+        part = counts[counts["to_status"] == status]
+        fig.add_trace(go.Bar(x=part["bucket"], y=part["count"], name=status, marker_color=status_color(status)))
+    fig.update_layout(barmode="stack")
+    return _layout(fig, title, "time (UTC)", "status changes")
