@@ -75,24 +75,6 @@ def _seconds_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
     return f"((julianday({end}) - julianday({start})) * 86400.0)"
 
 
-class epoch_bucket(FunctionElement[int]):
-    """SQL for the start of a timestamp's time bucket, in Unix seconds."""
-
-    inherit_cache = True
-
-
-@compiles(epoch_bucket, "postgresql")
-def _bucket_pg(element: epoch_bucket, compiler: Any, **kw: Any) -> str:
-    column, seconds = (compiler.process(c, **kw) for c in element.clauses)
-    return f"(floor(EXTRACT(EPOCH FROM {column}) / {seconds}) * {seconds})::bigint"
-
-
-@compiles(epoch_bucket, "sqlite")
-def _bucket_sqlite(element: epoch_bucket, compiler: Any, **kw: Any) -> str:
-    column, seconds = (compiler.process(c, **kw) for c in element.clauses)
-    return f"((CAST(strftime('%s', {column}) AS INTEGER) / {seconds}) * {seconds})"
-
-
 @contextmanager
 def _reading(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
@@ -233,21 +215,28 @@ def transitions_frame(
     return _frame(rows, TRANSITION_COLUMNS, ("at",))
 
 
-def retry_histogram(
-    engine: Engine, filters: EventFilter | None = None, *, tables: OutboxTables = DEFAULT_TABLES, **loose: Any
-) -> pd.DataFrame:
-    """``retry_count, status, count``: how many events needed how many retries."""
+def retry_histogram(engine: Engine, filters: EventFilter | None = None, *, tables: OutboxTables = DEFAULT_TABLES,
+                    **loose: Any) -> pd.DataFrame:
+    """``retry_count, status, count``: how many events needed how many retries.
+
+    Events that were retried come from a small partial index; the zero bucket is
+    each status's total less those, so the table itself is never scanned.
+    """
     flt = as_filter(filters, **loose)
     ev = tables.events
-    stmt = (
+    retried = (
         select(ev.c.retry_count, ev.c.status, func.count())
-        .where(flt.clause(tables))
+        .where(ev.c.retry_count > 0, flt.clause(tables))
         .group_by(ev.c.retry_count, ev.c.status)
-        .order_by(ev.c.retry_count, ev.c.status)
     )
     with _reading(engine) as conn:
-        rows = conn.execute(stmt).all()
-    frame = _frame(rows, ["retry_count", "status", "count"])
+        rows = [tuple(r) for r in conn.execute(retried).all()]
+    totals = status_counts(engine, flt, tables=tables)
+    for status, total in zip(totals["status"], totals["count"], strict=True):
+        first_try = int(total) - sum(int(c) for _, s, c in rows if s == status)
+        if first_try > 0:
+            rows.append((0, status, first_try))
+    frame = _frame(sorted(rows), ["retry_count", "status", "count"])
     return frame.astype({"retry_count": "int64", "count": "int64"})
 
 
@@ -308,19 +297,49 @@ def error_summary(
     return frame.astype({"events": "int64", "failed": "int64"})
 
 
-def throughput(
-    engine: Engine,
-    bucket: str = "1min",
-    filters: EventFilter | None = None,
-    *,
-    tables: OutboxTables = DEFAULT_TABLES,
-    **loose: Any,
-) -> pd.DataFrame:
+_TIME_UNITS = (("day", 86400, 10), ("hour", 3600, 13), ("minute", 60, 16), ("second", 1, 19))
+
+
+class truncated_time(FunctionElement[Any]):
+    """A timestamp truncated to a unit (day, hour, minute, second): ``date_trunc`` on PostgreSQL;
+    on SQLite a prefix of the stored ``YYYY-MM-DD HH:MM:SS`` text, which needs no date parsing."""
+
+    inherit_cache = True
+
+    def __init__(self, column: Any, unit: str) -> None:
+        self.unit = unit
+        super().__init__(column)
+
+
+@compiles(truncated_time, "postgresql")
+def _trunc_pg(element: truncated_time, compiler: Any, **kw: Any) -> str:
+    (column,) = list(element.clauses)
+    return f"date_trunc('{element.unit}', {compiler.process(column, **kw)})"
+
+
+@compiles(truncated_time, "sqlite")
+def _trunc_sqlite(element: truncated_time, compiler: Any, **kw: Any) -> str:
+    (column,) = list(element.clauses)
+    length = next(n for unit, _, n in _TIME_UNITS if unit == element.unit)
+    return f"substr({compiler.process(column, **kw)}, 1, {length})"
+
+
+#: (series, from_status, to_status): the history rows ``throughput`` counts.
+THROUGHPUT_SERIES = (("published", None, "PENDING"), ("completed", "PROCESSING", "COMPLETED"),
+                     ("failed", "PROCESSING", "FAILED"))
+
+
+def throughput(engine: Engine, bucket: str = "1min", filters: EventFilter | None = None, *,
+               tables: OutboxTables = DEFAULT_TABLES, **loose: Any) -> pd.DataFrame:
     """``bucket, published, completed, failed`` per time bucket (``"1min"``, ``"5min"``, ``"1h"``...).
 
-    Published counts events by ``created_at``; completed by ``processed_at``;
-    failed counts transitions to FAILED by their time. ``since``/``until`` bound
-    each of those times.
+    Counted from the history: publications (``None -> PENDING``), completions and
+    moves to FAILED, by the time they happened; ``since``/``until`` bound that
+    time. The database groups by minute (by second for buckets that are not whole
+    minutes) through an index on ``(to_status, from_status, at)``; pandas then sums
+    those groups into buckets. On SQLite, ``since``/``until`` are compared by minute
+    (the whole first minute counts). Events adopted from a table without history
+    are not counted.
     """
     try:
         seconds = int(pd.Timedelta(bucket).total_seconds())
@@ -328,34 +347,40 @@ def throughput(
         raise FilterError("bucket", f"{bucket!r} is not a duration such as '1min', '5min' or '1h'") from None
     if seconds < 1:
         raise FilterError("bucket", "must be at least one second")
+    unit = "minute" if seconds % 60 == 0 else "second"
     flt = as_filter(filters, **loose)
     ev, tr = tables.events, tables.transitions
-    window = flt.with_(since=None, until=None)
-
-    def counted(column: Any, *extra: Any, join: bool = False) -> Any:
-        b = epoch_bucket(column, literal(seconds)).label("b")
-        conditions = [column.is_not(None), window.clause(tables), *extra]
-        if flt.since is not None:
-            conditions.append(column >= flt.since)
-        if flt.until is not None:
-            conditions.append(column < flt.until)
-        source = tr.join(ev, ev.c.id == tr.c.event_id) if join else ev
-        return select(b, func.count()).select_from(source).where(*conditions).group_by(b)
-
+    event_filter = flt.with_(since=None, until=None)
+    step = truncated_time(tr.c.at, unit)
+    conditions: list[Any] = []
+    sqlite_minutes = engine.dialect.name == "sqlite" and unit == "minute"
+    for bound, op in ((flt.since, "ge"), (flt.until, "lt")):
+        if bound is None:
+            continue
+        if sqlite_minutes:  # compare minute prefixes, so the expression index covers the whole query
+            prefix = bound.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
+            conditions.append(step >= prefix if op == "ge" else step < prefix)
+        else:
+            conditions.append(tr.c.at >= bound if op == "ge" else tr.c.at < bound)
+    step = step.label("step")
+    frames = []
     with _reading(engine) as conn:
-        published = dict(conn.execute(counted(ev.c.created_at)).all())
-        completed = dict(conn.execute(counted(ev.c.processed_at)).all())
-        failed = dict(conn.execute(counted(tr.c.at, tr.c.to_status == EventStatus.FAILED.value, join=True)).all())
-    buckets = sorted(set(published) | set(completed) | set(failed))
-    frame = pd.DataFrame(
-        {
-            "bucket": pd.to_datetime([int(b) for b in buckets], unit="s", utc=True),
-            "published": [int(published.get(b, 0)) for b in buckets],
-            "completed": [int(completed.get(b, 0)) for b in buckets],
-            "failed": [int(failed.get(b, 0)) for b in buckets],
-        }
-    )
-    return frame
+        for series, from_status, to_status in THROUGHPUT_SERIES:
+            stmt = select(step, func.count()).where(tr.c.to_status == to_status, *conditions)
+            stmt = stmt.where(tr.c.from_status.is_(None) if from_status is None else tr.c.from_status == from_status)
+            if not event_filter.is_empty():
+                stmt = stmt.select_from(tr.join(ev, ev.c.id == tr.c.event_id)).where(event_filter.clause(tables))
+            rows = conn.execute(stmt.group_by(step)).all()
+            frames.append(pd.DataFrame(rows, columns=["step", "count"]).assign(series=series))
+    data = pd.concat(frames, ignore_index=True)
+    if data.empty:
+        return pd.DataFrame({"bucket": pd.Series([], dtype="datetime64[us, UTC]"), "published": [], "completed": [],
+                             "failed": []}).astype({"published": "int64", "completed": "int64", "failed": "int64"})
+    data["bucket"] = pd.to_datetime(data["step"], utc=True, format="ISO8601").dt.floor(f"{seconds}s")
+    table = data.pivot_table(index="bucket", columns="series", values="count", aggfunc="sum", fill_value=0)
+    table = table.reindex(columns=["published", "completed", "failed"], fill_value=0).reset_index()
+    table.columns.name = None
+    return table.astype({"published": "int64", "completed": "int64", "failed": "int64"})
 
 
 LATENCY_QUANTILES = (0.5, 0.9, 0.95, 0.99)

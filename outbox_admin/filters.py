@@ -14,6 +14,7 @@ same regular expressions registered as a SQLite function on each connection.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -42,6 +43,7 @@ _COMPILED = tuple((re.compile(p), r) for p, r in ERROR_PATTERNS)
 SQLITE_NORMALIZE_FUNCTION = "outbox_normalize_error"
 
 
+@functools.lru_cache(maxsize=65_536)  # error messages repeat: a cache makes grouping cheap
 def normalize_error(message: str | None) -> str | None:
     """The group an error message belongs to: ids, hex and numbers replaced by placeholders."""
     if message is None:

@@ -105,6 +105,12 @@ def _define_tables(
     Index(f"ix_{events_name}_org_time", events.c.org_id, events.c.created_at)
     Index(f"ix_{events_name}_entity_time", events.c.entity_type, events.c.entity_id, events.c.created_at)
     Index(f"ix_{events_name}_status_time", events.c.status, events.c.created_at, events.c.id)
+    Index(f"ix_{events_name}_time", events.c.created_at, events.c.id)
+    has_error = events.c.error_message.is_not(None)
+    retried = events.c.retry_count > 0
+    Index(f"ix_{events_name}_errors", events.c.created_at, postgresql_where=has_error, sqlite_where=has_error)
+    Index(f"ix_{events_name}_retried", events.c.retry_count, events.c.status, postgresql_where=retried,
+          sqlite_where=retried)
 
     transitions = Table(
         transitions_name,
@@ -126,7 +132,7 @@ def _define_tables(
     )
     Index(f"ix_{transitions_name}_event", transitions.c.event_id, transitions.c.id)
     Index(f"ix_{transitions_name}_at", transitions.c.at)
-    Index(f"ix_{transitions_name}_to_status_at", transitions.c.to_status, transitions.c.at)
+    Index(f"ix_{transitions_name}_kind_at", transitions.c.to_status, transitions.c.from_status, transitions.c.at)
     return events, transitions
 
 
