@@ -143,6 +143,24 @@ class DispatcherService:
             self.dispatcher.request_stop()
             scheduler.shutdown(wait=wait)
 
+    def configure(self, *, interval_seconds: float | None = None, batch_size: int | None = None) -> None:
+        """Change the interval (rescheduling a running service) and the batch size; takes effect
+        at the next tick."""
+        if interval_seconds is not None and interval_seconds <= 0:
+            raise ConfigurationError("interval_seconds must be positive")
+        if batch_size is not None and batch_size < 1:
+            raise ConfigurationError("batch_size must be at least 1")
+        with self._lock:
+            if batch_size is not None:
+                self.dispatcher.batch_size = batch_size
+            if interval_seconds is not None and interval_seconds != self.interval_seconds:
+                self.interval_seconds = float(interval_seconds)
+                self.drain_seconds = max(5.0, self.interval_seconds)
+                scheduler = self._scheduler
+                if scheduler is not None and scheduler.running:
+                    scheduler.reschedule_job(JOB_ID, trigger=IntervalTrigger(seconds=self.interval_seconds,
+                                                                             timezone=dt.UTC))
+
     def __enter__(self) -> DispatcherService:
         self.start()
         return self
