@@ -300,3 +300,32 @@ def purge(
         if progress is not None:
             progress(events)
     return PurgeResult(events, transitions, batches)
+
+
+def publish_from_form(
+    engine: Engine,
+    *,
+    org_id: str,
+    event_type: str,
+    entity_type: str,
+    entity_id: str,
+    payload_text: str,
+) -> Any:
+    """Publish one event typed by a person (dashboard form, CLI): the payload is JSON text.
+
+    Text that is not a JSON value raises ``PayloadError`` (``payload: not valid JSON ...``)
+    and nothing is written; the event goes through ``publish_outbox_event`` in its own
+    transaction, so every other rule (registered type, payload limits) applies.
+    """
+    import json
+
+    from .errors import PayloadError
+    from .publisher import publish_outbox_event
+
+    try:
+        payload = json.loads(payload_text) if payload_text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise PayloadError("payload", f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    with engine.begin() as conn:
+        return publish_outbox_event(conn, org_id=org_id, event_type=event_type, entity_type=entity_type,
+                                    entity_id=entity_id, payload=payload)

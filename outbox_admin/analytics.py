@@ -445,3 +445,26 @@ def distinct_values(
     col = tables.events.c[column]
     with _reading(engine) as conn:
         return list(conn.execute(select(col).distinct().order_by(col).limit(limit)).scalars())
+
+
+def active_dispatchers(engine: Engine, within: dt.timedelta = dt.timedelta(minutes=5), *,
+                       tables: OutboxTables = DEFAULT_TABLES) -> pd.DataFrame:
+    """Dispatchers that claimed events recently: ``dispatcher, claims, last_claim`` (busiest first).
+
+    Read from the history (claims are ``PENDING -> PROCESSING`` rows), so it sees
+    dispatchers in any process on any machine.
+    """
+    from .db import db_now_plus
+
+    tr = tables.transitions
+    last = func.max(tr.c.at)
+    stmt = (
+        select(tr.c.actor, func.count(), last)
+        .where(tr.c.to_status == EventStatus.PROCESSING.value, tr.c.from_status == EventStatus.PENDING.value,
+               tr.c.at >= db_now_plus(-within.total_seconds()))
+        .group_by(tr.c.actor)
+        .order_by(desc(func.count()))
+    )
+    with _reading(engine) as conn:
+        rows = conn.execute(stmt).all()
+    return _frame(rows, ["dispatcher", "claims", "last_claim"], ("last_claim",))

@@ -210,6 +210,17 @@ class DemoHandler:
         self._lock = threading.Lock()
         self.delivered = 0
 
+    def configure(self, *, fail_share: float | None = None, always_fail_share: float | None = None) -> None:
+        """Change the failure shares while a dispatcher uses this handler."""
+        for label, share in (("fail_share", fail_share), ("always_fail_share", always_fail_share)):
+            if share is not None and not 0 <= share <= 1:
+                raise ValueError(f"{label} must be between 0 and 1")
+        with self._lock:
+            if fail_share is not None:
+                self.fail_share = fail_share
+            if always_fail_share is not None:
+                self.always_fail_share = always_fail_share
+
     def always_fails(self, event_id: str) -> bool:
         digest = int(hashlib.sha256(event_id.encode()).hexdigest()[:8], 16)
         return digest / 0xFFFFFFFF < self.always_fail_share

@@ -243,3 +243,40 @@ def as_filter(filters: EventFilter | None = None, **loose: Any) -> EventFilter:
             raise FilterError("filters", "give an EventFilter or keyword filters, not both")
         return filters
     return EventFilter.build(**loose)
+
+
+#: Query-string names of the filter fields (short, so a shared link stays readable).
+QUERY_KEYS = {"status": "status", "event_type": "type", "org_id": "org", "entity": "entity", "since": "since",
+              "until": "until", "search": "q", "error_group": "error"}
+
+
+def filter_to_query(flt: EventFilter) -> dict[str, str]:
+    """The query-string form of a filter (lists comma-separated), for shareable dashboard links."""
+    query: dict[str, str] = {}
+    for field_name, key in (("status", "status"), ("event_type", "type"), ("org_id", "org")):
+        values = getattr(flt, field_name)
+        if values:
+            query[key] = ",".join(values)
+    if flt.entity_type:
+        query["entity"] = flt.entity_type + (f"/{flt.entity_id}" if flt.entity_id else "")
+    for field_name in ("since", "until"):
+        value = getattr(flt, field_name)
+        if value is not None:
+            query[field_name] = value.isoformat()
+    if flt.search:
+        query["q"] = flt.search
+    if flt.error_group:
+        query["error"] = flt.error_group
+    return query
+
+
+def filter_from_query(query: Any) -> EventFilter:
+    """The filter a query string describes; unknown keys are ignored, bad values raise ``FilterError``."""
+    def get(key: str) -> str | None:
+        value = query.get(key)
+        if isinstance(value, list):
+            value = ",".join(value)
+        return value or None
+
+    return EventFilter.build(status=get("status"), event_type=get("type"), org_id=get("org"), entity=get("entity"),
+                             since=get("since"), until=get("until"), search=get("q"), error_group=get("error"))

@@ -1,0 +1,44 @@
+"""Small display pieces shared by the pages: status colours, badges, styled tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from ..charts import STATUS_COLORS, status_color
+
+#: Streamlit's named markdown colours closest to the chart colours, for badges in text.
+BADGE_COLORS = {"PENDING": "orange", "PROCESSING": "blue", "COMPLETED": "green", "FAILED": "red", "DISCARDED": "gray"}
+
+
+def badge(status: str | None) -> str:
+    """Markdown for a coloured status badge."""
+    if not status:
+        return "—"
+    return f":{BADGE_COLORS.get(status, 'violet')}-background[{status}]"
+
+
+def _status_cell(value: Any) -> str:
+    if not isinstance(value, str) or value not in STATUS_COLORS:
+        return ""
+    return f"background-color: {status_color(value)}33; color: {status_color(value)}; font-weight: 600"
+
+
+def styled(frame: pd.DataFrame, status_columns: tuple[str, ...] = ("status", "to_status", "from_status")) -> Any:
+    """A pandas Styler colouring status cells with the status colours used in every chart."""
+    columns = [c for c in status_columns if c in frame.columns]
+    if frame.empty or not columns:
+        return frame
+    return frame.style.map(_status_cell, subset=columns)
+
+
+def flash(message: str | None = None, kind: str = "success") -> None:
+    """Show (and forget) a message left by an action before its rerun, or leave one."""
+    if message is not None:
+        st.session_state["_flash"] = (kind, message)
+        return
+    pending = st.session_state.pop("_flash", None)
+    if pending:
+        getattr(st, pending[0])(pending[1])
