@@ -158,7 +158,8 @@ def _move(
         prepare_connection(conn)
         if check_ids and flt.event_ids is not None:
             _refuse_explicit_ids(conn, flt, statuses, action, tables, force_hint=action == "requeue" and not force)
-        for old in statuses:
+        # Rows already in the target status go first, so a row moved by a later step is never moved twice.
+        for old in sorted(statuses, key=lambda status: status != to_status):
             scoped = flt.with_(status=(old,))
             ids = list(
                 conn.execute(update(ev).where(scoped.clause(tables)).values(**values).returning(ev.c.id)).scalars()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pandas as pd
@@ -32,6 +33,12 @@ def styled(frame: pd.DataFrame, status_columns: tuple[str, ...] = ("status", "to
     if frame.empty or not columns:
         return frame
     return frame.style.map(_status_cell, subset=columns)
+
+
+def table_key(prefix: str, ids: Any) -> str:
+    """A widget key that changes with the rows a table shows, so a stale selection is dropped."""
+    digest = hashlib.sha1("\x1f".join(map(str, ids)).encode("utf-8")).hexdigest()[:12]
+    return f"{prefix}_{digest}"
 
 
 def flash(message: str | None = None, kind: str = "success") -> None:

@@ -253,7 +253,7 @@ def _event_table(frame: pd.DataFrame) -> list[str]:
             "error_message",
         ]
     ]
-    key = "events_table_" + str(abs(hash(tuple(frame["id"]))))
+    key = components.table_key("events_table", frame["id"])
     selection = st.dataframe(
         components.styled(shown),
         hide_index=True,
@@ -303,16 +303,35 @@ def _bulk_actions(ctx: Context, flt: EventFilter, selected_ids: list[str], total
     st.subheader("Actions")
     first, second, third, fourth = st.columns(4)
     if first.button("Requeue selected", disabled=not selected_ids, width="stretch"):
-        _confirm("requeue", event_ids=tuple(selected_ids), status=None)
+        _request("requeue", event_ids=tuple(selected_ids), status=None)
     if second.button("Discard selected", disabled=not selected_ids, width="stretch"):
-        _confirm("discard", event_ids=tuple(selected_ids), status=None)
+        _request("discard", event_ids=tuple(selected_ids), status=None)
     if third.button("Requeue all FAILED matching", disabled=total == 0, width="stretch"):
-        _confirm("requeue", filters=flt.with_(status=None), status="FAILED")
+        _request("requeue", filters=flt.with_(status=None), status="FAILED")
     if fourth.button("Discard all FAILED matching", disabled=total == 0, width="stretch"):
-        _confirm("discard", filters=flt.with_(status=None), status="FAILED")
+        _request("discard", filters=flt.with_(status=None), status="FAILED")
+    _pending_dialog()
 
 
-@st.dialog("Confirm")
+PENDING_KEY = "pending_action"
+
+
+def _request(action: str, **conditions: Any) -> None:
+    """Remember the action asked for; its confirmation dialog shows until it is done or cancelled."""
+    st.session_state[PENDING_KEY] = {"action": action, **conditions}
+
+
+def _forget_request() -> None:
+    st.session_state.pop(PENDING_KEY, None)
+
+
+def _pending_dialog() -> None:
+    pending = st.session_state.get(PENDING_KEY)
+    if pending:
+        _confirm(**pending)
+
+
+@st.dialog("Confirm", dismissible=False)  # Cancel or act: the request is kept until then
 def _confirm(
     action: str,
     *,
@@ -332,7 +351,13 @@ def _confirm(
         st.caption("For example: " + ", ".join(plan.sample_ids[:10]))
     reset = st.checkbox("Reset their attempts", value=True) if action == "requeue" else False
     reason = st.text_input("Reason (kept in the history)") if action == "discard" else None
-    if st.button(f"{action.title()} {plan.count:,} event(s)", type="primary", disabled=plan.count == 0):
+    go, cancel = st.columns(2)
+    if cancel.button("Cancel", width="stretch"):
+        _forget_request()
+        st.rerun()
+    if go.button(f"{action.title()} {plan.count:,} event(s)", type="primary", disabled=plan.count == 0,
+                 width="stretch"):
+        _forget_request()
         try:
             if action == "requeue":
                 moved = admin.requeue(
@@ -382,7 +407,7 @@ def failures() -> None:
         "Errors grouped by message with ids and numbers stripped; FAILED events are dead letters waiting for a person."
     )
     table = groups[["error_group", "events", "failed", "first_seen", "last_seen", "event_types", "example_event_id"]]
-    key = "groups_" + str(abs(hash(tuple(groups["error_group"]))))
+    key = components.table_key("groups", groups["error_group"])
     chosen = st.dataframe(
         table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key=key
     )
@@ -397,7 +422,7 @@ def failures() -> None:
     st.subheader("FAILED events of this group")
     st.code(group, language=None)
     dead = analytics.events_frame(ctx.engine, status="FAILED", error_group=group, limit=200)
-    key = "dead_" + str(abs(hash(tuple(dead["id"]))))
+    key = components.table_key("dead", dead["id"])
     picked = st.dataframe(
         components.styled(
             dead[["id", "created_at", "event_type", "entity_id", "org_id", "status", "retry_count", "error_message"]]
@@ -413,9 +438,10 @@ def failures() -> None:
         return
     left, right = st.columns(2)
     if left.button("Requeue the whole group", disabled=dead.empty, width="stretch"):
-        _confirm("requeue", filters=EventFilter(error_group=group), status="FAILED")
+        _request("requeue", filters=EventFilter(error_group=group), status="FAILED")
     if right.button("Requeue selected", disabled=not picked_ids, width="stretch"):
-        _confirm("requeue", event_ids=tuple(picked_ids), status="FAILED")
+        _request("requeue", event_ids=tuple(picked_ids), status="FAILED")
+    _pending_dialog()
 
 
 # --- Publish ----------------------------------------------------------------------------
