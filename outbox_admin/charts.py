@@ -65,20 +65,13 @@ def status_figure(counts: pd.DataFrame, title: str = "Events by status") -> go.F
 
 
 def throughput_figure(frame: pd.DataFrame, title: str = "Events per minute") -> go.Figure:
-    """Lines of published, completed and failed per bucket (``throughput``)."""
+    """Grouped bars of published, completed and failed per bucket (``throughput``)."""
     if frame.empty:
         return _empty(title)
     fig = go.Figure()
     for series in ("published", "completed", "failed"):
-        fig.add_trace(
-            go.Scatter(
-                x=frame["bucket"],
-                y=frame[series],
-                name=series,
-                mode="lines+markers",
-                line={"color": SERIES_COLORS[series]},
-            )
-        )
+        fig.add_trace(go.Bar(x=frame["bucket"], y=frame[series], name=series, marker_color=SERIES_COLORS[series]))
+    fig.update_layout(barmode="group", bargap=0.15)
     return _layout(fig, title, "time (UTC)", "events")
 
 
@@ -96,24 +89,33 @@ def retry_histogram_figure(frame: pd.DataFrame, title: str = "Retries per event"
 
 
 def error_groups_figure(frame: pd.DataFrame, top: int = 10, title: str = "Top error groups") -> go.Figure:
-    """Horizontal bars of the largest ``error_summary`` groups, split into still retrying and FAILED."""
+    """Horizontal bars of the largest ``error_summary`` groups, split into FAILED and the rest."""
     if frame.empty:
         return _empty(title, "No errors")
     data = frame.head(top).iloc[::-1]
-    labels = [g if len(g) <= 60 else g[:57] + "..." for g in data["error_group"]]
+    labels = [g if len(g) <= 48 else g[:45] + "..." for g in data["error_group"]]
     fig = go.Figure(
         [
-            go.Bar(y=labels, x=data["failed"], name="FAILED", orientation="h", marker_color=STATUS_COLORS["FAILED"]),
+            go.Bar(
+                y=labels,
+                x=data["failed"],
+                name="FAILED",
+                orientation="h",
+                marker_color=STATUS_COLORS["FAILED"],
+                hovertext=data["error_group"],
+            ),
             go.Bar(
                 y=labels,
                 x=data["events"] - data["failed"],
-                name="other (retrying or recovered)",
+                name="retried or recovered",
                 orientation="h",
                 marker_color=STATUS_COLORS["PENDING"],
+                hovertext=data["error_group"],
             ),
         ]
     )
     fig.update_layout(barmode="stack")
+    fig.update_yaxes(automargin=True)
     return _layout(fig, title, "events", None)
 
 

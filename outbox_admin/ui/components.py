@@ -42,10 +42,24 @@ def table_key(prefix: str, ids: Any) -> str:
 
 
 def flash(message: str | None = None, kind: str = "success") -> None:
-    """Show (and forget) a message left by an action before its rerun, or leave one."""
+    """Leave a message for the next run (an action's result), or show the one left.
+
+    A run that is about to be redrawn at once (``keep_flash()``) shows the message
+    and keeps it for the redraw, so the person still sees it.
+    """
     if message is not None:
-        st.session_state["_flash"] = (kind, message)
+        st.session_state["_flash"] = {"kind": kind, "message": message, "shown": False}
         return
-    pending = st.session_state.pop("_flash", None)
+    keep = st.session_state.pop("_keep_flash", False)
+    pending = st.session_state.get("_flash")
+    if pending and pending["shown"] and not keep:
+        del st.session_state["_flash"]
+        return
     if pending:
-        getattr(st, pending[0])(pending[1])
+        getattr(st, pending["kind"])(pending["message"])
+        pending["shown"] = True
+
+
+def keep_flash() -> None:
+    """Call before ``st.rerun``: the message shown in this run is shown again after it."""
+    st.session_state["_keep_flash"] = True

@@ -122,9 +122,7 @@ def live() -> None:
         recent = analytics.transitions_frame(
             ctx.engine, since=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), limit=5000, manual_only=manual_only
         )
-        st.plotly_chart(
-            charts.status_flow_figure(recent, title="Status changes, last 10 minutes"), width="stretch"
-        )
+        st.plotly_chart(charts.status_flow_figure(recent, title="Status changes, last 10 minutes"), width="stretch")
         latest = analytics.transitions_frame(ctx.engine, limit=100, manual_only=manual_only)
         st.caption(f"Latest {len(latest)} status changes, newest first")
         shown = latest[
@@ -210,27 +208,42 @@ def events() -> None:
     st.title("Events")
     components.flash()
     flt = _filter_form(ctx)
-    total = analytics.count_events(ctx.engine, flt)
-    pages = max(1, -(-total // PAGE_SIZE))
-    page = min(st.session_state.get("events_page", 0), pages - 1)
-    frame = analytics.events_frame(ctx.engine, flt, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
+    frozen = bool(st.session_state.get(SELECTION_KEY))
 
-    left, middle, right = st.columns([3, 1, 1])
-    left.caption(f"{total:,} events match; page {page + 1} of {pages}, newest first")
-    if middle.button("Previous", disabled=page == 0, width="stretch"):
-        st.session_state["events_page"] = page - 1
-        st.rerun()
-    if right.button("Next", disabled=page >= pages - 1, width="stretch"):
-        st.session_state["events_page"] = page + 1
-        st.rerun()
+    # The table refreshes live, except while rows are selected: then it holds still.
+    @st.fragment(run_every=None if frozen else sidebar.refresh_interval(ctx))
+    def table() -> None:
+        total = analytics.count_events(ctx.engine, flt)
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(st.session_state.get("events_page", 0), pages - 1)
+        frame = analytics.events_frame(ctx.engine, flt, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
+        left, middle, right = st.columns([3, 1, 1])
+        left.caption(
+            f"{total:,} events match; page {page + 1} of {pages}, newest first"
+            + (" (refresh paused while rows are selected)" if frozen else "")
+        )
+        if middle.button("Previous", disabled=page == 0, width="stretch"):
+            st.session_state["events_page"] = page - 1
+            st.rerun(scope="app")
+        if right.button("Next", disabled=page >= pages - 1, width="stretch"):
+            st.session_state["events_page"] = page + 1
+            st.rerun(scope="app")
+        selected_ids = _event_table(frame)
+        if selected_ids != st.session_state.get(SELECTION_KEY, []):
+            st.session_state[SELECTION_KEY] = selected_ids
+            components.keep_flash()
+            st.rerun(scope="app")  # redraw the page: details, actions and the refresh rule follow the selection
+        if selected_ids:
+            st.caption(f"Selected: {', '.join(selected_ids[:10])}{' ...' if len(selected_ids) > 10 else ''}")
+            if len(selected_ids) == 1:
+                _event_detail(ctx, selected_ids[0])
+        _bulk_actions(ctx, flt, selected_ids, total)
 
-    selected_ids = _event_table(frame)
-    if selected_ids:
-        st.caption(f"Selected: {', '.join(selected_ids[:10])}{' ...' if len(selected_ids) > 10 else ''}")
-        if len(selected_ids) == 1:
-            _event_detail(ctx, selected_ids[0])
-    _bulk_actions(ctx, flt, selected_ids, total)
+    table()
     _export(ctx, flt)
+
+
+SELECTION_KEY = "events_selection"
 
 
 def _event_table(frame: pd.DataFrame) -> list[str]:
@@ -240,18 +253,8 @@ def _event_table(frame: pd.DataFrame) -> list[str]:
     positions are turned into ids at once, and the table's key changes with the
     rows it shows: new rows mean a fresh, empty selection, never a wrong one.
     """
-    shown = frame[
-        [
-            "id",
-            "created_at",
-            "event_type",
-            "entity_type",
-            "entity_id",
-            "org_id",
-            "status",
-            "retry_count",
-            "error_message",
-        ]
+    shown = frame.assign(entity=frame["entity_type"] + "/" + frame["entity_id"])[
+        ["status", "created_at", "event_type", "entity", "org_id", "retry_count", "error_message", "id"]
     ]
     key = components.table_key("events_table", frame["id"])
     selection = st.dataframe(
@@ -261,6 +264,10 @@ def _event_table(frame: pd.DataFrame) -> list[str]:
         on_select="rerun",
         selection_mode="multi-row",
         key=key,
+        column_config={
+            "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "retry_count": st.column_config.NumberColumn("retries"),
+        },
     )
     rows = list(selection.selection.rows) if selection is not None else []
     return [frame["id"].iloc[r] for r in rows if r < len(frame)]
@@ -355,8 +362,9 @@ def _confirm(
     if cancel.button("Cancel", width="stretch"):
         _forget_request()
         st.rerun()
-    if go.button(f"{action.title()} {plan.count:,} event(s)", type="primary", disabled=plan.count == 0,
-                 width="stretch"):
+    if go.button(
+        f"{action.title()} {plan.count:,} event(s)", type="primary", disabled=plan.count == 0, width="stretch"
+    ):
         _forget_request()
         try:
             if action == "requeue":
