@@ -104,6 +104,14 @@ def dispatch(
     lease_seconds: Annotated[float | None, typer.Option("--lease-seconds", min=0.1)] = None,
     ordering: Annotated[str | None, typer.Option("--ordering", help="'entity' to keep each entity in order.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not print the audit log of delivered events.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="OUTBOX_CONFIG",
+            help="TOML file of sinks to deliver to as well (default: outbox.toml here, if it exists).",
+        ),
+    ] = None,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -121,6 +129,7 @@ def dispatch(
 
     from .config import Settings
     from .dispatcher import Dispatcher
+    from .handlers import default_handlers, load_sinks
     from .service import DispatcherService
 
     if ordering not in (None, "entity"):
@@ -131,12 +140,16 @@ def dispatch(
         for k, v in {"batch_size": batch_size, "max_attempts": max_attempts, "lease_seconds": lease_seconds}.items()
         if v is not None
     }
+    sinks = load_sinks(config)  # a bad config fails before anything starts
     engine = make_engine(database_url or settings.database_url)
     init_db(engine)
-    dispatcher = Dispatcher.from_settings(engine, settings, ordering=ordering, **overrides)
+    dispatcher = Dispatcher.from_settings(
+        engine, settings, handlers=default_handlers() + sinks, ordering=ordering, **overrides
+    )
     if once:
         report = dispatcher.drain(max_seconds=None)
         engine.dispose()
+        _close_sinks(sinks)
         _print_report(report, json_output)
         return
     service = DispatcherService(dispatcher, interval_seconds=interval or settings.interval_seconds)
@@ -153,12 +166,20 @@ def dispatch(
         f"every {service.interval_seconds:g} s (Ctrl-C to stop)",
         highlight=False,
     )
+    if sinks:
+        err_console.print(f"delivering to: {', '.join(sink.name for sink in sinks)}", highlight=False)
     while not stopped.wait(1.0):
         pass
     service.stop(wait=True)
     status = service.status()
     engine.dispose()
+    _close_sinks(sinks)
     _print_report(status.totals, json_output)
+
+
+def _close_sinks(sinks: list[Any]) -> None:
+    for sink in sinks:
+        sink.close()
 
 
 def _print_report(report: Any, json_output: bool) -> None:

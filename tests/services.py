@@ -36,3 +36,32 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> str | None:
             return None
     except OSError as exc:
         return f"{host}:{port}: {exc}"
+
+
+def require_server(service: str, url: str, default_port: int) -> None:
+    """Skip (or fail under CI) unless something accepts connections at ``url``'s host and port."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    reason = port_open(parts.hostname or "127.0.0.1", parts.port or default_port)
+    if reason is not None:
+        unavailable(service, reason)
+
+
+def require_redis() -> None:
+    require_server("Redis", REDIS_URL, 6379)
+
+
+def require_nats() -> None:
+    require_server("NATS", NATS_URL, 4222)
+
+
+def require_rabbitmq() -> None:
+    require_server("RabbitMQ", RABBITMQ_URL, 5672)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
