@@ -463,7 +463,9 @@ def publish() -> None:
     st.subheader("One event")
     with st.form("publish_form"):
         first, second = st.columns(2)
-        event_type = first.selectbox("Event type", registered_event_types())
+        types = registered_event_types()
+        event_type = first.selectbox("Event type", types,
+                                     index=types.index("PROJECT.CREATED") if "PROJECT.CREATED" in types else 0)
         org_id = second.text_input("Org", value="acme")
         entity_type = first.text_input("Entity type", value="Project")
         entity_id = second.text_input("Entity id", value="p-1")
