@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -291,12 +291,15 @@ def generate_activity(
     return ActivityReport(created, updated, archived)
 
 
-def demo_dispatcher(engine: Engine, handler: DemoHandler | None = None, **kwargs: Any) -> Dispatcher:
-    """A dispatcher with the audit log, the message bus and a ``DemoHandler``; quick retries
-    (``max_attempts=3``, backoff from 1 s) so failures show up within a demo."""
+def demo_dispatcher(engine: Engine, handler: DemoHandler | None = None, *, extra_handlers: Sequence[Any] = (),
+                    **kwargs: Any) -> Dispatcher:
+    """A dispatcher with the audit log, the message bus, a ``DemoHandler`` and any sinks in
+    ``extra_handlers``; quick retries (``max_attempts=3``, backoff from 1 s) so failures show
+    up within a demo."""
     kwargs.setdefault("max_attempts", 3)
     kwargs.setdefault("backoff", Backoff(base=1, factor=2, cap=30, jitter=0.5))
-    return Dispatcher(engine, [AuditLogHandler(), MessageBusHandler(), handler or DemoHandler()], **kwargs)
+    handlers = [AuditLogHandler(), MessageBusHandler(), handler or DemoHandler(), *extra_handlers]
+    return Dispatcher(engine, handlers, **kwargs)
 
 
 def load_demo_data(

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from ..config import Settings
 from ..db import default_database_url, init_db, make_engine
 from ..demo import DemoHandler, create_demo_schema, demo_dispatcher
+from ..handlers.config import load_sinks
 from ..service import DispatcherService
 
 DATABASE_KEY = "database_url"
@@ -66,12 +67,12 @@ def get_engine(url: str) -> Engine:
 
 @st.cache_resource(show_spinner=False)
 def get_dispatcher(url: str) -> DashboardDispatcher:
-    """One dispatcher service per database URL and server process (not started)."""
+    """One dispatcher service per database URL and server process (not started), with the sinks
+    of ``outbox.toml`` / ``OUTBOX_CONFIG`` after the demo handlers."""
     settings = Settings.from_env()
     handler = DemoHandler(fail_share=0.0, always_fail_share=0.0)
-    dispatcher = demo_dispatcher(
-        get_engine(url), handler, batch_size=settings.batch_size, lease_seconds=settings.lease_seconds, name=None
-    )
+    dispatcher = demo_dispatcher(get_engine(url), handler, extra_handlers=load_sinks(),
+                                 batch_size=settings.batch_size, lease_seconds=settings.lease_seconds)
     service = DispatcherService(dispatcher, interval_seconds=settings.interval_seconds)
     _services.append(service)
     return DashboardDispatcher(service, handler)
