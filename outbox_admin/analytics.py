@@ -9,6 +9,7 @@ do. Every function takes the same filters (``EventFilter`` or the keywords of
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy.types import Float
 
 from .errors import FilterError
 from .filters import EventFilter, as_filter, normalized_error, prepare_connection
-from .models import DEFAULT_TABLES, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
+from .models import DEFAULT_TABLES, MANUAL_ACTOR_PATTERN, EventStatus, OutboxTables
 
 MAX_PAGE = 10_000
 EVENT_COLUMNS = [
@@ -121,6 +122,24 @@ def events_frame(
     return _frame(rows, EVENT_COLUMNS, ("created_at", "processed_at", "available_at", "locked_until"))
 
 
+def export_events(engine: Engine, filters: EventFilter | None = None, fmt: str = "csv", *, limit: int = MAX_PAGE,
+                  tables: OutboxTables = DEFAULT_TABLES, **loose: Any) -> bytes:
+    """Matching events (newest first, at most ``limit``) as CSV or JSON records, UTF-8."""
+    if fmt not in ("csv", "json"):
+        raise FilterError("format", "must be csv or json")
+    frame = events_frame(engine, filters, limit=limit, tables=tables, **loose)
+    if fmt == "csv":
+        frame = frame.assign(payload=[json.dumps(p, ensure_ascii=False) for p in frame["payload"]])
+        return frame.to_csv(index=False).encode("utf-8")
+    return frame.to_json(orient="records", date_format="iso", force_ascii=False).encode("utf-8")
+
+
+def has_events(engine: Engine, *, tables: OutboxTables = DEFAULT_TABLES) -> bool:
+    """Whether the outbox holds any event at all (cheap: reads one row)."""
+    with _reading(engine) as conn:
+        return conn.execute(select(tables.events.c.id).limit(1)).first() is not None
+
+
 def count_events(
     engine: Engine, filters: EventFilter | None = None, *, tables: OutboxTables = DEFAULT_TABLES, **loose: Any
 ) -> int:
@@ -207,9 +226,15 @@ def transitions_frame(
     if actor is not None:
         stmt = stmt.where(tr.c.actor == actor)
     if manual_only:
-        stmt = stmt.where(tr.c.actor.like(f"{MANUAL_ACTOR_PREFIX}%"))
+        # The same literal text as the partial index on manual actions, so the database can use it.
+        stmt = stmt.where(tr.c.actor.like(literal_column(MANUAL_ACTOR_PATTERN)))
     ascending = event_id is not None if oldest_first is None else oldest_first
-    stmt = stmt.order_by(tr.c.id if ascending else desc(tr.c.id)).limit(limit)
+    if since_at is not None and event_id is None:
+        # A time window reads the (at) index; ids need not follow time across processes.
+        order = (tr.c.at, tr.c.id) if ascending else (desc(tr.c.at), desc(tr.c.id))
+    else:
+        order = (tr.c.id,) if ascending else (desc(tr.c.id),)
+    stmt = stmt.order_by(*order).limit(limit)
     with _reading(engine) as conn:
         rows = conn.execute(stmt).all()
     return _frame(rows, TRANSITION_COLUMNS, ("at",))

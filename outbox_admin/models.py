@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped
 
@@ -41,6 +42,8 @@ NAMING_CONVENTION = {
 
 #: History rows written by a person's action (requeue, discard) carry actors with this prefix.
 MANUAL_ACTOR_PREFIX = "admin:"
+#: The SQL literal that selects them (also the predicate of a partial index on the history).
+MANUAL_ACTOR_PATTERN = "'admin:%'"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -132,6 +135,8 @@ def _define_tables(
     )
     Index(f"ix_{transitions_name}_event", transitions.c.event_id, transitions.c.id)
     Index(f"ix_{transitions_name}_at", transitions.c.at)
+    manual = transitions.c.actor.like(text(MANUAL_ACTOR_PATTERN))
+    Index(f"ix_{transitions_name}_manual", transitions.c.id, postgresql_where=manual, sqlite_where=manual)
     Index(f"ix_{transitions_name}_kind_at", transitions.c.to_status, transitions.c.from_status, transitions.c.at)
     return events, transitions
 

@@ -71,8 +71,13 @@ def get_dispatcher(url: str) -> DashboardDispatcher:
     of ``outbox.toml`` / ``OUTBOX_CONFIG`` after the demo handlers."""
     settings = Settings.from_env()
     handler = DemoHandler(fail_share=0.0, always_fail_share=0.0)
-    dispatcher = demo_dispatcher(get_engine(url), handler, extra_handlers=load_sinks(),
-                                 batch_size=settings.batch_size, lease_seconds=settings.lease_seconds)
+    dispatcher = demo_dispatcher(
+        get_engine(url),
+        handler,
+        extra_handlers=load_sinks(),
+        batch_size=settings.batch_size,
+        lease_seconds=settings.lease_seconds,
+    )
     service = DispatcherService(dispatcher, interval_seconds=settings.interval_seconds)
     _services.append(service)
     return DashboardDispatcher(service, handler)

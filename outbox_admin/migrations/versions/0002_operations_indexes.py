@@ -7,6 +7,8 @@ Create Date: 2026-11-27
 
 from __future__ import annotations
 
+import warnings
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -28,25 +30,32 @@ def _wanted(tables) -> list[tuple[str, str, list[str], str | None]]:
         (events, f"ix_{events}_retried", ["retry_count", "status"], "retry_count > 0"),
         # Transitions by kind and time: published/completed/failed per minute.
         (transitions, f"ix_{transitions}_kind_at", ["to_status", "from_status", "at"], None),
+        # Manual actions (actors "admin:<name>"): the Live page's filter.
+        (transitions, f"ix_{transitions}_manual", ["id"], "actor LIKE 'admin:%'"),
     ]
 
 
 def upgrade(tables) -> None:
     inspector = sa.inspect(op.get_bind())
     for table, name, columns, where in _wanted(tables):
-        existing = {ix["name"] for ix in inspector.get_indexes(table, schema=tables.schema)}
+        with warnings.catch_warnings():  # our own expression index cannot be reflected; that is fine
+            warnings.simplefilter("ignore", sa.exc.SAWarning)
+            existing = {ix["name"] for ix in inspector.get_indexes(table, schema=tables.schema)}
         if name in existing:
             continue
         partial = {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)} if where else {}
         op.create_index(name, table, columns, schema=tables.schema, **partial)
     if op.get_bind().dialect.name == "sqlite":
         # SQLite stores times as text: an index on the minute prefix lets "events per minute"
-        # read the index in group order, with no sort and no date parsing.
+        # read the index in group order, with no sort and no date parsing. (SQLAlchemy cannot
+        # reflect expression indexes, hence IF NOT EXISTS rather than an inspection.)
         transitions = tables.transitions.name
-        existing = {ix["name"] for ix in inspector.get_indexes(transitions)}
-        if f"ix_{transitions}_kind_minute" not in existing:
-            op.create_index(f"ix_{transitions}_kind_minute", transitions,
-                            [sa.text("to_status"), sa.text("from_status"), sa.text("substr(at, 1, 16)")])
+        op.execute(
+            sa.text(
+                f'CREATE INDEX IF NOT EXISTS "ix_{transitions}_kind_minute" '
+                f'ON "{transitions}" (to_status, from_status, substr(at, 1, 16))'
+            )
+        )
 
 
 def downgrade(tables) -> None:
