@@ -60,6 +60,9 @@ class PurgeResult:
     batches: int
 
 
+_BY_IDS_OR_FAILED: Any = object()  # the default status of requeue and plan_action: see requeue
+
+
 def _statuses_for(action: Action, status: str | Iterable[str] | None, force: bool) -> tuple[str, ...]:
     allowed = REQUEUEABLE if action == "requeue" else DISCARDABLE
     if status is None:
@@ -93,7 +96,7 @@ def plan_action(
     action: Action,
     event_ids: str | Sequence[str] | None = None,
     *,
-    status: str | Iterable[str] | None = FAILED,
+    status: str | Iterable[str] | None = _BY_IDS_OR_FAILED,
     force: bool = False,
     filters: EventFilter | None = None,
     sample: int = 20,
@@ -103,6 +106,8 @@ def plan_action(
     """The dry run of ``requeue``/``discard`` with the same arguments: count and sample ids."""
     if action not in ("requeue", "discard"):
         raise AdminActionError(f"unknown action {action!r}")
+    if status is _BY_IDS_OR_FAILED:
+        status = FAILED if action == "requeue" and event_ids is None else None
     statuses = _statuses_for(action, status, force)
     flt = _scope(event_ids, filters, loose).with_(status=statuses)
     ev = tables.events
@@ -191,7 +196,7 @@ def requeue(
     engine: Engine,
     event_ids: str | Sequence[str] | None = None,
     *,
-    status: str | Iterable[str] | None = FAILED,
+    status: str | Iterable[str] | None = _BY_IDS_OR_FAILED,
     event_type: str | Iterable[str] | None = None,
     org_id: str | Iterable[str] | None = None,
     error_group: str | None = None,
@@ -204,12 +209,17 @@ def requeue(
 ) -> int:
     """Move matching events back to PENDING, due now; returns how many moved.
 
-    By default only FAILED events move. ``status=None`` takes every requeueable
-    status (FAILED, PENDING, DISCARDED); PROCESSING or COMPLETED events are
-    refused with an ``AdminActionError`` unless ``force=True`` (they will be
-    delivered again). ``reset_attempts`` sets ``retry_count`` back to 0 so the
-    event gets its full number of attempts.
+    Without ids, FAILED events matching the filters move. With explicit ids, every
+    requeueable one moves (FAILED, PENDING, DISCARDED), and an id that is
+    PROCESSING or COMPLETED makes the whole call fail with ``AdminActionError``
+    (nothing written) unless ``force=True``, which delivers it again. Passing
+    ``status`` explicitly makes it a guard instead: only events in that status
+    move and the others are left alone (the dashboard's "exactly these
+    conditions"). ``reset_attempts`` sets ``retry_count`` back to 0 so the event
+    gets its full number of attempts.
     """
+    if status is _BY_IDS_OR_FAILED:
+        status = None if event_ids is not None else FAILED
     statuses = _statuses_for("requeue", status, force)
     flt = _scope(event_ids, filters, {**loose, "event_type": event_type, "org_id": org_id, "error_group": error_group})
     values: dict[str, Any] = {"status": PENDING, "available_at": db_now(), "locked_by": None, "locked_until": None}
