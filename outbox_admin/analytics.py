@@ -15,14 +15,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, case, desc, func, literal, literal_column, select
+from sqlalchemy import Connection, Engine, and_, case, desc, func, literal, literal_column, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Float
 
 from .errors import FilterError
 from .filters import EventFilter, as_filter, normalized_error, prepare_connection
-from .models import DEFAULT_TABLES, MANUAL_ACTOR_PATTERN, EventStatus, OutboxTables
+from .models import DEFAULT_TABLES, MANUAL_ACTOR_PATTERN, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
 
 MAX_PAGE = 10_000
 EVENT_COLUMNS = [
@@ -73,7 +74,14 @@ def _seconds_pg(element: seconds_between, compiler: Any, **kw: Any) -> str:
 @compiles(seconds_between, "sqlite")
 def _seconds_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
     start, end = (compiler.process(c, **kw) for c in element.clauses)
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+    # Whole seconds from the 'YYYY-MM-DD HH:MM:SS' part, the fraction from the '.ffffff' text after it:
+    # julianday() and strftime() round to milliseconds (59.9996 becomes the next second) and
+    # julianday's floating point day number loses more.
+    return (
+        f"((CAST(strftime('%s', substr({end}, 1, 19)) AS INTEGER)"
+        f" - CAST(strftime('%s', substr({start}, 1, 19)) AS INTEGER))"
+        f" + (CAST(substr({end}, 20) AS REAL) - CAST(substr({start}, 20) AS REAL)))"
+    )
 
 
 @contextmanager
@@ -227,7 +235,12 @@ def transitions_frame(
         stmt = stmt.where(tr.c.actor == actor)
     if manual_only:
         # The same literal text as the partial index on manual actions, so the database can use it.
-        stmt = stmt.where(tr.c.actor.like(literal_column(MANUAL_ACTOR_PATTERN)))
+        # SQLite's LIKE ignores case ("ADMIN:x" would pass there, not on PostgreSQL): the substr
+        # makes the prefix exact, while the LIKE still lets the partial index be used.
+        stmt = stmt.where(
+            tr.c.actor.like(literal_column(MANUAL_ACTOR_PATTERN)),
+            func.substr(tr.c.actor, 1, len(MANUAL_ACTOR_PREFIX)) == MANUAL_ACTOR_PREFIX,
+        )
     ascending = event_id is not None if oldest_first is None else oldest_first
     if since_at is not None and event_id is None:
         # A time window reads the (at) index; ids need not follow time across processes.
@@ -289,21 +302,29 @@ def error_summary(
     else:
         types = func.group_concat(ev.c.event_type.distinct())
     events = func.count().label("events")
-    stmt = (
+    groups = (
         select(
             group,
             events,
-            func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0)),
-            func.min(ev.c.created_at),
-            func.max(ev.c.created_at),
-            types,
-            func.max(ev.c.id),
-            func.max(ev.c.error_message),
+            func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0)).label("failed"),
+            func.min(ev.c.created_at).label("first_seen"),
+            func.max(ev.c.created_at).label("last_seen"),
+            types.label("event_types"),
+            func.max(ev.c.id).label("example_event_id"),
         )
         .where(and_(ev.c.error_message.is_not(None), flt.clause(tables)))
         .group_by(group)
         .order_by(desc(events), group)
         .limit(limit)
+        .subquery("groups")
+    )
+    # The example's message comes from the example event itself (max() of the messages would
+    # pair one event's id with another event's message).
+    example = ev.alias("example")
+    stmt = (
+        select(*groups.c, example.c.error_message)
+        .join_from(groups, example, example.c.id == groups.c.example_event_id)
+        .order_by(desc(groups.c.events), groups.c.error_group)
     )
     with _reading(engine) as conn:
         rows = conn.execute(stmt).all()
@@ -330,6 +351,9 @@ class truncated_time(FunctionElement[Any]):
     on SQLite a prefix of the stored ``YYYY-MM-DD HH:MM:SS`` text, which needs no date parsing."""
 
     inherit_cache = True
+    # The unit changes the SQL, so it must be part of the cache key: without it a statement compiled
+    # for minutes is reused for seconds.
+    _traverse_internals = FunctionElement._traverse_internals + [("unit", InternalTraversal.dp_string)]
 
     def __init__(self, column: Any, unit: str) -> None:
         self.unit = unit
@@ -363,9 +387,8 @@ def throughput(engine: Engine, bucket: str = "1min", filters: EventFilter | None
     moves to FAILED, by the time they happened; ``since``/``until`` bound that
     time. The database groups by minute (by second for buckets that are not whole
     minutes) through an index on ``(to_status, from_status, at)``; pandas then sums
-    those groups into buckets. On SQLite, ``since``/``until`` are compared by minute
-    (the whole first minute counts). Events adopted from a table without history
-    are not counted.
+    those groups into buckets. Events adopted from a table without history are
+    not counted.
     """
     try:
         seconds = int(pd.Timedelta(bucket).total_seconds())
@@ -383,9 +406,14 @@ def throughput(engine: Engine, bucket: str = "1min", filters: EventFilter | None
     for bound, op in ((flt.since, "ge"), (flt.until, "lt")):
         if bound is None:
             continue
-        if sqlite_minutes:  # compare minute prefixes, so the expression index covers the whole query
+        if sqlite_minutes:
+            # Minute prefixes keep the expression index in use; the exact time is only read for
+            # rows in the bound's own minute, so a window that starts or ends mid-minute is exact.
             prefix = bound.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
-            conditions.append(step >= prefix if op == "ge" else step < prefix)
+            if op == "ge":
+                conditions.append(and_(step >= prefix, or_(step > prefix, tr.c.at >= bound)))
+            else:
+                conditions.append(and_(step <= prefix, or_(step < prefix, tr.c.at < bound)))
         else:
             conditions.append(tr.c.at >= bound if op == "ge" else tr.c.at < bound)
     step = step.label("step")

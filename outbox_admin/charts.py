@@ -6,6 +6,8 @@ the same colour in every chart, badge and feed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -88,12 +90,26 @@ def retry_histogram_figure(frame: pd.DataFrame, title: str = "Retries per event"
     return _layout(fig, title, "retry count", "events")
 
 
+def _short_labels(texts: Iterable[str], width: int) -> list[str]:
+    """Axis labels at most about ``width`` long and all different: groups often share a long start
+    (the handler and exception), so keep the end too, and number any labels that still collide."""
+    labels: list[str] = []
+    for text in texts:
+        label = text if len(text) <= width else text[: width - 16] + "…" + text[-15:]
+        unique, n = label, 1
+        while unique in labels:
+            n += 1
+            unique = f"{label} ({n})"
+        labels.append(unique)
+    return labels
+
+
 def error_groups_figure(frame: pd.DataFrame, top: int = 10, title: str = "Top error groups") -> go.Figure:
     """Horizontal bars of the largest ``error_summary`` groups, split into FAILED and the rest."""
     if frame.empty:
         return _empty(title, "No errors")
     data = frame.head(top).iloc[::-1]
-    labels = [g if len(g) <= 48 else g[:45] + "..." for g in data["error_group"]]
+    labels = _short_labels(data["error_group"], 48)
     fig = go.Figure(
         [
             go.Bar(

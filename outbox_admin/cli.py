@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,6 +76,8 @@ def publish(
             data = json.loads(payload)
         elif payload_file is not None:
             data = json.loads(payload_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:  # a ValueError: before the JSON case
+        _fail(f"payload file is not UTF-8 text: {exc}", 2)
     except (json.JSONDecodeError, OSError) as exc:
         _fail(f"payload is not valid JSON: {exc}", 2)
     engine = make_engine(database_url)
@@ -396,6 +400,30 @@ def discard(
                 status=",".join(status) if status else None, reason=reason, actor=actor)
 
 
+_AGE_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)")
+_AGE_UNITS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86400),
+    **dict.fromkeys(("w", "week", "weeks"), 7 * 86400),
+}
+
+
+def parse_age(text: str) -> dt.timedelta | None:
+    """An age such as ``30d``, ``12h``, ``1h30min`` or ``7 days``; None if it is not one (a negative
+    or unit-less number, NaN). Parsed here because pandas deprecates the ``d`` and ``w`` units."""
+    text = text.strip().lower()
+    if not re.fullmatch(rf"(?:{_AGE_PART.pattern})+", text):
+        return None
+    seconds = 0.0
+    for number, unit in _AGE_PART.findall(text):
+        if unit not in _AGE_UNITS:
+            return None
+        seconds += float(number) * _AGE_UNITS[unit]
+    return dt.timedelta(seconds=seconds)
+
+
 @app.command()
 def purge(
     older_than: Annotated[str, typer.Option("--older-than", help="Age such as 7d, 12h, 30min.")],
@@ -404,14 +432,12 @@ def purge(
     database_url: DatabaseUrl = None, json_output: JsonOutput = False,
 ) -> None:
     """Delete old COMPLETED and DISCARDED events (and their history), in batches."""
-    import pandas as pd
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from . import admin
 
-    try:
-        age = pd.Timedelta(older_than).to_pytimedelta()
-    except ValueError:
+    age = parse_age(older_than)
+    if age is None:
         _fail(f"--older-than {older_than!r} is not a duration such as 7d, 12h or 30min", 2)
         return
     statuses = [s.strip().upper() for item in (status or ["COMPLETED", "DISCARDED"]) for s in item.split(",")]

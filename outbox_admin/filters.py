@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_
+from sqlalchemy import Connection, and_, func, literal_column, or_
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
@@ -60,13 +60,19 @@ class normalized_error(FunctionElement[str]):
     inherit_cache = True
 
 
+def _sql_text(value: str) -> Any:
+    """A constant string inlined in the SQL (literal_column escapes ``%`` for the driver's paramstyle)."""
+    return literal_column("'" + value.replace("'", "''") + "'")
+
+
 @compiles(normalized_error, "postgresql")
 def _normalized_pg(element: normalized_error, compiler: Any, **kw: Any) -> str:
-    (arg,) = list(element.clauses)
-    sql = compiler.process(arg, **kw)
+    # Inlined constants, not bound parameters: GROUP BY must repeat the very same expression. Only the
+    # constants are escaped, never the compiled argument (a bound parameter in it stays a parameter).
+    (expr,) = list(element.clauses)
     for pattern, placeholder in ERROR_PATTERNS:
-        sql = f"regexp_replace({sql}, '{pattern}', '{placeholder}', 'g')"
-    return sql.replace("%", "%%")
+        expr = func.regexp_replace(expr, _sql_text(pattern), _sql_text(placeholder), _sql_text("g"))
+    return compiler.process(expr, **kw)
 
 
 @compiles(normalized_error, "sqlite")
@@ -178,6 +184,16 @@ class EventFilter:
             if search is not None and "\x00" in search:
                 raise FilterError("search", "contains a NUL character")
         ids = tuple(event_ids) if event_ids is not None else None
+        # PostgreSQL text cannot hold NUL: refuse it here, with the field's name, not as a database error.
+        for name, values in (
+            ("event_type", _as_tuple(event_type)),
+            ("org_id", _as_tuple(org_id)),
+            ("entity", (entity_type, entity_id)),
+            ("error_group", (error_group,)),
+            ("event_ids", ids),
+        ):
+            if any(v is not None and "\x00" in v for v in values or ()):
+                raise FilterError(name, "contains a NUL character")
         return cls(
             statuses,
             _as_tuple(event_type),

@@ -29,6 +29,17 @@ def page(name: str) -> AppTest:
     return AppTest.from_function(render, kwargs={"name": name}, default_timeout=TIMEOUT)
 
 
+@pytest.fixture(autouse=True)
+def keep_main_module() -> Iterator[None]:
+    """AppTest replaces ``__main__`` with its script; restore it, or later spawn-based tests break."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
 @pytest.fixture
 def dash_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'dashboard.db'}"
