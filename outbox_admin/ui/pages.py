@@ -53,7 +53,7 @@ def overview() -> None:
         columns = st.columns(len(counts))
         for column, (status, count) in zip(columns, zip(counts["status"], counts["count"], strict=True), strict=True):
             column.metric(status.title(), f"{count:,}")
-        latency = analytics.latency_stats(ctx.engine, since=since)
+        latency = analytics.latency_stats(ctx.engine, since=since, by_type=False)
         overall = latency.iloc[0]
         left, right, third = st.columns(3)
         left.metric(f"Latency p50 ({window})", _seconds(overall["p50"]))
@@ -74,7 +74,7 @@ def overview() -> None:
         second.plotly_chart(charts.status_figure(counts), width="stretch")
         first, second = st.columns(2)
         first.plotly_chart(
-            charts.retry_histogram_figure(analytics.retry_histogram(ctx.engine, since=since)), width="stretch"
+            charts.retry_histogram_figure(analytics.retry_histogram(ctx.engine, totals=counts)), width="stretch"
         )
         second.plotly_chart(
             charts.error_groups_figure(analytics.error_summary(ctx.engine, since=since, limit=10)),
