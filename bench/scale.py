@@ -68,8 +68,7 @@ def measure(backend: str, url: str, report: Report, rounds: int, pages: bool) ->
     queries: list[tuple[str, Callable[[], Any]]] = [
         ("status_counts", lambda: analytics.status_counts(engine)),
         ("events_frame, first page, status=FAILED", lambda: analytics.events_frame(engine, status="FAILED")),
-        ("events_frame, first page, event_type", lambda: analytics.events_frame(engine,
-                                                                                event_type="PROJECT.ARCHIVED")),
+        ("events_frame, first page, event_type", lambda: analytics.events_frame(engine, event_type="PROJECT.ARCHIVED")),
         ("events_frame, first page, org", lambda: analytics.events_frame(engine, org_id="org-3")),
         ("events_frame, first page, search", lambda: analytics.events_frame(engine, search="503")),
         ("error_summary", lambda: analytics.error_summary(engine)),
@@ -81,8 +80,12 @@ def measure(backend: str, url: str, report: Report, rounds: int, pages: bool) ->
         for name, run in queries:
             run()  # warm the cache once, as a running dashboard would be
             value = report.add(backend, name, _timed(run, rounds), "s")
-            if backend == "sqlite" and name.split(",")[0] in ("status_counts", "events_frame", "error_summary",
-                                                                "throughput"):
+            if backend == "sqlite" and name.split(",")[0] in (
+                "status_counts",
+                "events_frame",
+                "error_summary",
+                "throughput",
+            ):
                 report.target(backend, name, value, "<=", QUERY_TARGET_SECONDS, "s")
         if pages:
             overview = _page(url, "overview", {})

@@ -59,7 +59,7 @@ def make_engine(url: str | None = None, **engine_kwargs: Any) -> Engine:
             raise ConfigurationError(
                 "an in-memory SQLite database is private to one connection; use a file, e.g. sqlite:///outbox.db"
             )
-        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         connect_args.update(engine_kwargs.pop("connect_args", {}))
         engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
     elif dialect == "postgresql":
@@ -112,13 +112,19 @@ def check_engine(engine: Engine) -> None:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A short write transaction; on SQLite it takes the write lock up front (``BEGIN IMMEDIATE``)."""
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection whose ``begin()`` starts a write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
-        with conn.begin():
-            yield conn
+        yield conn
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A short write transaction; on SQLite it takes the write lock up front (``BEGIN IMMEDIATE``)."""
+    with write_connection(engine) as conn, conn.begin():
+        yield conn
 
 
 class utc_now(FunctionElement[Any]):

@@ -8,6 +8,13 @@ tick drains until nothing is due (bounded). Besides the interval it wakes:
 - on PostgreSQL, when any process commits events: a listener thread ``LISTEN``\\s
   on ``outbox_events`` and wakes the service on each ``NOTIFY``.
 
+APScheduler is the clock, not the runner: its job only wakes the service's one
+worker thread, which runs the ticks. A wake-up is then a direct hand-off to a
+thread already waiting (well under a millisecond), rather than rescheduling the
+job through the scheduler's thread and executor (a few milliseconds, and a
+wake-up that arrived while the previous run was being closed was skipped as "maximum
+number of running instances reached").
+
 A tick that fails (the database went away) is logged and kept in ``status()``;
 the next tick carries on. Safety between processes comes from the database
 (``SKIP LOCKED``), not from the scheduler.
@@ -86,8 +93,11 @@ class DispatcherService:
         self._scheduler: BackgroundScheduler | None = None
         self._remove_wake: Any = None
         self._listener: _PostgresListener | None = None
+        self._worker: threading.Thread | None = None
+        self._closing = threading.Event()
+        # Set by every wake-up and every scheduled run; the worker thread waits on it.
         self._wake_pending = threading.Event()
-        self._in_tick = False
+        self._scheduled = False
         self._tick_done = threading.Condition()
         self._last_tick_at: dt.datetime | None = None
         self._last_report: DispatchReport | None = None
@@ -109,10 +119,13 @@ class DispatcherService:
             if self.running:
                 return
             self.dispatcher.clear_stop()
+            self._closing.clear()
+            self._worker = threading.Thread(target=self._work, name="outbox-dispatch", daemon=True)
+            self._worker.start()
             scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={"misfire_grace_time": None})
             scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
             scheduler.add_job(
-                self._tick,
+                self._scheduled_run,
                 IntervalTrigger(seconds=self.interval_seconds, timezone=dt.UTC),
                 id=JOB_ID,
                 name=f"outbox dispatcher {self.dispatcher.name}",
@@ -142,6 +155,11 @@ class DispatcherService:
                 return
             self.dispatcher.request_stop()
             scheduler.shutdown(wait=wait)
+            worker, self._worker = self._worker, None
+            self._closing.set()
+            self._wake_pending.set()
+            if wait and worker is not None:
+                worker.join()
 
     def configure(self, *, interval_seconds: float | None = None, batch_size: int | None = None) -> None:
         """Change the interval (rescheduling a running service) and the batch size; takes effect
@@ -158,8 +176,9 @@ class DispatcherService:
                 self.drain_seconds = max(5.0, self.interval_seconds)
                 scheduler = self._scheduler
                 if scheduler is not None and scheduler.running:
-                    scheduler.reschedule_job(JOB_ID, trigger=IntervalTrigger(seconds=self.interval_seconds,
-                                                                             timezone=dt.UTC))
+                    scheduler.reschedule_job(
+                        JOB_ID, trigger=IntervalTrigger(seconds=self.interval_seconds, timezone=dt.UTC)
+                    )
 
     def __enter__(self) -> DispatcherService:
         self.start()
@@ -173,13 +192,11 @@ class DispatcherService:
     def wake(self) -> None:
         """Tick as soon as possible (or once more right after the running tick)."""
         self._wake_pending.set()
-        scheduler = self._scheduler
-        if self._in_tick or scheduler is None or not scheduler.running:
-            return  # the running tick sees the flag and goes round once more
-        try:
-            scheduler.modify_job(JOB_ID, next_run_time=dt.datetime.now(dt.UTC))
-        except Exception:  # noqa: BLE001 - shutting down; nothing to wake
-            log.debug("wake-up ignored: scheduler is stopping")
+
+    def _scheduled_run(self) -> None:
+        """The APScheduler job: every interval, hand a tick to the worker thread."""
+        self._scheduled = True
+        self._wake_pending.set()
 
     def run_now(self, timeout: float | None = 30.0) -> DispatchReport | None:
         """Tick now and wait for it; returns that tick's report (None if it failed or timed out).
@@ -199,17 +216,25 @@ class DispatcherService:
         with self._tick_done:
             return self._tick_done.wait_for(lambda: self._ticks > after, timeout=timeout)
 
-    # -- the job ---------------------------------------------------------------------
+    # -- the worker ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        """The worker thread: wait for a wake-up (or the scheduled run), tick, repeat until stopped."""
+        while True:
+            self._wake_pending.wait()
+            if self._closing.is_set():
+                return
+            self._tick()
 
     def _tick(self) -> str | None:
-        """One scheduled run: drain, again while wake-ups arrived meanwhile; returns the error, if any."""
+        """One run: drain, again while wake-ups arrived meanwhile; returns the error, if any."""
         started = dt.datetime.now(dt.UTC)
         report = DispatchReport()
         error: str | None = None
-        self._in_tick = True
         try:
             while True:
-                woken = self._wake_pending.is_set()
+                woken = self._wake_pending.is_set() and not self._scheduled
+                self._scheduled = False
                 self._wake_pending.clear()
                 drained = self.dispatcher.drain(max_seconds=self.drain_seconds)
                 report = report + drained
@@ -228,8 +253,7 @@ class DispatcherService:
         except Exception as exc:  # noqa: BLE001 - recorded in status(); the next tick tries again
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             log.warning("outbox dispatcher tick failed: %s", error)
-        finally:
-            self._in_tick = False
+            self._wake_pending.clear()  # a failed tick is not retried at once; the next wake-up or run is
         with self._tick_done:
             self._last_tick_at = started
             self._last_report = report

@@ -1,0 +1,78 @@
+"""The benchmarks' smoke mode (tiny sizes, seconds), so ``bench/`` never rots; full runs are not CI."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from .services import PG_ADMIN_URL
+
+BENCHMARKS = ["publish", "dispatch", "latency", "memory"]
+MACHINE_KEYS = {"cpu_count", "cpu_model", "python", "sqlite", "postgresql", "sqlalchemy", "psycopg", "apscheduler"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_smoke_mode_runs_and_writes_its_json(name: str, backend: str, request: pytest.FixtureRequest, tmp_path: Path):
+    if backend == "postgres":
+        request.getfixturevalue("postgres_databases")  # skips (or fails under CI) when PostgreSQL is unreachable
+    bench = importlib.import_module(f"bench.{name}")
+    out = tmp_path / f"{name}.json"
+    argv = ["--smoke", "--quiet", "--db", backend, "--json", str(out), "--postgres-url", PG_ADMIN_URL]
+    returned = bench.main(argv)
+
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == name == returned["benchmark"]
+    assert set(data["machine"]) >= MACHINE_KEYS
+    assert data["machine"]["cpu_count"] >= 1
+    assert (data["machine"]["postgresql"] is not None) == (backend == "postgres")
+    assert data["results"], "no result rows"
+    for row in data["results"]:
+        assert row["db"] == backend
+        assert row["value"] > 0 and all(s > 0 for s in row["samples"]), row
+    assert all(r["value"] > 0 for r in data["ratios"])
+    assert data["targets"] and all({"name", "value", "op", "threshold", "met"} <= set(t) for t in data["targets"])
+
+
+def test_seed_writes_realistic_rows(sqlite_url: str) -> None:
+    from sqlalchemy import func, select
+
+    from bench.seed import seed
+    from outbox_admin import make_engine
+    from outbox_admin.models import DEFAULT_TABLES
+
+    events, transitions = DEFAULT_TABLES.events, DEFAULT_TABLES.transitions
+    engine = make_engine(sqlite_url)
+    try:
+        seed(engine, 2000)
+        with engine.connect() as conn:
+            statuses = dict(conn.execute(select(events.c.status, func.count()).group_by(events.c.status)).all())
+            assert set(statuses) == {"COMPLETED", "PENDING", "FAILED", "PROCESSING"}
+            assert sum(statuses.values()) == 2000
+            types = set(conn.execute(select(events.c.event_type).distinct()).scalars())
+            assert types == {"PROJECT.CREATED", "PROJECT.UPDATED", "PROJECT.ARCHIVED"}
+            assert conn.scalar(select(func.count(events.c.org_id.distinct()))) > 3
+            failed = conn.execute(select(events).where(events.c.status == "FAILED").limit(1)).one()
+            assert failed.retry_count == 5 and failed.error_message
+            done = conn.execute(select(events).where(events.c.status == "COMPLETED").limit(1)).one()
+            assert done.processed_at > done.created_at
+            # every event's history starts with its publication and ends in its current status
+            first = conn.execute(
+                select(func.count()).where(transitions.c.from_status.is_(None), transitions.c.to_status == "PENDING")
+            ).scalar_one()
+            assert first == 2000
+            last_ids = select(func.max(transitions.c.id)).group_by(transitions.c.event_id).scalar_subquery()
+            mismatched = conn.execute(
+                select(func.count())
+                .select_from(transitions.join(events, events.c.id == transitions.c.event_id))
+                .where(transitions.c.id.in_(last_ids), transitions.c.to_status != events.c.status)
+            ).scalar_one()
+            assert mismatched == 0
+        seed(engine, 100, mix={"PENDING": 1}, retry_fraction=0)  # a second run adds, with fresh ids
+        with engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(events)) == 2100
+    finally:
+        engine.dispose()
