@@ -111,6 +111,18 @@ def check_engine(engine: Engine) -> None:
         )
 
 
+def write_engine(engine: Engine) -> Engine:
+    """``engine`` whose transactions begin as write transactions (``BEGIN IMMEDIATE`` on SQLite).
+
+    For sessions that read before they write next to a running dispatcher: a
+    deferred SQLite transaction that reads first fails at once ("database is
+    locked") when another writer commits before its first write.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine
+    return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+
+
 @contextmanager
 def write_connection(engine: Engine) -> Iterator[Connection]:
     """A connection whose ``begin()`` starts a write transaction (``BEGIN IMMEDIATE`` on SQLite)."""

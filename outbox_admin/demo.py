@@ -25,6 +25,7 @@ from sqlalchemy import BigInteger, Engine, MetaData, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .coltypes import UTCDateTime
+from .db import write_engine
 from .dispatcher import Backoff, Dispatcher, DispatchReport
 from .errors import OutboxError
 from .event_types import EventTypeRegistry, default_registry
@@ -264,6 +265,7 @@ def generate_activity(
     if count < 0:
         raise ValueError("count must not be negative")
     create_demo_schema(engine)
+    engine = write_engine(engine)  # each mutation reads the project, then writes: take the lock up front
     rng = random.Random(seed)
     with Session(engine) as session:
         active = list(session.scalars(select(Project.id).where(Project.status == "ACTIVE")))

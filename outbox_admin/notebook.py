@@ -34,7 +34,7 @@ from sqlalchemy import Engine, case, desc, func, inspect, select
 
 from . import analytics, demo
 from .charts import STATUS_COLORS, status_color
-from .db import _BEGIN_OPTION, init_db, make_engine
+from .db import init_db, make_engine, write_engine
 from .errors import ConfigurationError, FilterError
 from .filters import EventFilter, as_filter, prepare_connection
 from .models import DEFAULT_TABLES, EventStatus, OutboxTables
@@ -134,7 +134,7 @@ def demo_activity(engine: Engine, count: int, **kwargs: Any) -> demo.ActivityRep
     (SQLite refuses it at once with ``database is locked``).
     """
     if engine.dialect.name == "sqlite":
-        engine = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        engine = write_engine(engine)
     return demo.generate_activity(engine, count, **kwargs)
 
 
