@@ -25,7 +25,7 @@ from .errors import (
 )
 from .event_types import EventTypeRegistry, MessageBusEventType, register_event_type, registered_event_types
 from .models import EventStatus, OutboxEvent, OutboxEventTransition, OutboxTables
-from .publisher import EventSpec, publish_outbox_event, publish_outbox_events
+from .publisher import EventSpec, flush_outbox, publish_outbox_event, publish_outbox_events
 from .service import DispatcherService, ServiceStatus
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "Settings",
     "UnknownEventTypeError",
     "emit_message_bus_event",
+    "flush_outbox",
     "init_db",
     "make_engine",
     "publish_outbox_event",

@@ -9,6 +9,7 @@ were made. That order breaks ties between events with equal ``created_at``.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import uuid
@@ -16,31 +17,35 @@ import uuid
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+# The random bits need to be unpredictable across processes, not secret: a generator seeded
+# from the OS (and reseeded in a forked child) costs far less per id than os.urandom.
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
 
 
-def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (version 7), monotonic within this process."""
+def _uuid7_int() -> int:
     global _last_ms, _counter
     with _lock:
         now_ms = time.time_ns() // 1_000_000
         if now_ms > _last_ms:
             _last_ms = now_ms
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count
+            _counter = _random.getrandbits(10)  # leave room to count
         else:
             _counter += 1
             if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
                 _last_ms += 1
                 _counter = 0
         ms, counter = _last_ms, _counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= counter << 64
-    value |= 0b10 << 62
-    value |= rand_b
-    return uuid.UUID(int=value)
+        rand_b = _random.getrandbits(62)
+    return ((ms & 0xFFFFFFFFFFFF) << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (version 7), monotonic within this process."""
+    return uuid.UUID(int=_uuid7_int())
 
 
 def new_event_id() -> str:
     """A new event id as the canonical 36-character string."""
-    return str(uuid7())
+    h = f"{_uuid7_int():032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -115,6 +115,8 @@ def _define_tables(
     Index(f"ix_{events_name}_retried", events.c.retry_count, events.c.status, postgresql_where=retried,
           sqlite_where=retried)
 
+    # The foreign key below is enforced on SQLite only: migration 0003 drops it on PostgreSQL,
+    # where its per-row trigger cost 13% of dispatch throughput (see that migration).
     transitions = Table(
         transitions_name,
         metadata,

@@ -108,14 +108,60 @@ def normalize_payload(value: Any, *, path: str = "payload", _depth: int = 0) -> 
     raise PayloadError(path, f"a {type(value).__name__} has no JSON form; convert it before publishing")
 
 
-def encode_payload(value: Any, *, max_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[JSONValue, int]:
-    """Normalise ``value`` and check its encoded size; returns (data, size in bytes)."""
-    data = normalize_payload(value)
+class _Unusual(Exception):
+    """Raised by the fast path for anything it does not handle itself."""
+
+
+def _fast_normalize(value: Any, depth: int) -> JSONValue:
+    """``normalize_payload`` for the common shapes, without tracking paths (they cost more than the work).
+
+    Anything else, and anything wrong, raises ``_Unusual``: the full walk then
+    normalises it or names where the problem is.
+    """
+    kind = type(value)
+    if kind is str:
+        if "\x00" in value:
+            raise _Unusual
+        return value  # type: ignore[no-any-return]
+    if kind is dict:
+        if depth >= MAX_DEPTH:
+            raise _Unusual
+        result: dict[str, JSONValue] = {}
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key:
+                raise _Unusual
+            result[key] = _fast_normalize(item, depth + 1)
+        return result
+    if kind is int or kind is bool or value is None:
+        return value  # type: ignore[no-any-return]
+    if kind is float:
+        if not math.isfinite(value):
+            raise _Unusual
+        return value  # type: ignore[no-any-return]
+    if kind is Decimal:
+        if not value.is_finite():
+            raise _Unusual
+        return int(value) if value == value.to_integral_value() else float(value)
+    if kind is list:
+        if depth >= MAX_DEPTH:
+            raise _Unusual
+        return [_fast_normalize(item, depth + 1) for item in value]
+    raise _Unusual
+
+
+def encode_payload(value: Any, *, max_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[JSONValue, str]:
+    """Normalise ``value`` and check its encoded size; returns (data, its compact JSON text)."""
     try:
+        data = _fast_normalize(value, 0)
         encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (ValueError, RecursionError) as exc:  # pragma: no cover - normalize_payload prevents these
-        raise PayloadError("payload", str(exc)) from exc
-    size = len(encoded.encode("utf-8"))
-    if max_bytes is not None and size > max_bytes:
-        raise PayloadError("payload", f"is {size} bytes encoded, over the limit of {max_bytes} bytes")
-    return data, size
+        utf8 = encoded.encode("utf-8")  # refuses lone surrogates
+    except (_Unusual, ValueError, UnicodeEncodeError, RecursionError):
+        data = normalize_payload(value)  # the full walk: converts, or raises naming the path
+        try:
+            encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (ValueError, RecursionError) as exc:  # pragma: no cover - normalize_payload prevents these
+            raise PayloadError("payload", str(exc)) from exc
+        utf8 = encoded.encode("utf-8")
+    if max_bytes is not None and len(utf8) > max_bytes:
+        raise PayloadError("payload", f"is {len(utf8)} bytes encoded, over the limit of {max_bytes} bytes")
+    return data, encoded

@@ -1,16 +1,32 @@
 """``publish_outbox_event``: write an event with the caller's transaction.
 
 The event row and its first history row (``None -> PENDING``) are written on
-the caller's connection, so they commit or roll back with the business change:
-one statement on PostgreSQL (two on SQLite), for one event or ten thousand.
+the caller's connection, so they commit or roll back with the business change.
 The publisher never commits, never opens a session, and never runs a handler.
-After the caller's commit it wakes this process's dispatchers; on PostgreSQL it
-also issues ``pg_notify`` inside the transaction, which PostgreSQL delivers to
-listeners in other processes only if the transaction commits.
+
+Events are buffered per connection, as the ORM buffers ``Session.add``: they are
+written in one statement (three short ones on SQLite) before the next statement
+that connection runs, before ``Session.commit`` flushes, and at the latest just
+before the commit. So a query later in the same transaction sees them, a
+rollback (or a rolled-back savepoint) drops them with the change, and ten
+thousand ``publish_outbox_event`` calls cost a few round trips instead of ten
+thousand. ``flush_outbox(tx)`` writes them at once. Two things follow:
+
+- ``created_at`` and ``available_at`` of a returned event are ``None`` until it
+  is written, then filled in: the database's clock at the write.
+- An event with an ``idempotency_key`` is written at once (the buffer first), so
+  the call can return the stored event when the key was already used.
+
+A failed write keeps the events buffered and raises; the commit will raise again,
+so a transaction can never commit without the events it published. After the
+commit the publisher wakes this process's dispatchers; on PostgreSQL each write
+also issues ``pg_notify``, which reaches listeners in other processes only if the
+transaction commits.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import threading
@@ -36,6 +52,8 @@ from .wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
 PUBLISHER_ACTOR = "publisher"
 PENDING = EventStatus.PENDING.value
 MAX_FIELD_LENGTH = 255
+#: Events buffered on one connection before they are written anyway (bounds the statement's size).
+BUFFER_LIMIT = 2000
 
 _USAGE = (
     "publish_outbox_event needs the transaction of your change: "
@@ -69,14 +87,20 @@ def publish_outbox_event(
     tables: OutboxTables = DEFAULT_TABLES,
     max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> OutboxEvent:
-    """Write one event inside ``tx``'s active transaction and return it.
+    """Publish one event inside ``tx``'s active transaction and return it.
 
     ``tx`` is a ``Session`` or ``Connection`` with a transaction begun. The event
     exists only if that transaction commits. With ``idempotency_key``, publishing
     the same key again for the same org returns the stored event instead of a new one.
     """
-    spec = EventSpec(org_id, event_type, entity_type, entity_id, payload, idempotency_key)  # type: ignore[arg-type]
-    return publish_outbox_events(tx, [spec], registry=registry, tables=tables, max_payload_bytes=max_payload_bytes)[0]
+    conn = _connection_of(tx)
+    row = _event_row(
+        org_id, event_type, entity_type, entity_id, payload, idempotency_key, registry or default_registry,
+        max_payload_bytes,
+    )
+    if idempotency_key is not None:
+        return _write_now(tx, conn, [row], tables)[0]
+    return _buffer(tx, conn, [row], tables)[0]
 
 
 def publish_outbox_events(
@@ -87,16 +111,35 @@ def publish_outbox_events(
     tables: OutboxTables = DEFAULT_TABLES,
     max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> list[OutboxEvent]:
-    """Write many events in ``tx``'s transaction in one statement (two on SQLite); rules as ``publish_outbox_event``.
+    """Publish many events in ``tx``'s transaction; rules as ``publish_outbox_event``.
 
-    Every event is checked before anything is written, so one bad event writes none.
+    Every event is checked before any is accepted, so one bad event publishes none.
     """
-    executor, conn = _transaction_of(tx)
+    conn = _connection_of(tx)
     registry = registry or default_registry
-    rows = [_event_row(_as_spec(item), registry, max_payload_bytes) for item in events]
+    rows = []
+    for item in events:
+        spec = _as_spec(item)
+        rows.append(
+            _event_row(
+                spec.org_id, spec.event_type, spec.entity_type, spec.entity_id, spec.payload,
+                spec.idempotency_key, registry, max_payload_bytes,
+            )
+        )
     if not rows:
         return []
-    return _insert_events(executor, conn, rows, tables)
+    if any(row.key is not None for row in rows):
+        return _write_now(tx, conn, rows, tables)
+    return _buffer(tx, conn, rows, tables)
+
+
+def flush_outbox(tx: Session | Connection) -> None:
+    """Write the events ``tx``'s transaction has published and not yet written.
+
+    Rarely needed: the next statement on the connection, ``Session.commit`` and the
+    commit itself all do it. Useful to learn the events' ``created_at`` early.
+    """
+    _flush(_connection_of(tx))
 
 
 def _as_spec(item: EventSpec | Mapping[str, Any]) -> EventSpec:
@@ -109,47 +152,94 @@ def _as_spec(item: EventSpec | Mapping[str, Any]) -> EventSpec:
 
 
 def _text_field(name: str, value: object, *, allow_int: bool = True) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int) if allow_int else str):
+    if value.__class__ is str:  # the usual case, checked in the fewest steps
+        text: str = value  # type: ignore[assignment]
+    elif isinstance(value, bool) or not isinstance(value, (str, int) if allow_int else str):
         raise InvalidEventError(name, f"must be text, not {type(value).__name__}")
-    text = str(value)
-    if not text.strip():
-        raise InvalidEventError(name, "must not be empty")
+    else:
+        text = str(value)
     if len(text) > MAX_FIELD_LENGTH:
         raise InvalidEventError(name, f"is {len(text)} characters, over the limit of {MAX_FIELD_LENGTH}")
+    if not text.strip():
+        raise InvalidEventError(name, "must not be empty")
     if "\x00" in text:
         raise InvalidEventError(name, "contains a NUL character")
     return text
 
 
-def _event_row(spec: EventSpec, registry: EventTypeRegistry, max_payload_bytes: int | None) -> dict[str, Any]:
-    event_type = registry.require(spec.event_type)
-    data, _size = encode_payload(spec.payload if spec.payload is not None else {}, max_bytes=max_payload_bytes)
-    key = None if spec.idempotency_key is None else _text_field("idempotency_key", spec.idempotency_key)
-    return {
-        "id": new_event_id(),
-        "org_id": _text_field("org_id", spec.org_id),
-        "event_type": event_type,
-        "entity_type": _text_field("entity_type", spec.entity_type, allow_int=False),
-        "entity_id": _text_field("entity_id", spec.entity_id),
-        "payload": data,
-        "status": EventStatus.PENDING.value,
-        "retry_count": 0,
-        "idempotency_key": key,
-    }
+@dataclass(slots=True)
+class _Row:
+    """One checked event: what the statement writes, and the event object returned to the caller."""
+
+    id: str
+    org_id: str
+    event_type: str
+    entity_type: str
+    entity_id: str
+    payload: Any  # the normalised payload, as the returned event holds it
+    payload_json: str  # the same, encoded once: what is written
+    key: str | None
+
+    def wire(self) -> tuple[Any, ...]:
+        """The row as one element of the statement's JSON array (payload as JSON text)."""
+        return (self.id, self.org_id, self.event_type, self.entity_type, self.entity_id, self.payload_json, self.key)
+
+    def values(self, created_at: Any, available_at: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "org_id": self.org_id,
+            "event_type": self.event_type,
+            "entity_type": self.entity_type,
+            "entity_id": self.entity_id,
+            "payload": self.payload,
+            "status": PENDING,
+            "retry_count": 0,
+            "idempotency_key": self.key,
+            "created_at": created_at,
+            "available_at": available_at,
+            "error_message": None,
+            "processed_at": None,
+            "locked_by": None,
+            "locked_until": None,
+        }
 
 
-def _transaction_of(tx: object) -> tuple[Session | Connection, Connection]:
-    """The object to execute on and its connection, or ``NotInTransactionError``."""
+def _event_row(
+    org_id: object,
+    event_type: object,
+    entity_type: object,
+    entity_id: object,
+    payload: Any,
+    idempotency_key: object,
+    registry: EventTypeRegistry,
+    max_payload_bytes: int | None,
+) -> _Row:
+    checked_type = registry.require(event_type)
+    data, encoded = encode_payload(payload if payload is not None else {}, max_bytes=max_payload_bytes)
+    return _Row(
+        new_event_id(),
+        _text_field("org_id", org_id),
+        checked_type,
+        _text_field("entity_type", entity_type, allow_int=False),
+        _text_field("entity_id", entity_id),
+        data,
+        encoded,
+        None if idempotency_key is None else _text_field("idempotency_key", idempotency_key),
+    )
+
+
+def _connection_of(tx: object) -> Connection:
+    """The connection of ``tx``'s transaction, or ``NotInTransactionError``."""
     if isinstance(tx, scoped_session):
         tx = tx()
     if isinstance(tx, Session):
         if not tx.in_transaction():
             raise NotInTransactionError(f"the session has no transaction begun; {_USAGE}")
-        return tx, tx.connection()
+        return tx.connection()
     if isinstance(tx, Connection):
         if not tx.in_transaction():
             raise NotInTransactionError(f"the connection has no transaction begun; {_USAGE}")
-        return tx, tx
+        return tx
     if isinstance(tx, Engine):
         raise NotInTransactionError(f"got an Engine, which has no transaction; {_USAGE}")
     raise NotInTransactionError(f"got {type(tx).__name__}, not a Session or Connection; {_USAGE}")
@@ -157,130 +247,133 @@ def _transaction_of(tx: object) -> tuple[Session | Connection, Connection]:
 
 # --- the statements -------------------------------------------------------------------
 #
-# Publishing is on the caller's hot path, so it is one round trip on PostgreSQL and
-# plain SQL text on both databases (built once per table set, so the driver can keep it
-# prepared), executed with ``exec_driver_sql``: SQLAlchemy's events, logging and error
-# wrapping still apply, but no statement is compiled per call.
+# Plain SQL text built once per table set (so the driver can keep it prepared) and run
+# with ``exec_driver_sql``: SQLAlchemy's events, logging and error wrapping still apply,
+# but nothing is compiled per call. Every event of a write travels in one JSON array
+# parameter, so the text is the same for one event or thousands.
 
-_INSERTED = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "idempotency_key")
+_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "idempotency_key")
 
 
 @dataclass(frozen=True)
 class _PublishSql:
     """The statements of one table set on one dialect."""
 
-    insert: str  # the events (PostgreSQL: and their first history rows), returning id, created_at, available_at
-    insert_and_notify: str  # the same plus pg_notify (the first publish of a PostgreSQL transaction)
-    history: str | None  # SQLite: the first history rows, a second statement
+    insert: str  # PostgreSQL: events + history + pg_notify, returning (count, stamp); SQLite: the events
+    insert_keyed: str  # the same, skipping taken idempotency keys, returning (id, created_at, available_at)
+    history: str | None  # SQLite: the first history rows, from a JSON array of ids
 
 
 @functools.lru_cache(maxsize=64)
-def _publish_sql(tables: OutboxTables, dialect: Dialect, keyed: bool) -> _PublishSql:
+def _publish_sql(tables: OutboxTables, dialect: Dialect) -> _PublishSql:
     quote = dialect.identifier_preparer
     events, transitions = quote.format_table(tables.events), quote.format_table(tables.transitions)
-    columns = ", ".join(quote.quote(c) for c in _INSERTED)
-    now = str(db_now().compile(dialect=dialect))
-    conflict = ""
-    if keyed:
-        conflict = f" ON CONFLICT ({quote.quote('org_id')}, {quote.quote('idempotency_key')}) DO NOTHING"
-    insert_events = (
-        f"INSERT INTO {events} ({columns}, status, retry_count, created_at, available_at) "
-        f"SELECT {{source_columns}}, '{PENDING}', 0, {now}, {now} FROM {{source}}{conflict} "
-        "RETURNING id, created_at, available_at"
-    )
+    columns = ", ".join(quote.quote(c) for c in _COLUMNS)
+    conflict = f" ON CONFLICT ({quote.quote('org_id')}, {quote.quote('idempotency_key')}) DO NOTHING"
+    history_columns = "event_id, from_status, to_status, at, actor, attempt"
     if dialect.name == "postgresql":
-        # One statement: every event travels in one JSON document (json_to_recordset; the same
-        # text for 1 or 10,000 events, and far cheaper for the driver than one array per column),
-        # a data-modifying CTE writes the history rows, and the first publish of a transaction
-        # also sends the NOTIFY that wakes other processes after the commit.
-        record = ", ".join(f"{c} {'jsonb' if c == 'payload' else 'text'}" for c in _INSERTED)
-        ev = insert_events.format(
-            source_columns=", ".join(f"r.{c}" for c in _INSERTED),
-            source=f"json_to_recordset(CAST(%(events)s AS json)) AS r({record})",
+        # One statement: the events, their history rows (a data-modifying CTE) and the NOTIFY that
+        # wakes other processes after the commit.
+        now = str(db_now().compile(dialect=dialect))
+        source = ", ".join(
+            f"CAST(value ->> {i} AS jsonb)" if c == "payload" else f"value ->> {i}" for i, c in enumerate(_COLUMNS)
         )
-        with_history = (
-            f"WITH new AS ({ev}), history AS ("
-            f"INSERT INTO {transitions} (event_id, from_status, to_status, at, actor, attempt) "
+        template = (
+            f"WITH new AS (INSERT INTO {events} ({columns}, status, retry_count, created_at, available_at) "
+            f"SELECT {source}, '{PENDING}', 0, {now}, {now} "
+            "FROM json_array_elements(CAST(%(events)s AS json)){conflict} RETURNING id, created_at, available_at), "
+            f"history AS (INSERT INTO {transitions} ({history_columns}) "
             f"SELECT id, NULL, '{PENDING}', created_at, '{PUBLISHER_ACTOR}', 0 FROM new) "
-            "SELECT id, created_at, available_at{notify} FROM new"
+            "SELECT {result}, (SELECT pg_notify('" + NOTIFY_CHANNEL + "', '')) FROM new"
         )
         return _PublishSql(
-            insert=with_history.format(notify=""),
-            insert_and_notify=with_history.format(notify=f", (SELECT pg_notify('{NOTIFY_CHANNEL}', ''))"),
+            insert=template.format(conflict="", result="count(*), min(created_at)"),
+            insert_keyed=template.format(conflict=conflict, result="id, created_at, available_at"),
             history=None,
         )
-    # SQLite: every event in one JSON array parameter (json_each), so one statement serves
-    # any number of events; the history rows follow in a second statement.
-    source_columns = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_INSERTED)))
-    ev = insert_events.format(source_columns=source_columns, source="json_each(?) WHERE true")
-    history = (
-        f"INSERT INTO {transitions} (event_id, from_status, to_status, at, actor, attempt) "
-        f"VALUES (?, NULL, '{PENDING}', ?, '{PUBLISHER_ACTOR}', 0)"
+    # SQLite: the stamp is a parameter (the database's clock is this machine's clock), so the
+    # events and their history rows take two statements and nothing is read back.
+    source = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_COLUMNS)))
+    insert = (
+        f"INSERT INTO {events} ({columns}, status, retry_count, created_at, available_at) "
+        f"SELECT {source}, '{PENDING}', 0, :at, :at FROM json_each(:events) WHERE true"
     )
-    return _PublishSql(insert=ev, insert_and_notify=ev, history=history)
-
-
-def _insert_events(
-    tx: Session | Connection, conn: Connection, rows: list[dict[str, Any]], tables: OutboxTables
-) -> list[OutboxEvent]:
-    dialect = conn.dialect
-    keyed = any(row["idempotency_key"] is not None for row in rows)
-    sql = _publish_sql(tables, dialect, keyed)
-    dumps = getattr(dialect, "_json_serializer", None) or json.dumps  # what the JSON column type would use
-    notify = _needs_notify(tx, conn)
-    if dialect.name == "postgresql":
-        events = dumps([{c: row[c] for c in _INSERTED} for row in rows])
-        result = conn.exec_driver_sql(sql.insert_and_notify if notify else sql.insert, {"events": events})
-    else:
-        # The payload travels as JSON text inside the JSON array, so json_extract gives back exactly that text.
-        values = [[dumps(row["payload"]) if c == "payload" else row[c] for c in _INSERTED] for row in rows]
-        result = conn.exec_driver_sql(sql.insert, (json.dumps(values),))
-    stamps = {r[0]: (r[1], r[2]) for r in result}
-    if sql.history is not None and stamps:
-        history = [(event_id, stamp[0]) for event_id, stamp in stamps.items()]
-        conn.exec_driver_sql(sql.history, history[0] if len(history) == 1 else history)  # one row: no executemany
-    _after_publish(tx, conn, notified=notify and bool(stamps))
-
-    # One statement stamps every event with the same time: convert each distinct value once.
-    converted: dict[Any, Any] = {}
-
-    def to_utc(value: Any, dialect: Dialect) -> Any:
-        if value not in converted:
-            converted[value] = _UTC.process_result_value(value, dialect)
-        return converted[value]
-
-    stored: list[Mapping[str, Any]] = []
-    missing: list[dict[str, Any]] = []
-    for row in rows:
-        stamp = stamps.get(row["id"])
-        if stamp is None:
-            missing.append(row)
-            continue
-        row.update(
-            created_at=to_utc(stamp[0], dialect),
-            available_at=to_utc(stamp[1], dialect),
-            error_message=None,
-            processed_at=None,
-            locked_by=None,
-            locked_until=None,
-        )
-    existing: dict[tuple[str, str], Mapping[str, Any]] = {}
-    if missing:
-        # Lost the race for an idempotency key (or repeated it): return the stored event.
-        events_t = tables.events
-        pairs = sorted({(row["org_id"], row["idempotency_key"]) for row in missing})
-        found = tx.execute(select(events_t).where(tuple_(events_t.c.org_id, events_t.c.idempotency_key).in_(pairs)))
-        existing = {(r.org_id, r.idempotency_key): dict(r._mapping) for r in found}
-    for row in rows:
-        stored.append(row if row["id"] in stamps else existing[(row["org_id"], row["idempotency_key"])])
-    if tables is DEFAULT_TABLES:
-        return [_detached_event(r) for r in stored]
-    return [OutboxEvent(**dict(r)) for r in stored]
+    return _PublishSql(
+        insert=insert,
+        insert_keyed=f"{insert}{conflict} RETURNING id",
+        history=(
+            f"INSERT INTO {transitions} ({history_columns}) "
+            f"SELECT value, NULL, '{PENDING}', :at, '{PUBLISHER_ACTOR}', 0 FROM json_each(:ids)"
+        ),
+    )
 
 
 _UTC = UTCDateTime()
 _EVENT_MANAGER = manager_of_class(OutboxEvent)
 _EVENT_MAPPER = class_mapper(OutboxEvent)
+
+
+def _sqlite_stamp() -> tuple[str, dt.datetime]:
+    """Now, as SQLite's clock expression gives it (milliseconds), in storage text and as a datetime."""
+    now = dt.datetime.now(dt.UTC)
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return now.strftime("%Y-%m-%d %H:%M:%S.%f"), now
+
+
+def _write_rows(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dict[str, Any]:
+    """Write ``rows`` (no idempotency keys) and return the stamp they got."""
+    sql = _publish_sql(tables, conn.dialect)
+    wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
+    if sql.history is None:
+        count, stamp = conn.exec_driver_sql(sql.insert, {"events": wire}).one()[:2]
+        if count != len(rows):  # pragma: no cover - an INSERT ... SELECT writes every row or fails
+            raise RuntimeError(f"wrote {count} of {len(rows)} events")
+        return {"at": _UTC.process_result_value(stamp, conn.dialect)}
+    text, stamp = _sqlite_stamp()
+    conn.exec_driver_sql(sql.insert, {"events": wire, "at": text})
+    conn.exec_driver_sql(sql.history, {"ids": json.dumps([row.id for row in rows]), "at": text})
+    return {"at": stamp}
+
+
+def _write_now(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
+    """Write ``rows`` at once (some carry idempotency keys); a taken key returns the stored event."""
+    _flush(conn)  # keep publish order: what was buffered goes first
+    sql = _publish_sql(tables, conn.dialect)
+    wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
+    stamps: dict[str, tuple[Any, Any]] = {}
+    if sql.history is None:
+        for event_id, created, available, _ in conn.exec_driver_sql(sql.insert_keyed, {"events": wire}):
+            stamps[event_id] = (created, available)
+    else:
+        text, stamp = _sqlite_stamp()
+        written = [r[0] for r in conn.exec_driver_sql(sql.insert_keyed, {"events": wire, "at": text})]
+        if written:
+            conn.exec_driver_sql(sql.history, {"ids": json.dumps(written), "at": text})
+        stamps = {event_id: (stamp, stamp) for event_id in written}
+    _after_publish(tx, conn)
+    missing = sorted({(row.org_id, row.key) for row in rows if row.id not in stamps})
+    existing: dict[tuple[str, str], Mapping[str, Any]] = {}
+    if missing:
+        # Lost the race for an idempotency key (or repeated it): return the stored event.
+        events_t = tables.events
+        found = conn.execute(select(events_t).where(tuple_(events_t.c.org_id, events_t.c.idempotency_key).in_(missing)))
+        existing = {(r.org_id, r.idempotency_key): dict(r._mapping) for r in found}
+    result = []
+    for row in rows:
+        stamp = stamps.get(row.id)
+        if stamp is None:
+            result.append(_new_event(existing[(row.org_id, row.key)], tables))  # type: ignore[index]
+        else:
+            created = _UTC.process_result_value(stamp[0], conn.dialect)
+            available = _UTC.process_result_value(stamp[1], conn.dialect)
+            result.append(_new_event(row.values(created, available), tables))
+    return result
+
+
+def _new_event(values: Mapping[str, Any], tables: OutboxTables) -> OutboxEvent:
+    if tables is DEFAULT_TABLES:
+        return _detached_event(values)
+    return OutboxEvent(**dict(values))
 
 
 def _detached_event(values: Mapping[str, Any]) -> OutboxEvent:
@@ -291,16 +384,74 @@ def _detached_event(values: Mapping[str, Any]) -> OutboxEvent:
     the instance as the ORM does when it loads a row: values as loaded, plus the
     identity key.
     """
-    event: OutboxEvent = _EVENT_MANAGER.new_instance()
-    event.__dict__.update(values)
-    instance_state(event).key = _EVENT_MAPPER.identity_key_from_primary_key((values["id"],))
-    return event
+    obj: OutboxEvent = _EVENT_MANAGER.new_instance()
+    obj.__dict__.update(values)
+    instance_state(obj).key = _EVENT_MAPPER.identity_key_from_primary_key((values["id"],))
+    return obj
+
+
+# --- the buffer -----------------------------------------------------------------------
+#
+# Per connection: the rows not yet written, their event objects and table set, in
+# publish order. Written before the connection's next statement (before_cursor_execute),
+# by Session.before_commit, and by the connection's commit event; dropped on rollback.
+
+_BUFFER = "outbox_admin.buffer"
+_BUFFERED_CONNECTIONS = "outbox_admin.buffered_connections"
+
+
+@dataclass(slots=True)
+class _Buffered:
+    tables: OutboxTables
+    rows: list[_Row]
+    events: list[OutboxEvent]
+
+
+def _buffer(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
+    state = _connection_state(conn)
+    buffered: list[_Buffered] | None = state.get(_BUFFER)
+    if buffered is None:
+        buffered = state[_BUFFER] = []
+        _hook_engine(conn.engine)
+        if isinstance(tx, Session):
+            tx.info.setdefault(_BUFFERED_CONNECTIONS, set()).add(conn)
+    if not buffered or buffered[-1].tables is not tables:
+        buffered.append(_Buffered(tables, [], []))
+    group = buffered[-1]
+    made = [_new_event(row.values(None, None), tables) for row in rows]
+    group.rows.extend(rows)
+    group.events.extend(made)
+    _after_publish(tx, conn)
+    if sum(len(g.rows) for g in buffered) >= BUFFER_LIMIT:
+        _flush(conn)
+    return made
+
+
+def _flush(conn: Connection) -> None:
+    """Write the connection's buffered events; on failure they stay buffered, so the commit fails too."""
+    state = _connection_state_map.get(conn)
+    buffered: list[_Buffered] | None = state.pop(_BUFFER, None) if state else None
+    while buffered:
+        group = buffered[0]
+        try:
+            stamp = _write_rows(conn, group.rows, group.tables)["at"]
+        except Exception as exc:
+            state[_BUFFER] = buffered  # type: ignore[index]
+            exc.add_note(
+                f"outbox_admin: writing {sum(len(g.rows) for g in buffered)} published event(s) failed; "
+                "they stay unwritten and this transaction cannot commit"
+            )
+            raise
+        for obj in group.events:
+            obj.__dict__["created_at"] = stamp
+            obj.__dict__["available_at"] = stamp
+        del buffered[0]
 
 
 # --- wake-up after commit -------------------------------------------------------------
 #
 # A pending wake-up is kept per transaction (in ``Session.info``, or per ``Connection``)
-# as (database key, innermost transaction, pg_notify sent, signal). The commit and
+# as (database key, innermost transaction, signal). The commit and
 # rollback listeners are registered once (on the ``Session`` class, and per engine),
 # not per transaction: ``event.listen`` costs more than a whole small publish.
 
@@ -323,27 +474,14 @@ def _connection_state(conn: Connection) -> dict[str, Any]:
     return _connection_state_map.setdefault(conn, {})
 
 
-def _needs_notify(tx: Session | Connection, conn: Connection) -> bool:
-    """PostgreSQL: whether this (sub)transaction still has to send its ``pg_notify``."""
-    if conn.dialect.name != "postgresql":
-        return False
-    holder: Any = tx.info if isinstance(tx, Session) else _connection_state_map.get(conn, {})
-    pending = holder.get(_PENDING_WAKE)
-    return pending is None or pending[1] is not _innermost(tx) or not pending[2]
-
-
-def _after_publish(
-    tx: Session | Connection, conn: Connection, *, notified: bool, signal: WakeSignal = wake_signal
-) -> None:
+def _after_publish(tx: Session | Connection, conn: Connection, *, signal: WakeSignal = wake_signal) -> None:
     """Remember, per (sub)transaction, to wake this process's dispatchers after the commit."""
     holder: Any = tx.info if isinstance(tx, Session) else _connection_state(conn)
     current = _innermost(tx)
     pending = holder.get(_PENDING_WAKE)
     if pending is not None and pending[1] is current:
-        if notified and not pending[2]:
-            holder[_PENDING_WAKE] = (pending[0], current, True, pending[3])
         return
-    holder[_PENDING_WAKE] = (_engine_key(conn), current, notified, signal)
+    holder[_PENDING_WAKE] = (_engine_key(conn), current, signal)
     if isinstance(tx, Session):
         _hook_sessions()
     else:
@@ -356,19 +494,28 @@ def _hook_sessions() -> None:
         return
     with _hook_lock:
         if not _sessions_hooked:
+            event.listen(Session, "before_commit", _session_committing)
             event.listen(Session, "after_commit", _session_committed)
             event.listen(Session, "after_rollback", _session_rolled_back)
             _sessions_hooked = True
 
 
+def _session_committing(session: Session) -> None:
+    # Before the session's own flush and commit: a failed write leaves the session's
+    # transaction open for the caller to roll back.
+    for conn in session.info.pop(_BUFFERED_CONNECTIONS, ()):
+        _flush(conn)
+
+
 def _session_committed(session: Session) -> None:
     pending = session.info.pop(_PENDING_WAKE, None)
     if pending is not None:
-        pending[3].notify(pending[0])
+        pending[2].notify(pending[0])
 
 
 def _session_rolled_back(session: Session) -> None:
     session.info.pop(_PENDING_WAKE, None)
+    session.info.pop(_BUFFERED_CONNECTIONS, None)
 
 
 def _hook_engine(engine: Engine) -> None:
@@ -376,21 +523,36 @@ def _hook_engine(engine: Engine) -> None:
         return
     with _hook_lock:
         if engine not in _hooked_engines:
+            event.listen(engine, "before_cursor_execute", _before_statement)
             event.listen(engine, "commit", _connection_committed)
             event.listen(engine, "rollback", _connection_rolled_back)
             _hooked_engines.add(engine)
 
 
-def _connection_committed(conn: Connection) -> None:
-    # ConnectionEvents.commit fires just before the DBAPI commit; the service re-checks
-    # shortly after a wake-up that found nothing, which covers that gap.
+def _before_statement(conn: Connection, *_: Any) -> None:
+    # Any statement on a connection with buffered events writes them first, so it sees them
+    # (and a ROLLBACK TO SAVEPOINT undoes them). The write's own statement finds the buffer empty.
     state = _connection_state_map.get(conn)
-    pending = state.pop(_PENDING_WAKE, None) if state else None
+    if state and _BUFFER in state:
+        _flush(conn)
+
+
+def _connection_committed(conn: Connection) -> None:
+    # ConnectionEvents.commit fires just before the DBAPI commit: the buffer is written in the
+    # transaction, and an error here stops the commit. The wake-up goes out before the commit
+    # lands; the service re-checks shortly after a wake-up that found nothing, which covers that gap.
+    state = _connection_state_map.get(conn)
+    if not state:
+        return
+    if _BUFFER in state:
+        _flush(conn)
+    pending = state.pop(_PENDING_WAKE, None)
     if pending is not None:
-        pending[3].notify(pending[0])
+        pending[2].notify(pending[0])
 
 
 def _connection_rolled_back(conn: Connection) -> None:
     state = _connection_state_map.get(conn)
     if state:
         state.pop(_PENDING_WAKE, None)
+        state.pop(_BUFFER, None)

@@ -264,3 +264,104 @@ def test_all_errors_derive_from_outbox_error() -> None:
         obj = getattr(errors, name)
         if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == errors.__name__:
             assert issubclass(obj, OutboxError)
+
+
+# --- the per-connection buffer ---------------------------------------------------------
+
+from sqlalchemy import Column, MetaData, String, Table, insert  # noqa: E402
+
+from outbox_admin import OutboxTables, flush_outbox  # noqa: E402
+from outbox_admin.publisher import BUFFER_LIMIT  # noqa: E402
+
+PROJECTS = Table("test_project", MetaData(), Column("id", String(36), primary_key=True))
+
+
+def test_a_later_statement_in_the_transaction_sees_buffered_events(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        event = publish(session)
+        assert event.created_at is None  # buffered: not written yet
+        assert session.scalar(select(func.count()).select_from(DEFAULT_TABLES.events)) == 1
+        assert event.created_at is not None and event.available_at == event.created_at
+    with engine.begin() as conn:
+        event = publish(conn)
+        assert conn.exec_driver_sql('SELECT count(*) FROM "OutboxEventTransition"').scalar() == 2
+        assert event.created_at is not None
+    assert counts(engine) == (2, 2)
+
+
+def test_flush_outbox_writes_now_and_commit_fills_the_times(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        first = publish(session)
+        flush_outbox(session)
+        assert first.created_at is not None
+        second = publish(session)
+    assert second.created_at is not None and second.created_at >= first.created_at
+    with Session(engine) as session:
+        stored = session.get(OutboxEvent, second.id)
+        assert stored is not None and stored.created_at == second.created_at
+    with pytest.raises(NotInTransactionError):
+        flush_outbox(engine)
+
+
+def test_a_rolled_back_savepoint_drops_its_buffered_events(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        kept = publish(session, entity_id="kept")
+        savepoint = session.begin_nested()
+        publish(session, entity_id="dropped")
+        savepoint.rollback()
+        later = publish(session, entity_id="later")
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(DEFAULT_TABLES.events.c.id)).scalars())
+    assert stored == {kept.id, later.id}
+    assert counts(engine) == (2, 2)
+
+
+def test_idempotent_publish_writes_the_buffer_first(engine: Engine) -> None:
+    with engine.begin() as conn:
+        plain = publish(conn, entity_id="plain")
+        keyed = publish(conn, entity_id="keyed", idempotency_key="k-1")
+        assert plain.created_at is not None and keyed.created_at is not None
+        assert plain.created_at <= keyed.created_at
+    assert counts(engine) == (2, 2)
+
+
+def test_a_large_transaction_is_written_in_bounded_statements(engine: Engine) -> None:
+    with engine.begin() as conn:
+        events = [publish(conn, entity_id=f"p-{i}") for i in range(BUFFER_LIMIT + 1)]
+        assert all(e.created_at is not None for e in events[:BUFFER_LIMIT])  # the full buffer was written
+        assert events[-1].created_at is None
+    assert counts(engine) == (BUFFER_LIMIT + 1, BUFFER_LIMIT + 1)
+
+
+def test_a_failed_write_keeps_the_change_from_committing(engine: Engine) -> None:
+    """Events for tables that do not exist: the write fails at commit, and the business change goes too."""
+    PROJECTS.create(engine)
+    missing = OutboxTables.named("MissingEvent", "MissingEventTransition")
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        conn.execute(insert(PROJECTS), {"id": "p-1"})
+        event = publish(conn, tables=missing)
+        with pytest.raises(Exception, match="MissingEvent") as info:
+            transaction.commit()
+        assert any("stay unwritten" in note for note in getattr(info.value, "__notes__", []))
+        assert event.created_at is None
+        transaction.rollback()
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(PROJECTS)) == 0
+
+
+def test_a_failed_write_inside_a_session_leaves_it_to_roll_back(engine: Engine) -> None:
+    PROJECTS.create(engine)
+    missing = OutboxTables.named("MissingEvent", "MissingEventTransition")
+    with Session(engine) as session:
+        session.begin()
+        session.execute(insert(PROJECTS), {"id": "p-1"})
+        publish(session, tables=missing)
+        with pytest.raises(Exception, match="MissingEvent"):
+            session.commit()
+        session.rollback()
+        with session.begin():
+            publish(session)  # the session is usable again, and the failed buffer is gone
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(PROJECTS)) == 0
+    assert counts(engine) == (1, 1)
