@@ -116,7 +116,8 @@ def _define_tables(
           sqlite_where=retried)
 
     # The foreign key below is enforced on SQLite only: migration 0003 drops it on PostgreSQL,
-    # where its per-row trigger cost 13% of dispatch throughput (see that migration).
+    # where its per-row trigger cost 13% of dispatch throughput (see that migration). The same
+    # migration makes the idempotency constraint above a partial unique index on PostgreSQL.
     transitions = Table(
         transitions_name,
         metadata,

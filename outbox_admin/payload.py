@@ -108,6 +108,10 @@ def normalize_payload(value: Any, *, path: str = "payload", _depth: int = 0) -> 
     raise PayloadError(path, f"a {type(value).__name__} has no JSON form; convert it before publishing")
 
 
+# Built once: ``json.dumps`` with options builds a new encoder on every call.
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 class _Unusual(Exception):
     """Raised by the fast path for anything it does not handle itself."""
 
@@ -153,7 +157,7 @@ def encode_payload(value: Any, *, max_bytes: int | None = DEFAULT_MAX_PAYLOAD_BY
     """Normalise ``value`` and check its encoded size; returns (data, its compact JSON text)."""
     try:
         data = _fast_normalize(value, 0)
-        encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        encoded = _encode_json(data)
         utf8 = encoded.encode("utf-8")  # refuses lone surrogates
     except (_Unusual, ValueError, UnicodeEncodeError, RecursionError):
         data = normalize_payload(value)  # the full walk: converts, or raises naming the path

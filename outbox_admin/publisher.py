@@ -230,16 +230,24 @@ def _event_row(
 
 def _connection_of(tx: object) -> Connection:
     """The connection of ``tx``'s transaction, or ``NotInTransactionError``."""
-    if isinstance(tx, scoped_session):
-        tx = tx()
     if isinstance(tx, Session):
-        if not tx.in_transaction():
+        transaction = tx.get_nested_transaction() or tx.get_transaction()
+        if transaction is None:
             raise NotInTransactionError(f"the session has no transaction begun; {_USAGE}")
-        return tx.connection()
+        # Session.connection() resolves the bind each time: ask once per (sub)transaction. Once,
+        # not never: in a new savepoint it is what emits the SAVEPOINT.
+        cached = tx.info.get(_SESSION_CONNECTION)
+        if cached is not None and cached[0] is transaction:
+            return cached[1]  # type: ignore[no-any-return]
+        conn = tx.connection()
+        tx.info[_SESSION_CONNECTION] = (transaction, conn)
+        return conn
     if isinstance(tx, Connection):
         if not tx.in_transaction():
             raise NotInTransactionError(f"the connection has no transaction begun; {_USAGE}")
         return tx
+    if isinstance(tx, scoped_session):
+        return _connection_of(tx())
     if isinstance(tx, Engine):
         raise NotInTransactionError(f"got an Engine, which has no transaction; {_USAGE}")
     raise NotInTransactionError(f"got {type(tx).__name__}, not a Session or Connection; {_USAGE}")
@@ -269,7 +277,10 @@ def _publish_sql(tables: OutboxTables, dialect: Dialect) -> _PublishSql:
     quote = dialect.identifier_preparer
     events, transitions = quote.format_table(tables.events), quote.format_table(tables.transitions)
     columns = ", ".join(quote.quote(c) for c in _COLUMNS)
-    conflict = f" ON CONFLICT ({quote.quote('org_id')}, {quote.quote('idempotency_key')}) DO NOTHING"
+    conflict_target = f"({quote.quote('org_id')}, {quote.quote('idempotency_key')})"
+    if dialect.name == "postgresql":  # the partial unique index of migration 0003
+        conflict_target += " WHERE idempotency_key IS NOT NULL"
+    conflict = f" ON CONFLICT {conflict_target} DO NOTHING"
     history_columns = "event_id, from_status, to_status, at, actor, attempt"
     if dialect.name == "postgresql":
         # One statement: the events, their history rows (a data-modifying CTE) and the NOTIFY that
@@ -310,7 +321,7 @@ def _publish_sql(tables: OutboxTables, dialect: Dialect) -> _PublishSql:
 
 _UTC = UTCDateTime()
 _EVENT_MANAGER = manager_of_class(OutboxEvent)
-_EVENT_MAPPER = class_mapper(OutboxEvent)
+_IDENTITY_CLASS = class_mapper(OutboxEvent)._identity_class
 
 
 def _sqlite_stamp() -> tuple[str, dt.datetime]:
@@ -386,7 +397,7 @@ def _detached_event(values: Mapping[str, Any]) -> OutboxEvent:
     """
     obj: OutboxEvent = _EVENT_MANAGER.new_instance()
     obj.__dict__.update(values)
-    instance_state(obj).key = _EVENT_MAPPER.identity_key_from_primary_key((values["id"],))
+    instance_state(obj).key = (_IDENTITY_CLASS, (values["id"],), None)  # as Mapper.identity_key_from_primary_key
     return obj
 
 
@@ -397,7 +408,9 @@ def _detached_event(values: Mapping[str, Any]) -> OutboxEvent:
 # by Session.before_commit, and by the connection's commit event; dropped on rollback.
 
 _BUFFER = "outbox_admin.buffer"
+_BUFFER_COUNT = "outbox_admin.buffer_count"
 _BUFFERED_CONNECTIONS = "outbox_admin.buffered_connections"
+_SESSION_CONNECTION = "outbox_admin.connection"
 
 
 @dataclass(slots=True)
@@ -408,21 +421,25 @@ class _Buffered:
 
 
 def _buffer(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
-    state = _connection_state(conn)
+    state = _connection_state_map.get(conn)
+    if state is None:
+        state = _connection_state_map[conn] = {}
     buffered: list[_Buffered] | None = state.get(_BUFFER)
-    if buffered is None:
+    if buffered is None:  # the first event since the transaction began (or since the last write)
         buffered = state[_BUFFER] = []
+        state[_BUFFER_COUNT] = 0
         _hook_engine(conn.engine)
         if isinstance(tx, Session):
             tx.info.setdefault(_BUFFERED_CONNECTIONS, set()).add(conn)
+        _after_publish(tx, conn)
     if not buffered or buffered[-1].tables is not tables:
         buffered.append(_Buffered(tables, [], []))
     group = buffered[-1]
     made = [_new_event(row.values(None, None), tables) for row in rows]
     group.rows.extend(rows)
     group.events.extend(made)
-    _after_publish(tx, conn)
-    if sum(len(g.rows) for g in buffered) >= BUFFER_LIMIT:
+    state[_BUFFER_COUNT] += len(rows)
+    if state[_BUFFER_COUNT] >= BUFFER_LIMIT:
         _flush(conn)
     return made
 
@@ -431,12 +448,16 @@ def _flush(conn: Connection) -> None:
     """Write the connection's buffered events; on failure they stay buffered, so the commit fails too."""
     state = _connection_state_map.get(conn)
     buffered: list[_Buffered] | None = state.pop(_BUFFER, None) if state else None
+    if buffered is None:
+        return
+    count = state.pop(_BUFFER_COUNT, 0)  # type: ignore[union-attr]
     while buffered:
         group = buffered[0]
         try:
             stamp = _write_rows(conn, group.rows, group.tables)["at"]
         except Exception as exc:
             state[_BUFFER] = buffered  # type: ignore[index]
+            state[_BUFFER_COUNT] = count  # type: ignore[index]
             exc.add_note(
                 f"outbox_admin: writing {sum(len(g.rows) for g in buffered)} published event(s) failed; "
                 "they stay unwritten and this transaction cannot commit"
@@ -451,7 +472,8 @@ def _flush(conn: Connection) -> None:
 # --- wake-up after commit -------------------------------------------------------------
 #
 # A pending wake-up is kept per transaction (in ``Session.info``, or per ``Connection``)
-# as (database key, innermost transaction, signal). The commit and
+# as (database key, signal). A rolled-back savepoint leaves it in place: at worst one
+# wake-up finds nothing to do. The commit and
 # rollback listeners are registered once (on the ``Session`` class, and per engine),
 # not per transaction: ``event.listen`` costs more than a whole small publish.
 
@@ -466,22 +488,16 @@ def _engine_key(conn: Connection) -> str:
     return conn.engine.url.render_as_string(hide_password=True)
 
 
-def _innermost(tx: Session | Connection) -> object:
-    return tx.get_nested_transaction() or tx.get_transaction()
-
-
 def _connection_state(conn: Connection) -> dict[str, Any]:
     return _connection_state_map.setdefault(conn, {})
 
 
 def _after_publish(tx: Session | Connection, conn: Connection, *, signal: WakeSignal = wake_signal) -> None:
-    """Remember, per (sub)transaction, to wake this process's dispatchers after the commit."""
+    """Remember to wake this process's dispatchers after the transaction commits (once per transaction)."""
     holder: Any = tx.info if isinstance(tx, Session) else _connection_state(conn)
-    current = _innermost(tx)
-    pending = holder.get(_PENDING_WAKE)
-    if pending is not None and pending[1] is current:
+    if _PENDING_WAKE in holder:
         return
-    holder[_PENDING_WAKE] = (_engine_key(conn), current, signal)
+    holder[_PENDING_WAKE] = (_engine_key(conn), signal)
     if isinstance(tx, Session):
         _hook_sessions()
     else:
@@ -508,12 +524,14 @@ def _session_committing(session: Session) -> None:
 
 
 def _session_committed(session: Session) -> None:
+    session.info.pop(_SESSION_CONNECTION, None)
     pending = session.info.pop(_PENDING_WAKE, None)
     if pending is not None:
-        pending[2].notify(pending[0])
+        pending[1].notify(pending[0])
 
 
 def _session_rolled_back(session: Session) -> None:
+    session.info.pop(_SESSION_CONNECTION, None)
     session.info.pop(_PENDING_WAKE, None)
     session.info.pop(_BUFFERED_CONNECTIONS, None)
 
@@ -548,7 +566,7 @@ def _connection_committed(conn: Connection) -> None:
         _flush(conn)
     pending = state.pop(_PENDING_WAKE, None)
     if pending is not None:
-        pending[2].notify(pending[0])
+        pending[1].notify(pending[0])
 
 
 def _connection_rolled_back(conn: Connection) -> None:
@@ -556,3 +574,4 @@ def _connection_rolled_back(conn: Connection) -> None:
     if state:
         state.pop(_PENDING_WAKE, None)
         state.pop(_BUFFER, None)
+        state.pop(_BUFFER_COUNT, None)

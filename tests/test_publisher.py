@@ -310,10 +310,15 @@ def test_a_rolled_back_savepoint_drops_its_buffered_events(engine: Engine) -> No
         publish(session, entity_id="dropped")
         savepoint.rollback()
         later = publish(session, entity_id="later")
+    with engine.begin() as conn:
+        conn_kept = publish(conn, entity_id="conn-kept")
+        savepoint = conn.begin_nested()
+        publish(conn, entity_id="conn-dropped")
+        savepoint.rollback()
     with engine.connect() as conn:
         stored = set(conn.execute(select(DEFAULT_TABLES.events.c.id)).scalars())
-    assert stored == {kept.id, later.id}
-    assert counts(engine) == (2, 2)
+    assert stored == {kept.id, later.id, conn_kept.id}
+    assert counts(engine) == (3, 3)
 
 
 def test_idempotent_publish_writes_the_buffer_first(engine: Engine) -> None:
