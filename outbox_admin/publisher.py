@@ -5,7 +5,7 @@ the caller's connection, so they commit or roll back with the business change.
 The publisher never commits, never opens a session, and never runs a handler.
 
 Events are buffered per connection, as the ORM buffers ``Session.add``: they are
-written in one statement (three short ones on SQLite) before the next statement
+written in one statement (two on SQLite) before the next statement
 that connection runs, before ``Session.commit`` flushes, and at the latest just
 before the commit. So a query later in the same transaction sees them, a
 rollback (or a rolled-back savepoint) drops them with the change, and ten
@@ -95,7 +95,13 @@ def publish_outbox_event(
     """
     conn = _connection_of(tx)
     row = _event_row(
-        org_id, event_type, entity_type, entity_id, payload, idempotency_key, registry or default_registry,
+        org_id,
+        event_type,
+        entity_type,
+        entity_id,
+        payload,
+        idempotency_key,
+        registry or default_registry,
         max_payload_bytes,
     )
     if idempotency_key is not None:
@@ -122,8 +128,14 @@ def publish_outbox_events(
         spec = _as_spec(item)
         rows.append(
             _event_row(
-                spec.org_id, spec.event_type, spec.entity_type, spec.entity_id, spec.payload,
-                spec.idempotency_key, registry, max_payload_bytes,
+                spec.org_id,
+                spec.event_type,
+                spec.entity_type,
+                spec.entity_id,
+                spec.payload,
+                spec.idempotency_key,
+                registry,
+                max_payload_bytes,
             )
         )
     if not rows:
@@ -392,12 +404,12 @@ def _write_now(tx: Session | Connection, conn: Connection, rows: list[_Row], tab
         existing = {(r.org_id, r.idempotency_key): dict(r._mapping) for r in found}
     result = []
     for row in rows:
-        stamp = stamps.get(row.id)
-        if stamp is None:
+        stored_at = stamps.get(row.id)
+        if stored_at is None:
             result.append(_new_event(existing[(row.org_id, row.key)], tables))  # type: ignore[index]
         else:
-            created = _UTC.process_result_value(stamp[0], conn.dialect)
-            available = _UTC.process_result_value(stamp[1], conn.dialect)
+            created = _UTC.process_result_value(stored_at[0], conn.dialect)
+            available = _UTC.process_result_value(stored_at[1], conn.dialect)
             result.append(_new_event(row.values(created, available), tables))
     return result
 

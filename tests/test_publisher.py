@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Column, Engine, MetaData, String, Table, func, insert, select
 from sqlalchemy.orm import Session
 
 from outbox_admin import (
@@ -19,12 +19,15 @@ from outbox_admin import (
     OutboxError,
     OutboxEvent,
     OutboxEventTransition,
+    OutboxTables,
     PayloadError,
     UnknownEventTypeError,
+    flush_outbox,
     publish_outbox_event,
     publish_outbox_events,
 )
 from outbox_admin.models import DEFAULT_TABLES
+from outbox_admin.publisher import BUFFER_LIMIT
 
 
 def publish(tx, **overrides):
@@ -267,11 +270,6 @@ def test_all_errors_derive_from_outbox_error() -> None:
 
 
 # --- the per-connection buffer ---------------------------------------------------------
-
-from sqlalchemy import Column, MetaData, String, Table, insert  # noqa: E402
-
-from outbox_admin import OutboxTables, flush_outbox  # noqa: E402
-from outbox_admin.publisher import BUFFER_LIMIT  # noqa: E402
 
 PROJECTS = Table("test_project", MetaData(), Column("id", String(36), primary_key=True))
 

@@ -19,7 +19,9 @@ def test_init_db_twice_is_harmless(db_url: str) -> None:
         assert conn.execute(text("SELECT version_num FROM outbox_alembic_version")).scalars().all() == ["0003"]
     foreign_keys = inspect(engine).get_foreign_keys("OutboxEventTransition")
     # Migration 0003: PostgreSQL no longer checks the history's foreign key (see its docstring).
-    assert [fk["referred_table"] for fk in foreign_keys] == ([] if engine.dialect.name == "postgresql" else ["OutboxEvent"])
+    assert [fk["referred_table"] for fk in foreign_keys] == (
+        [] if engine.dialect.name == "postgresql" else ["OutboxEvent"]
+    )
     engine.dispose()
 
 
