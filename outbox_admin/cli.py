@@ -153,7 +153,7 @@ def dispatch(
     if once:
         report = dispatcher.drain(max_seconds=None)
         engine.dispose()
-        _close_sinks(sinks)
+        dispatcher.close()
         _print_report(report, json_output)
         return
     service = DispatcherService(dispatcher, interval_seconds=interval or settings.interval_seconds)
@@ -177,13 +177,8 @@ def dispatch(
     service.stop(wait=True)
     status = service.status()
     engine.dispose()
-    _close_sinks(sinks)
+    dispatcher.close()
     _print_report(status.totals, json_output)
-
-
-def _close_sinks(sinks: list[Any]) -> None:
-    for sink in sinks:
-        sink.close()
 
 
 def _print_report(report: Any, json_output: bool) -> None:

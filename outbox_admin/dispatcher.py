@@ -179,6 +179,32 @@ class Dispatcher:
         kwargs.setdefault("lease_seconds", settings.lease_seconds)
         return cls(engine, **kwargs)
 
+    # -- closing -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every handler that has ``close()`` (sinks release their connections), each once.
+
+        A handler whose ``close()`` raises is logged and the others are still closed:
+        closing runs at shutdown, where one broken broker must not leak the rest.
+        """
+        seen: set[int] = set()
+        for route in self.routes:
+            handler = route.handler
+            close = getattr(handler, "close", None)
+            if close is None or id(handler) in seen:
+                continue
+            seen.add(id(handler))
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - keep closing the others
+                log.exception("closing handler %s failed", route.name)
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- stopping ------------------------------------------------------------------
 
     def request_stop(self) -> None:

@@ -436,3 +436,27 @@ def test_many_threads_publishing_while_a_dispatcher_drains(engine: Engine) -> No
     with engine.connect() as conn:
         statuses = conn.execute(select(EVENTS.c.status).distinct()).scalars().all()
     assert statuses == [EventStatus.COMPLETED.value]
+
+
+class _ClosingSink:
+    def __init__(self, name: str, log_to: list[str], fail: bool = False) -> None:
+        self.name, self.log_to, self.fail = name, log_to, fail
+
+    def __call__(self, event: DeliveredEvent) -> None:
+        pass
+
+    def close(self) -> None:
+        self.log_to.append(self.name)
+        if self.fail:
+            raise ConnectionError(f"{self.name} is gone")
+
+
+def test_close_closes_every_handler_once_even_when_one_fails(engine: Engine, caplog) -> None:
+    closed: list[str] = []
+    broken = _ClosingSink("broken", closed, fail=True)
+    shared = _ClosingSink("shared", closed)
+    handlers = [broken, shared, only("PROJECT.*", shared), lambda e: None]
+    with caplog.at_level(logging.ERROR, logger="outbox_admin.dispatcher"), Dispatcher(engine, handlers):
+        pass
+    assert closed == ["broken", "shared"]
+    assert "closing handler broken failed" in caplog.text
