@@ -529,3 +529,41 @@ def active_dispatchers(engine: Engine, within: dt.timedelta = dt.timedelta(minut
     with _reading(engine) as conn:
         rows = conn.execute(stmt).all()
     return _frame(rows, ["dispatcher", "claims", "last_claim"], ("last_claim",))
+
+
+#: What ``failure_breakdown`` can group by.
+BREAKDOWN_COLUMNS = ("event_type", "org_id", "entity_type")
+
+
+def failure_breakdown(
+    engine: Engine,
+    by: str = "event_type",
+    filters: EventFilter | None = None,
+    *,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> pd.DataFrame:
+    """Which event types (``by="event_type"``), orgs (``"org_id"``) or entity types fail:
+    ``<by>, events, retried, failed, failed_share``, most FAILED first.
+
+    ``retried`` counts events that failed at least one delivery (``retry_count > 0``),
+    ``failed`` those now FAILED (dead letters); ``failed_share`` is ``failed / events``.
+    """
+    if by not in BREAKDOWN_COLUMNS:
+        raise FilterError("by", f"must be one of {', '.join(BREAKDOWN_COLUMNS)}")
+    flt = as_filter(filters, **loose)
+    ev = tables.events
+    key = ev.c[by]
+    failed = func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0))
+    stmt = (
+        select(key, func.count(), func.sum(case((ev.c.retry_count > 0, 1), else_=0)), failed)
+        .where(flt.clause(tables))
+        .group_by(key)
+        .order_by(desc(failed), desc(func.count()), key)
+    )
+    with engine.connect() as conn:
+        rows = prepare_connection(conn).execute(stmt).all()
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=[by, "events", "retried", "failed"])
+    frame = frame.astype({"events": "int64", "retried": "int64", "failed": "int64"})
+    frame["failed_share"] = (frame["failed"] / frame["events"]).astype("float64")
+    return frame

@@ -187,3 +187,34 @@ def status_flow_figure(
         fig.add_trace(go.Bar(x=part["bucket"], y=part["count"], name=status, marker_color=status_color(status)))
     fig.update_layout(barmode="stack")
     return _layout(fig, title, "time (UTC)", "status changes")
+
+
+def failure_breakdown_figure(frame: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Stacked bars of a ``failure_breakdown``: FAILED, retried but not failed, and delivered first time."""
+    by = frame.columns[0] if len(frame.columns) else "event_type"
+    title = title or f"Failures by {by.replace('_', ' ')}"
+    fig = go.Figure()
+    if frame.empty:
+        fig.add_annotation(text="No events yet", showarrow=False, font={"size": 16, "color": "#7f7f7f"})
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+    else:
+        # An event can be retried and then fail: count it once, as FAILED.
+        retried_only = (frame["retried"] - frame["failed"]).clip(lower=0)
+        clean = (frame["events"] - frame["failed"] - retried_only).clip(lower=0)
+        for name, values, color in (
+            ("FAILED", frame["failed"], STATUS_COLORS["FAILED"]),
+            ("retried, not failed", retried_only, STATUS_COLORS["PENDING"]),
+            ("no retry", clean, STATUS_COLORS["COMPLETED"]),
+        ):
+            fig.add_trace(go.Bar(x=frame[by], y=values, name=name, marker_color=color))
+        fig.update_layout(barmode="stack")
+    fig.update_layout(
+        title={"text": title},
+        xaxis_title=by.replace("_", " "),
+        yaxis_title="events",
+        template="plotly_white",
+        margin={"l": 40, "r": 20, "t": 50, "b": 40},
+        legend_title_text="",
+    )
+    return fig

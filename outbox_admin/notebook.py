@@ -5,7 +5,7 @@
   ``demo_activity`` publishes demo changes while a dispatcher runs.
 - ``watch(engine, seconds=...)``: the status counts, refreshed in place in one
   output (one IPython display handle updated, not a page of prints).
-- ``failure_breakdown`` and ``failure_breakdown_figure``: which event types or
+- ``failure_breakdown`` (``analytics``) and ``failure_breakdown_figure`` (``charts``): which event types or
   orgs fail; ``throughput_bucket``: a bucket size that suits the history's span.
 - ``read_events`` (every matching event, page by page) and ``export_frame``
   (CSV or Parquet).
@@ -29,20 +29,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
-import plotly.graph_objects as go
-from sqlalchemy import Engine, case, desc, func, inspect, select
+from sqlalchemy import Engine, func, inspect, select
 
-from . import analytics, demo
-from .charts import STATUS_COLORS, status_color
+from . import analytics, charts, demo
+from .charts import status_color
 from .db import init_db, make_engine, write_engine
-from .errors import ConfigurationError, FilterError
-from .filters import EventFilter, as_filter, prepare_connection
-from .models import DEFAULT_TABLES, EventStatus, OutboxTables
+from .errors import ConfigurationError
+from .filters import EventFilter, as_filter
+from .models import DEFAULT_TABLES, OutboxTables
 
 DEFAULT_DEMO_EVENTS = 120
 DEFAULT_WATCH_SECONDS = 10.0
 DEFAULT_WATCH_INTERVAL = 1.0
-BREAKDOWN_COLUMNS = ("event_type", "org_id", "entity_type")
+BREAKDOWN_COLUMNS = analytics.BREAKDOWN_COLUMNS
 #: Bucket sizes ``throughput_bucket`` picks from, smallest first.
 BUCKETS = ("1s", "5s", "10s", "30s", "1min", "5min", "15min", "1h", "6h", "1D", "7D")
 EXPORT_FORMATS = (".csv", ".parquet")
@@ -288,69 +287,9 @@ def watch(
 # -- analysis the notebooks need -----------------------------------------------------
 
 
-def failure_breakdown(
-    engine: Engine,
-    by: str = "event_type",
-    filters: EventFilter | None = None,
-    *,
-    tables: OutboxTables = DEFAULT_TABLES,
-    **loose: Any,
-) -> pd.DataFrame:
-    """Which event types (``by="event_type"``), orgs (``"org_id"``) or entity types fail:
-    ``<by>, events, retried, failed, failed_share``, most FAILED first.
-
-    ``retried`` counts events that failed at least one delivery (``retry_count > 0``),
-    ``failed`` those now FAILED (dead letters); ``failed_share`` is ``failed / events``.
-    """
-    if by not in BREAKDOWN_COLUMNS:
-        raise FilterError("by", f"must be one of {', '.join(BREAKDOWN_COLUMNS)}")
-    flt = as_filter(filters, **loose)
-    ev = tables.events
-    key = ev.c[by]
-    failed = func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0))
-    stmt = (
-        select(key, func.count(), func.sum(case((ev.c.retry_count > 0, 1), else_=0)), failed)
-        .where(flt.clause(tables))
-        .group_by(key)
-        .order_by(desc(failed), desc(func.count()), key)
-    )
-    with engine.connect() as conn:
-        rows = prepare_connection(conn).execute(stmt).all()
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=[by, "events", "retried", "failed"])
-    frame = frame.astype({"events": "int64", "retried": "int64", "failed": "int64"})
-    frame["failed_share"] = (frame["failed"] / frame["events"]).astype("float64")
-    return frame
-
-
-def failure_breakdown_figure(frame: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Stacked bars of a ``failure_breakdown``: FAILED, retried but not failed, and delivered first time."""
-    by = frame.columns[0] if len(frame.columns) else "event_type"
-    title = title or f"Failures by {by.replace('_', ' ')}"
-    fig = go.Figure()
-    if frame.empty:
-        fig.add_annotation(text="No events yet", showarrow=False, font={"size": 16, "color": "#7f7f7f"})
-        fig.update_xaxes(visible=False)
-        fig.update_yaxes(visible=False)
-    else:
-        # An event can be retried and then fail: count it once, as FAILED.
-        retried_only = (frame["retried"] - frame["failed"]).clip(lower=0)
-        clean = (frame["events"] - frame["failed"] - retried_only).clip(lower=0)
-        for name, values, color in (
-            ("FAILED", frame["failed"], STATUS_COLORS["FAILED"]),
-            ("retried, not failed", retried_only, STATUS_COLORS["PENDING"]),
-            ("no retry", clean, STATUS_COLORS["COMPLETED"]),
-        ):
-            fig.add_trace(go.Bar(x=frame[by], y=values, name=name, marker_color=color))
-        fig.update_layout(barmode="stack")
-    fig.update_layout(
-        title={"text": title},
-        xaxis_title=by.replace("_", " "),
-        yaxis_title="events",
-        template="plotly_white",
-        margin={"l": 40, "r": 20, "t": 50, "b": 40},
-        legend_title_text="",
-    )
-    return fig
+# Kept here under their old names: the notebooks call ``notebook.failure_breakdown(...)``.
+failure_breakdown = analytics.failure_breakdown
+failure_breakdown_figure = charts.failure_breakdown_figure
 
 
 def throughput_bucket(engine: Engine, max_buckets: int = 60, *, tables: OutboxTables = DEFAULT_TABLES) -> str:

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, insert, inspect
 from sqlalchemy.orm import Session
 
-from outbox_admin import DispatcherService, analytics, demo, make_engine, notebook
+from outbox_admin import DispatcherService, analytics, charts, demo, make_engine, notebook
 from outbox_admin.errors import ConfigurationError, FilterError
 from outbox_admin.models import DEFAULT_TABLES, EventStatus
 
@@ -288,30 +288,35 @@ def any_engine(db_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def test_notebooks_keep_the_failure_breakdown_names() -> None:
+    assert notebook.failure_breakdown is analytics.failure_breakdown
+    assert notebook.failure_breakdown_figure is charts.failure_breakdown_figure
+
+
 def test_failure_breakdown_by_type_and_org(any_engine: Engine) -> None:
     add_events(any_engine, ROWS)
-    by_type = notebook.failure_breakdown(any_engine)
+    by_type = analytics.failure_breakdown(any_engine)
     assert by_type.to_dict("records") == [
         {"event_type": "PROJECT.UPDATED", "events": 2, "retried": 2, "failed": 2, "failed_share": 1.0},
         {"event_type": "PROJECT.CREATED", "events": 3, "retried": 2, "failed": 1, "failed_share": 1 / 3},
         {"event_type": "PROJECT.ARCHIVED", "events": 1, "retried": 0, "failed": 0, "failed_share": 0.0},
     ]
-    by_org = notebook.failure_breakdown(any_engine, "org_id", status=["FAILED", "COMPLETED"])
+    by_org = analytics.failure_breakdown(any_engine, "org_id", status=["FAILED", "COMPLETED"])
     assert by_org[["org_id", "events", "failed"]].values.tolist() == [["globex", 3, 3], ["acme", 2, 0]]
-    assert notebook.failure_breakdown(any_engine, "org_id", org_id="nobody").empty
+    assert analytics.failure_breakdown(any_engine, "org_id", org_id="nobody").empty
     with pytest.raises(FilterError, match="by"):
-        notebook.failure_breakdown(any_engine, "payload")
+        analytics.failure_breakdown(any_engine, "payload")
 
 
 def test_failure_breakdown_figure_stacks_failed_retried_and_clean(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     add_events(engine, ROWS)
-    fig = notebook.failure_breakdown_figure(notebook.failure_breakdown(engine, "org_id"))
+    fig = charts.failure_breakdown_figure(analytics.failure_breakdown(engine, "org_id"))
     assert isinstance(fig, go.Figure) and fig.layout.title.text == "Failures by org id"
     traces = {t.name: list(t.y) for t in fig.data}
     assert list(fig.data[0].x) == ["globex", "acme", "initech"]
     assert traces == {"FAILED": [3, 0, 0], "retried, not failed": [0, 1, 0], "no retry": [0, 1, 1]}
-    empty = notebook.failure_breakdown_figure(notebook.failure_breakdown(engine, org_id="nobody"))
+    empty = charts.failure_breakdown_figure(analytics.failure_breakdown(engine, org_id="nobody"))
     assert empty.layout.annotations[0].text == "No events yet"
     engine.dispose()
 
