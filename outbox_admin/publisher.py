@@ -15,7 +15,8 @@ thousand. ``flush_outbox(tx)`` writes them at once. Two things follow:
 - ``created_at`` and ``available_at`` of a returned event are ``None`` until it
   is written, then filled in: the database's clock at the write.
 - An event with an ``idempotency_key`` is written at once (the buffer first), so
-  the call can return the stored event when the key was already used.
+  the call can return the stored event when the key was already used; so is every
+  event on an ``AUTOCOMMIT`` connection, whose changes commit statement by statement.
 
 A failed write keeps the events buffered and raises; the commit will raise again,
 so a transaction can never commit without the events it published. After the
@@ -104,7 +105,7 @@ def publish_outbox_event(
         registry or default_registry,
         max_payload_bytes,
     )
-    if idempotency_key is not None:
+    if idempotency_key is not None or _autocommit(conn):
         return _write_now(tx, conn, [row], tables)[0]
     return _buffer(tx, conn, [row], tables)[0]
 
@@ -140,7 +141,7 @@ def publish_outbox_events(
         )
     if not rows:
         return []
-    if any(row.key is not None for row in rows):
+    if _autocommit(conn) or any(row.key is not None for row in rows):
         return _write_now(tx, conn, rows, tables)
     return _buffer(tx, conn, rows, tables)
 
@@ -152,6 +153,16 @@ def flush_outbox(tx: Session | Connection) -> None:
     commit itself all do it. Useful to learn the events' ``created_at`` early.
     """
     _flush(_connection_of(tx))
+
+
+def _autocommit(conn: Connection) -> bool:
+    """Whether each statement on ``conn`` commits by itself (``isolation_level="AUTOCOMMIT"``).
+
+    Such a connection's change is already committed when the call returns, so its
+    events are written at once: a buffer could be dropped by a close with no commit.
+    """
+    check = getattr(conn, "_is_autocommit_isolation", None)  # SQLAlchemy 2's own test
+    return bool(check()) if check is not None else False
 
 
 def _as_spec(item: EventSpec | Mapping[str, Any]) -> EventSpec:

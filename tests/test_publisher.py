@@ -368,3 +368,17 @@ def test_a_failed_write_inside_a_session_leaves_it_to_roll_back(engine: Engine) 
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(PROJECTS)) == 0
     assert counts(engine) == (1, 1)
+
+
+def test_an_autocommit_connection_writes_at_once(engine: Engine) -> None:
+    """Its changes commit statement by statement: a buffer would be lost if it closed without a commit."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.begin()
+        event = publish(conn)
+        assert event.created_at is not None
+    assert counts(engine) == (1, 1)
+    with engine.connect() as conn, conn.begin() as tx:  # the pooled connection is transactional again
+        publish(conn)
+        conn.execute(DEFAULT_TABLES.events.delete())
+        tx.rollback()
+    assert counts(engine) == (1, 1)
