@@ -129,7 +129,8 @@ def dispatch(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    for noisy in ("apscheduler", "alembic"):  # their INFO lines are about themselves, not the outbox
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from .config import Settings
     from .dispatcher import Dispatcher
