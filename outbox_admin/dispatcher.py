@@ -520,6 +520,26 @@ class _Statements:
             "' stopped before finishing (crashed or too slow)'"
         )
         history_columns = "event_id, from_status, to_status, at, actor, attempt, error_message"
+        # The SET clauses both dialects share: an outcome ``c`` (finish), an expired lease (recover).
+        finish_set = f"""UPDATE {ev} AS e SET
+                status = c.outcome,
+                retry_count = e.retry_count + c.failed,
+                error_message = CASE WHEN c.failed = 1 THEN c.message ELSE e.error_message END,
+                processed_at = CASE WHEN c.outcome = '{COMPLETED}' THEN {now} ELSE e.processed_at END,
+                available_at = CASE WHEN c.delay IS NULL THEN e.available_at ELSE {due} END,
+                locked_by = NULL,
+                locked_until = NULL"""
+        finish_guard = f"""e.id = c.event_id AND e.retry_count = c.attempt
+              AND e.status = '{PROCESSING}' AND e.locked_by = :name"""
+
+        def expire_set(status_sql: str) -> str:
+            return f"""UPDATE {ev} AS e SET
+                status = {status_sql},
+                retry_count = e.retry_count + 1,
+                error_message = {expired_message},
+                available_at = {now},
+                locked_by = NULL,
+                locked_until = NULL"""
 
         if self.postgres:
             new_status = new_status.replace(":max_attempts", "CAST(:max_attempts AS integer)")
@@ -547,17 +567,9 @@ class _Statements:
                        CAST(value ->> 6 AS double precision) AS delay, CAST(value ->> 7 AS timestamptz) AS due
                 FROM json_array_elements(CAST(:outcomes AS json))
             ), changed AS (
-                UPDATE {ev} AS e SET
-                    status = c.outcome,
-                    retry_count = e.retry_count + c.failed,
-                    error_message = CASE WHEN c.failed = 1 THEN c.message ELSE e.error_message END,
-                    processed_at = CASE WHEN c.outcome = '{COMPLETED}' THEN {now} ELSE e.processed_at END,
-                    available_at = CASE WHEN c.delay IS NULL THEN e.available_at ELSE {due} END,
-                    locked_by = NULL,
-                    locked_until = NULL
+                {finish_set}
                 FROM c
-                WHERE e.id = c.event_id AND e.retry_count = c.attempt
-                  AND e.status = '{PROCESSING}' AND e.locked_by = :name
+                WHERE {finish_guard}
                 RETURNING e.id, c.outcome, c.step, c.message
             ), recorded AS (
                 INSERT INTO {tr} ({history_columns})
@@ -571,13 +583,7 @@ class _Statements:
                 LIMIT :limit
                 FOR UPDATE OF held SKIP LOCKED
             ), changed AS (
-                UPDATE {ev} AS e SET
-                    status = {new_status},
-                    retry_count = e.retry_count + 1,
-                    error_message = {expired_message},
-                    available_at = {now},
-                    locked_by = NULL,
-                    locked_until = NULL
+                {expire_set(new_status)}
                 WHERE e.id = ANY(ARRAY(SELECT id FROM expired)) AND e.status = '{PROCESSING}'
                 RETURNING e.id, e.status, e.retry_count, e.error_message
             ), recorded AS (
@@ -592,14 +598,7 @@ class _Statements:
             WHERE id IN ({due_events}) AND status = '{PENDING}'
             RETURNING {claimed_columns}"""
             finish = f"""
-            UPDATE {ev} AS e SET
-                status = c.outcome,
-                retry_count = e.retry_count + c.failed,
-                error_message = CASE WHEN c.failed = 1 THEN c.message ELSE e.error_message END,
-                processed_at = CASE WHEN c.outcome = '{COMPLETED}' THEN {now} ELSE e.processed_at END,
-                available_at = CASE WHEN c.delay IS NULL THEN e.available_at ELSE {due} END,
-                locked_by = NULL,
-                locked_until = NULL
+            {finish_set}
             FROM (
                 SELECT json_extract(value, '$[0]') AS event_id, json_extract(value, '$[1]') AS attempt,
                        json_extract(value, '$[2]') AS outcome, json_extract(value, '$[3]') AS failed,
@@ -607,17 +606,10 @@ class _Statements:
                        json_extract(value, '$[7]') AS due
                 FROM json_each(:outcomes)
             ) AS c
-            WHERE e.id = c.event_id AND e.retry_count = c.attempt
-              AND e.status = '{PROCESSING}' AND e.locked_by = :name
+            WHERE {finish_guard}
             RETURNING id"""
             recover = f"""
-            UPDATE {ev} AS e SET
-                status = {new_status},
-                retry_count = e.retry_count + 1,
-                error_message = {expired_message},
-                available_at = {now},
-                locked_by = NULL,
-                locked_until = NULL
+            {expire_set(new_status)}
             WHERE e.id IN (
                 SELECT held.id FROM {ev} AS held
                 WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}
