@@ -382,3 +382,18 @@ def test_an_autocommit_connection_writes_at_once(engine: Engine) -> None:
         conn.execute(DEFAULT_TABLES.events.delete())
         tx.rollback()
     assert counts(engine) == (1, 1)
+
+
+def test_a_scoped_session_publishes_in_its_current_session(engine: Engine) -> None:
+    from sqlalchemy.orm import scoped_session, sessionmaker
+
+    registry = scoped_session(sessionmaker(engine))
+    try:
+        with pytest.raises(NotInTransactionError, match="session has no transaction"):
+            publish(registry)
+        with registry.begin():
+            event = publish(registry)
+        assert event.created_at is not None
+    finally:
+        registry.remove()
+    assert counts(engine) == (1, 1)
