@@ -338,5 +338,6 @@ def publish_from_form(
     except json.JSONDecodeError as exc:
         raise PayloadError("payload", f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     with engine.begin() as conn:
-        return publish_outbox_event(conn, org_id=org_id, event_type=event_type, entity_type=entity_type,
-                                    entity_id=entity_id, payload=payload)
+        return publish_outbox_event(
+            conn, org_id=org_id, event_type=event_type, entity_type=entity_type, entity_id=entity_id, payload=payload
+        )

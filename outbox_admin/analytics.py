@@ -130,8 +130,15 @@ def events_frame(
     return _frame(rows, EVENT_COLUMNS, ("created_at", "processed_at", "available_at", "locked_until"))
 
 
-def export_events(engine: Engine, filters: EventFilter | None = None, fmt: str = "csv", *, limit: int = MAX_PAGE,
-                  tables: OutboxTables = DEFAULT_TABLES, **loose: Any) -> bytes:
+def export_events(
+    engine: Engine,
+    filters: EventFilter | None = None,
+    fmt: str = "csv",
+    *,
+    limit: int = MAX_PAGE,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> bytes:
     """Matching events (newest first, at most ``limit``) as CSV or JSON records, UTF-8."""
     if fmt not in ("csv", "json"):
         raise FilterError("format", "must be csv or json")
@@ -253,8 +260,14 @@ def transitions_frame(
     return _frame(rows, TRANSITION_COLUMNS, ("at",))
 
 
-def retry_histogram(engine: Engine, filters: EventFilter | None = None, *, totals: pd.DataFrame | None = None,
-                    tables: OutboxTables = DEFAULT_TABLES, **loose: Any) -> pd.DataFrame:
+def retry_histogram(
+    engine: Engine,
+    filters: EventFilter | None = None,
+    *,
+    totals: pd.DataFrame | None = None,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> pd.DataFrame:
     """``retry_count, status, count``: how many events needed how many retries.
 
     Events that were retried come from a small partial index; the zero bucket is
@@ -377,12 +390,21 @@ def _trunc_sqlite(element: truncated_time, compiler: Any, **kw: Any) -> str:
 
 
 #: (series, from_status, to_status): the history rows ``throughput`` counts.
-THROUGHPUT_SERIES = (("published", None, "PENDING"), ("completed", "PROCESSING", "COMPLETED"),
-                     ("failed", "PROCESSING", "FAILED"))
+THROUGHPUT_SERIES = (
+    ("published", None, "PENDING"),
+    ("completed", "PROCESSING", "COMPLETED"),
+    ("failed", "PROCESSING", "FAILED"),
+)
 
 
-def throughput(engine: Engine, bucket: str = "1min", filters: EventFilter | None = None, *,
-               tables: OutboxTables = DEFAULT_TABLES, **loose: Any) -> pd.DataFrame:
+def throughput(
+    engine: Engine,
+    bucket: str = "1min",
+    filters: EventFilter | None = None,
+    *,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> pd.DataFrame:
     """``bucket, published, completed, failed`` per time bucket (``"1min"``, ``"5min"``, ``"1h"``...).
 
     Counted from the history: publications (``None -> PENDING``), completions and
@@ -430,8 +452,9 @@ def throughput(engine: Engine, bucket: str = "1min", filters: EventFilter | None
             frames.append(pd.DataFrame(rows, columns=["step", "count"]).assign(series=series))
     data = pd.concat(frames, ignore_index=True)
     if data.empty:
-        return pd.DataFrame({"bucket": pd.Series([], dtype="datetime64[us, UTC]"), "published": [], "completed": [],
-                             "failed": []}).astype({"published": "int64", "completed": "int64", "failed": "int64"})
+        return pd.DataFrame(
+            {"bucket": pd.Series([], dtype="datetime64[us, UTC]"), "published": [], "completed": [], "failed": []}
+        ).astype({"published": "int64", "completed": "int64", "failed": "int64"})
     data["bucket"] = pd.to_datetime(data["step"], utc=True, format="ISO8601").dt.floor(f"{seconds}s")
     table = data.pivot_table(index="bucket", columns="series", values="count", aggfunc="sum", fill_value=0)
     table = table.reindex(columns=["published", "completed", "failed"], fill_value=0).reset_index()
@@ -508,8 +531,9 @@ def distinct_values(
         return list(conn.execute(select(col).distinct().order_by(col).limit(limit)).scalars())
 
 
-def active_dispatchers(engine: Engine, within: dt.timedelta = dt.timedelta(minutes=5), *,
-                       tables: OutboxTables = DEFAULT_TABLES) -> pd.DataFrame:
+def active_dispatchers(
+    engine: Engine, within: dt.timedelta = dt.timedelta(minutes=5), *, tables: OutboxTables = DEFAULT_TABLES
+) -> pd.DataFrame:
     """Dispatchers that claimed events recently: ``dispatcher, claims, last_claim`` (busiest first).
 
     Read from the history (claims are ``PENDING -> PROCESSING`` rows), so it sees
@@ -521,8 +545,11 @@ def active_dispatchers(engine: Engine, within: dt.timedelta = dt.timedelta(minut
     last = func.max(tr.c.at)
     stmt = (
         select(tr.c.actor, func.count(), last)
-        .where(tr.c.to_status == EventStatus.PROCESSING.value, tr.c.from_status == EventStatus.PENDING.value,
-               tr.c.at >= db_now_plus(-within.total_seconds()))
+        .where(
+            tr.c.to_status == EventStatus.PROCESSING.value,
+            tr.c.from_status == EventStatus.PENDING.value,
+            tr.c.at >= db_now_plus(-within.total_seconds()),
+        )
         .group_by(tr.c.actor)
         .order_by(desc(func.count()))
     )

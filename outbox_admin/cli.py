@@ -211,12 +211,28 @@ SearchOpt = Annotated[str | None, typer.Option("--search", help="Text in the id,
 ErrorGroupOpt = Annotated[str | None, typer.Option("--error-group", help="A normalised error message (see stats).")]
 
 
-def _filters(status: Any = None, event_type: Any = None, org: Any = None, entity: Any = None, since: Any = None,
-             until: Any = None, search: Any = None, error_group: Any = None) -> Any:
+def _filters(
+    status: Any = None,
+    event_type: Any = None,
+    org: Any = None,
+    entity: Any = None,
+    since: Any = None,
+    until: Any = None,
+    search: Any = None,
+    error_group: Any = None,
+) -> Any:
     from .filters import EventFilter
 
-    return EventFilter.build(status=status, event_type=event_type, org_id=org, entity=entity, since=since,
-                             until=until, search=search, error_group=error_group)
+    return EventFilter.build(
+        status=status,
+        event_type=event_type,
+        org_id=org,
+        entity=entity,
+        since=since,
+        until=until,
+        search=search,
+        error_group=error_group,
+    )
 
 
 def _engine(database_url: str | None) -> Any:
@@ -255,10 +271,16 @@ def _table(frame: Any, columns: list[str], title: str | None = None, widths: dic
 
 @app.command()
 def stats(
-    status: Status = None, event_type: EventTypeOpt = None, org: OrgOpt = None, entity: EntityOpt = None,
-    since: SinceOpt = None, until: UntilOpt = None, search: SearchOpt = None,
+    status: Status = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, max=100, help="How many error groups.")] = 10,
-    database_url: DatabaseUrl = None, json_output: JsonOutput = False,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Counts per status, latency percentiles and the top error groups."""
     from . import analytics
@@ -274,17 +296,25 @@ def stats(
         return
     _table(counts, ["status", "count"], "Events by status")
     _table(latency.round(4), ["event_type", "events", "p50", "p90", "p99", "max"], "Latency (seconds)")
-    _table(errors, ["events", "failed", "error_group", "event_types", "last_seen"], "Top error groups",
-           {"error_group": 60})
+    _table(
+        errors, ["events", "failed", "error_group", "event_types", "last_seen"], "Top error groups", {"error_group": 60}
+    )
 
 
 @app.command()
 def events(
-    status: Status = None, event_type: EventTypeOpt = None, org: OrgOpt = None, entity: EntityOpt = None,
-    since: SinceOpt = None, until: UntilOpt = None, search: SearchOpt = None, error_group: ErrorGroupOpt = None,
+    status: Status = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    error_group: ErrorGroupOpt = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
-    database_url: DatabaseUrl = None, json_output: JsonOutput = False,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """List events, newest first, with filters."""
     from . import analytics
@@ -297,16 +327,24 @@ def events(
     if json_output:
         _dump({"total": total, "events": _records(frame)})
         return
-    frame = frame.assign(entity=frame["entity_type"] + "/" + frame["entity_id"],
-                         created=frame["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S"), retries=frame["retry_count"])
-    _table(frame, ["id", "created", "event_type", "entity", "status", "retries", "error_message"],
-           f"{len(frame)} of {total} events", {"error_message": 40})
+    frame = frame.assign(
+        entity=frame["entity_type"] + "/" + frame["entity_id"],
+        created=frame["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+        retries=frame["retry_count"],
+    )
+    _table(
+        frame,
+        ["id", "created", "event_type", "entity", "status", "retries", "error_message"],
+        f"{len(frame)} of {total} events",
+        {"error_message": 40},
+    )
 
 
 @app.command()
 def show(
     event_id: Annotated[str, typer.Argument(help="The event id.")],
-    database_url: DatabaseUrl = None, json_output: JsonOutput = False,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """One event: its fields, payload and status timeline."""
     from . import analytics
@@ -327,12 +365,17 @@ def show(
         if key != "payload":
             console.print(f"[bold]{key}[/bold]: {'' if value is None else value}", highlight=False)
     console.print(Syntax(json.dumps(event["payload"], indent=2, ensure_ascii=False), "json"))
-    _table(timeline, ["at", "from_status", "to_status", "attempt", "actor", "error_message"], "Timeline",
-           {"error_message": 60})
+    _table(
+        timeline,
+        ["at", "from_status", "to_status", "attempt", "actor", "error_message"],
+        "Timeline",
+        {"error_message": 60},
+    )
 
 
-def _run_action(action: str, ids: list[str] | None, dry_run: bool, json_output: bool, database_url: str | None,
-                **kwargs: Any) -> None:
+def _run_action(
+    action: str, ids: list[str] | None, dry_run: bool, json_output: bool, database_url: str | None, **kwargs: Any
+) -> None:
     from . import admin
 
     engine = _engine(database_url)
@@ -345,8 +388,11 @@ def _run_action(action: str, ids: list[str] | None, dry_run: bool, json_output: 
             if json_output:
                 _dump({"action": action, "dry_run": True, "count": plan.count, "sample_ids": plan.sample_ids})
             else:
-                console.print(f"{action} would move {plan.count} event(s) in {', '.join(plan.statuses)}; "
-                              f"e.g. {', '.join(plan.sample_ids[:5]) or '-'}", highlight=False)
+                console.print(
+                    f"{action} would move {plan.count} event(s) in {', '.join(plan.statuses)}; "
+                    f"e.g. {', '.join(plan.sample_ids[:5]) or '-'}",
+                    highlight=False,
+                )
             return
         moved = getattr(admin, action)(engine, ids or None, status=status, **flt_kwargs, **kwargs)
     finally:
@@ -360,40 +406,74 @@ def _run_action(action: str, ids: list[str] | None, dry_run: bool, json_output: 
 @app.command()
 def requeue(
     event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
-    status: Status = None, event_type: EventTypeOpt = None, org: OrgOpt = None, entity: EntityOpt = None,
-    since: SinceOpt = None, until: UntilOpt = None, search: SearchOpt = None, error_group: ErrorGroupOpt = None,
-    reset_attempts: Annotated[bool, typer.Option("--reset-attempts", help="Give them all their attempts again.")]
-    = False,
+    status: Status = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    error_group: ErrorGroupOpt = None,
+    reset_attempts: Annotated[
+        bool, typer.Option("--reset-attempts", help="Give them all their attempts again.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Also redeliver PROCESSING or COMPLETED events.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
     actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
-    database_url: DatabaseUrl = None, json_output: JsonOutput = False,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Move FAILED events (or the given ones) back to PENDING, due now."""
     if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
         status = ["FAILED"]
     flt = _filters(None, event_type, org, entity, since, until, search, error_group)
     wanted = ",".join(status) if status else (None if event_ids else "FAILED")
-    _run_action("requeue", event_ids, dry_run, json_output, database_url, filters=flt, status=wanted,
-                reset_attempts=reset_attempts, force=force, actor=actor)
+    _run_action(
+        "requeue",
+        event_ids,
+        dry_run,
+        json_output,
+        database_url,
+        filters=flt,
+        status=wanted,
+        reset_attempts=reset_attempts,
+        force=force,
+        actor=actor,
+    )
 
 
 @app.command()
 def discard(
     event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
-    status: Status = None, event_type: EventTypeOpt = None, org: OrgOpt = None, entity: EntityOpt = None,
-    since: SinceOpt = None, until: UntilOpt = None, search: SearchOpt = None, error_group: ErrorGroupOpt = None,
+    status: Status = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    error_group: ErrorGroupOpt = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the history).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
     actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
-    database_url: DatabaseUrl = None, json_output: JsonOutput = False,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Set FAILED or PENDING events aside as DISCARDED (kept for the audit trail, never delivered)."""
     if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
         _fail("give event ids or at least one filter (refusing to discard everything)", 2)
     flt = _filters(None, event_type, org, entity, since, until, search, error_group)
-    _run_action("discard", event_ids, dry_run, json_output, database_url, filters=flt,
-                status=",".join(status) if status else None, reason=reason, actor=actor)
+    _run_action(
+        "discard",
+        event_ids,
+        dry_run,
+        json_output,
+        database_url,
+        filters=flt,
+        status=",".join(status) if status else None,
+        reason=reason,
+        actor=actor,
+    )
 
 
 _AGE_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)")
@@ -425,7 +505,8 @@ def purge(
     older_than: Annotated[str, typer.Option("--older-than", help="Age such as 7d, 12h, 30min.")],
     status: Annotated[list[str] | None, typer.Option("--status", help="Statuses to purge.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000)] = 5000,
-    database_url: DatabaseUrl = None, json_output: JsonOutput = False,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Delete old COMPLETED and DISCARDED events (and their history), in batches."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -439,18 +520,30 @@ def purge(
     statuses = [s.strip().upper() for item in (status or ["COMPLETED", "DISCARDED"]) for s in item.split(",")]
     engine = _engine(database_url)
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=err_console, disable=json_output, transient=True) as progress:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=json_output,
+            transient=True,
+        ) as progress:
             task = progress.add_task("purging", total=None)
-            result = admin.purge(engine, age, statuses, batch_size=batch_size,
-                                 progress=lambda n: progress.update(task, description=f"purged {n} events"))
+            result = admin.purge(
+                engine,
+                age,
+                statuses,
+                batch_size=batch_size,
+                progress=lambda n: progress.update(task, description=f"purged {n} events"),
+            )
     finally:
         engine.dispose()
     if json_output:
         _dump({"events": result.events, "transitions": result.transitions, "batches": result.batches})
     else:
-        console.print(f"purged {result.events} events and {result.transitions} history rows "
-                      f"in {result.batches} batch(es)")
+        console.print(
+            f"purged {result.events} events and {result.transitions} history rows in {result.batches} batch(es)"
+        )
 
 
 def main() -> None:

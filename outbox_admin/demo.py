@@ -293,8 +293,9 @@ def generate_activity(
     return ActivityReport(created, updated, archived)
 
 
-def demo_dispatcher(engine: Engine, handler: DemoHandler | None = None, *, extra_handlers: Sequence[Any] = (),
-                    **kwargs: Any) -> Dispatcher:
+def demo_dispatcher(
+    engine: Engine, handler: DemoHandler | None = None, *, extra_handlers: Sequence[Any] = (), **kwargs: Any
+) -> Dispatcher:
     """A dispatcher with the audit log, the message bus, a ``DemoHandler`` and any sinks in
     ``extra_handlers``; quick retries (``max_attempts=3``, backoff from 1 s) so failures show
     up within a demo."""

@@ -262,8 +262,16 @@ def as_filter(filters: EventFilter | None = None, **loose: Any) -> EventFilter:
 
 
 #: Query-string names of the filter fields (short, so a shared link stays readable).
-QUERY_KEYS = {"status": "status", "event_type": "type", "org_id": "org", "entity": "entity", "since": "since",
-              "until": "until", "search": "q", "error_group": "error"}
+QUERY_KEYS = {
+    "status": "status",
+    "event_type": "type",
+    "org_id": "org",
+    "entity": "entity",
+    "since": "since",
+    "until": "until",
+    "search": "q",
+    "error_group": "error",
+}
 
 
 def filter_to_query(flt: EventFilter) -> dict[str, str]:
@@ -288,11 +296,20 @@ def filter_to_query(flt: EventFilter) -> dict[str, str]:
 
 def filter_from_query(query: Any) -> EventFilter:
     """The filter a query string describes; unknown keys are ignored, bad values raise ``FilterError``."""
+
     def get(key: str) -> str | None:
         value = query.get(key)
         if isinstance(value, list):
             value = ",".join(value)
         return value or None
 
-    return EventFilter.build(status=get("status"), event_type=get("type"), org_id=get("org"), entity=get("entity"),
-                             since=get("since"), until=get("until"), search=get("q"), error_group=get("error"))
+    return EventFilter.build(
+        status=get("status"),
+        event_type=get("type"),
+        org_id=get("org"),
+        entity=get("entity"),
+        since=get("since"),
+        until=get("until"),
+        search=get("q"),
+        error_group=get("error"),
+    )

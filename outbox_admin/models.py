@@ -112,8 +112,13 @@ def _define_tables(
     has_error = events.c.error_message.is_not(None)
     retried = events.c.retry_count > 0
     Index(f"ix_{events_name}_errors", events.c.created_at, postgresql_where=has_error, sqlite_where=has_error)
-    Index(f"ix_{events_name}_retried", events.c.retry_count, events.c.status, postgresql_where=retried,
-          sqlite_where=retried)
+    Index(
+        f"ix_{events_name}_retried",
+        events.c.retry_count,
+        events.c.status,
+        postgresql_where=retried,
+        sqlite_where=retried,
+    )
 
     # The foreign key below is enforced on SQLite only: migration 0003 drops it on PostgreSQL,
     # where its per-row trigger cost 13% of dispatch throughput (see that migration). The same

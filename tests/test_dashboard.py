@@ -74,8 +74,9 @@ def test_first_run_shows_the_empty_state_and_loads_demo_data(engine) -> None:
     load.click().run()
     assert not at.exception
     assert analytics.count_events(engine) > 0
-    assert [s.value for s in at.success] == ["Demo data loaded: projects created, updated and archived, "
-                                             "some deliveries failed."]
+    assert [s.value for s in at.success] == [
+        "Demo data loaded: projects created, updated and archived, some deliveries failed."
+    ]
 
 
 @pytest.mark.parametrize("name", list(PAGES))
@@ -168,7 +169,8 @@ def test_requeue_a_whole_error_group_from_the_failures_page(demo_engine) -> None
     dead_group = groups[groups["failed"] > 0]["error_group"].iloc[0]
     at = page("failures").run()
     at.session_state[table_key("groups", groups["error_group"])] = {
-        "selection": {"rows": [list(groups["error_group"]).index(dead_group)], "columns": [], "cells": []}}
+        "selection": {"rows": [list(groups["error_group"]).index(dead_group)], "columns": [], "cells": []}
+    }
     at.run()
     [whole] = [b for b in at.button if b.label == "Requeue the whole group"]
     whole.click().run()

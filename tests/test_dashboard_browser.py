@@ -25,8 +25,15 @@ from .services import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("OUTBOX_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(os.environ.get("OUTBOX_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "screenshots"
 
 
@@ -46,10 +53,27 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
         env.pop(name, None)
     log = (tmp_path / "streamlit.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "dashboard.py"),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -128,5 +152,10 @@ def test_publish_tick_and_see_it_completed_in_a_real_browser(dashboard, browser_
         open_page(page, base, path, heading)
         page.wait_for_timeout(1500)  # let the charts draw before the picture (not a synchronisation)
         page.screenshot(path=str(ARTIFACTS / f"{heading.lower()}.png"), full_page=True)
-    assert sorted(p.name for p in ARTIFACTS.glob("*.png")) >= ["events.png", "failures.png", "live.png",
-                                                               "overview.png", "publish.png"]
+    assert sorted(p.name for p in ARTIFACTS.glob("*.png")) >= [
+        "events.png",
+        "failures.png",
+        "live.png",
+        "overview.png",
+        "publish.png",
+    ]
