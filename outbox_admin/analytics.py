@@ -197,7 +197,7 @@ def status_counts(
     ev = tables.events
     stmt = select(ev.c.status, func.count()).where(flt.clause(tables)).group_by(ev.c.status)
     with _reading(engine) as conn:
-        found = dict(conn.execute(stmt).all())
+        found: dict[str, int] = {status: count for status, count in conn.execute(stmt).all()}
     order = [s.value for s in EventStatus]
     statuses = order + sorted(set(found) - set(order))
     return pd.DataFrame({"status": statuses, "count": [int(found.get(s, 0)) for s in statuses]})
@@ -251,7 +251,7 @@ def transitions_frame(
     ascending = event_id is not None if oldest_first is None else oldest_first
     if since_at is not None and event_id is None:
         # A time window reads the (at) index; ids need not follow time across processes.
-        order = (tr.c.at, tr.c.id) if ascending else (desc(tr.c.at), desc(tr.c.id))
+        order: tuple[Any, ...] = (tr.c.at, tr.c.id) if ascending else (desc(tr.c.at), desc(tr.c.id))
     else:
         order = (tr.c.id,) if ascending else (desc(tr.c.id),)
     stmt = stmt.order_by(*order).limit(limit)
@@ -424,7 +424,7 @@ def throughput(
     flt = as_filter(filters, **loose)
     ev, tr = tables.events, tables.transitions
     event_filter = flt.with_(since=None, until=None)
-    step = truncated_time(tr.c.at, unit)
+    step: Any = truncated_time(tr.c.at, unit)
     conditions: list[Any] = []
     sqlite_minutes = engine.dialect.name == "sqlite" and unit == "minute"
     for bound, op in ((flt.since, "ge"), (flt.until, "lt")):

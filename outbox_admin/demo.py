@@ -258,7 +258,7 @@ def generate_activity(
     *,
     orgs: tuple[str, ...] = DEMO_ORGS,
     seed: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> ActivityReport:
     """Run ``count`` demo mutations, each in its own transaction: mostly creations, then updates
     and some archives of existing projects. ``progress(done, count)`` after each one."""
@@ -312,7 +312,7 @@ def load_demo_data(
     seed: int | None = 7,
     fail_share: float = 0.25,
     always_fail_share: float = 0.08,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> DispatchReport:
     """Fill an empty outbox with a realistic mix: completed, retried, failed and pending events.
 

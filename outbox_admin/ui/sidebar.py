@@ -83,10 +83,10 @@ def _dispatcher_panel(ctx: Context) -> None:
         service.stop(wait=True)
         st.rerun()
     if tick.button("Tick", help="Run a tick now", width="stretch"):
-        report = service.run_now(timeout=30)
+        tick_report = service.run_now(timeout=30)
         st.toast(
-            f"Tick: {report.completed} completed, {report.retried} retried, {report.failed} failed"
-            if report
+            f"Tick: {tick_report.completed} completed, {tick_report.retried} retried, {tick_report.failed} failed"
+            if tick_report
             else "The tick failed; see the last error above"
         )
     with st.expander("Dispatcher settings"):

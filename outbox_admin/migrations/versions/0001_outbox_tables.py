@@ -12,6 +12,8 @@ columns become ``timestamptz``, read as UTC, which is what Prisma writes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -119,7 +121,7 @@ def upgrade(tables) -> None:
     have |= {uq["name"] for uq in inspector.get_unique_constraints(events, schema=schema)}
     pending = sa.text("status = 'PENDING'")
     processing = sa.text("status = 'PROCESSING'")
-    wanted = [
+    wanted: list[tuple[str, str, list[str], Any]] = [
         (events, f"ix_{events}_due", ["created_at", "id", "available_at"], pending),
         (events, f"ix_{events}_leases", ["locked_until"], processing),
         (events, f"ix_{events}_org_time", ["org_id", "created_at"], None),

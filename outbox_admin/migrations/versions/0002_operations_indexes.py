@@ -8,6 +8,7 @@ Create Date: 2026-11-27
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -43,7 +44,7 @@ def upgrade(tables) -> None:
             existing = {ix["name"] for ix in inspector.get_indexes(table, schema=tables.schema)}
         if name in existing:
             continue
-        partial = {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)} if where else {}
+        partial: dict[str, Any] = {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)} if where else {}
         op.create_index(name, table, columns, schema=tables.schema, **partial)
     if op.get_bind().dialect.name == "sqlite":
         # SQLite stores times as text: an index on the minute prefix lets "events per minute"

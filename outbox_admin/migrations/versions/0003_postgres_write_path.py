@@ -40,8 +40,9 @@ def upgrade(tables) -> None:
     events, transitions, schema = tables.events.name, tables.transitions.name, tables.schema
     inspector = sa.inspect(bind)
     for fk in inspector.get_foreign_keys(transitions, schema=schema):
-        if fk["referred_table"] == events and fk.get("name"):
-            op.drop_constraint(fk["name"], transitions, type_="foreignkey", schema=schema)
+        name = fk.get("name")
+        if fk["referred_table"] == events and name:
+            op.drop_constraint(name, transitions, type_="foreignkey", schema=schema)
     unique = f"uq_{events}_idempotency"
     if unique in {uq["name"] for uq in inspector.get_unique_constraints(events, schema=schema)}:
         op.drop_constraint(unique, events, type_="unique", schema=schema)
