@@ -369,15 +369,15 @@ def _sqlite_stamp() -> tuple[str, dt.datetime]:
     return now.strftime("%Y-%m-%d %H:%M:%S.%f"), now
 
 
-def _write_rows(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dict[str, Any]:
-    """Write ``rows`` (no idempotency keys) and return the stamp they got."""
+def _write_rows(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dt.datetime:
+    """Write ``rows`` (no idempotency keys) and return the time they were stamped with."""
     sql = _publish_sql(tables, conn.dialect)
     if sql.history is None:
         wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
         count, stamp = conn.exec_driver_sql(sql.insert, {"events": wire}).one()[:2]
         if count != len(rows):  # pragma: no cover - an INSERT ... SELECT writes every row or fails
             raise RuntimeError(f"wrote {count} of {len(rows)} events")
-        return {"at": _UTC.process_result_value(stamp, conn.dialect)}
+        return _UTC.process_result_value(stamp, conn.dialect)  # type: ignore[return-value]
     text, stamp = _sqlite_stamp()
     if len(rows) == 1 and sql.insert_one is not None and sql.history_one is not None:
         single = dict(zip(_COLUMNS, rows[0].wire(), strict=True), at=text)
@@ -387,7 +387,7 @@ def _write_rows(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dic
         wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
         conn.exec_driver_sql(sql.insert, {"events": wire, "at": text})
         conn.exec_driver_sql(sql.history, {"ids": json.dumps([row.id for row in rows]), "at": text})
-    return {"at": stamp}
+    return stamp
 
 
 def _write_now(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
@@ -494,16 +494,17 @@ def _flush(conn: Connection) -> None:
     buffered: list[_Buffered] | None = state.pop(_BUFFER, None) if state else None
     if buffered is None:
         return
-    count = state.pop(_BUFFER_COUNT, 0)  # type: ignore[union-attr]
+    state.pop(_BUFFER_COUNT, None)  # type: ignore[union-attr]
     while buffered:
         group = buffered[0]
         try:
-            stamp = _write_rows(conn, group.rows, group.tables)["at"]
+            stamp = _write_rows(conn, group.rows, group.tables)
         except Exception as exc:
+            unwritten = sum(len(g.rows) for g in buffered)
             state[_BUFFER] = buffered  # type: ignore[index]
-            state[_BUFFER_COUNT] = count  # type: ignore[index]
+            state[_BUFFER_COUNT] = unwritten  # type: ignore[index]
             exc.add_note(
-                f"outbox_admin: writing {sum(len(g.rows) for g in buffered)} published event(s) failed; "
+                f"outbox_admin: writing {unwritten} published event(s) failed; "
                 "they stay unwritten and this transaction cannot commit"
             )
             raise
