@@ -53,7 +53,7 @@ from .wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
 PUBLISHER_ACTOR = "publisher"
 PENDING = EventStatus.PENDING.value
 MAX_FIELD_LENGTH = 255
-#: Events buffered on one connection before they are written anyway (bounds the statement's size).
+#: Events buffered on one connection (for one table set) before they are written anyway: bounds a statement.
 BUFFER_LIMIT = 2000
 
 _USAGE = (
@@ -105,9 +105,7 @@ def publish_outbox_event(
         registry or default_registry,
         max_payload_bytes,
     )
-    if idempotency_key is not None or _autocommit(conn):
-        return _write_now(tx, conn, [row], tables)[0]
-    return _buffer(tx, conn, [row], tables)[0]
+    return _accept(tx, conn, [row], tables)[0]
 
 
 def publish_outbox_events(
@@ -139,8 +137,11 @@ def publish_outbox_events(
                 max_payload_bytes,
             )
         )
-    if not rows:
-        return []
+    return _accept(tx, conn, rows, tables) if rows else []
+
+
+def _accept(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
+    """Buffer checked events, or write them at once when they carry idempotency keys or autocommit."""
     if _autocommit(conn) or any(row.key is not None for row in rows):
         return _write_now(tx, conn, rows, tables)
     return _buffer(tx, conn, rows, tables)
@@ -379,7 +380,7 @@ def _write_rows(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dt.
             raise RuntimeError(f"wrote {count} of {len(rows)} events")
         return _UTC.process_result_value(stamp, conn.dialect)  # type: ignore[return-value]
     text, stamp = _sqlite_stamp()
-    if len(rows) == 1 and sql.insert_one is not None and sql.history_one is not None:
+    if len(rows) == 1 and sql.insert_one and sql.history_one:
         single = dict(zip(_COLUMNS, rows[0].wire(), strict=True), at=text)
         conn.exec_driver_sql(sql.insert_one, single)
         conn.exec_driver_sql(sql.history_one, single)
@@ -452,7 +453,6 @@ def _detached_event(values: Mapping[str, Any]) -> OutboxEvent:
 # by Session.before_commit, and by the connection's commit event; dropped on rollback.
 
 _BUFFER = "outbox_admin.buffer"
-_BUFFER_COUNT = "outbox_admin.buffer_count"
 _BUFFERED_CONNECTIONS = "outbox_admin.buffered_connections"
 _SESSION_CONNECTION = "outbox_admin.connection"
 
@@ -465,13 +465,10 @@ class _Buffered:
 
 
 def _buffer(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
-    state = _connection_state_map.get(conn)
-    if state is None:
-        state = _connection_state_map[conn] = {}
+    state = _connection_state(conn)
     buffered: list[_Buffered] | None = state.get(_BUFFER)
     if buffered is None:  # the first event since the transaction began (or since the last write)
         buffered = state[_BUFFER] = []
-        state[_BUFFER_COUNT] = 0
         _hook_engine(conn.engine)
         if isinstance(tx, Session):
             tx.info.setdefault(_BUFFERED_CONNECTIONS, set()).add(conn)
@@ -482,8 +479,7 @@ def _buffer(tx: Session | Connection, conn: Connection, rows: list[_Row], tables
     made = [_new_event(row.values(None, None), tables) for row in rows]
     group.rows.extend(rows)
     group.events.extend(made)
-    state[_BUFFER_COUNT] += len(rows)
-    if state[_BUFFER_COUNT] >= BUFFER_LIMIT:
+    if len(group.rows) >= BUFFER_LIMIT:  # a group is one statement: keep it bounded
         _flush(conn)
     return made
 
@@ -492,19 +488,14 @@ def _flush(conn: Connection) -> None:
     """Write the connection's buffered events; on failure they stay buffered, so the commit fails too."""
     state = _connection_state_map.get(conn)
     buffered: list[_Buffered] | None = state.pop(_BUFFER, None) if state else None
-    if buffered is None:
-        return
-    state.pop(_BUFFER_COUNT, None)  # type: ignore[union-attr]
     while buffered:
         group = buffered[0]
         try:
             stamp = _write_rows(conn, group.rows, group.tables)
         except Exception as exc:
-            unwritten = sum(len(g.rows) for g in buffered)
             state[_BUFFER] = buffered  # type: ignore[index]
-            state[_BUFFER_COUNT] = unwritten  # type: ignore[index]
             exc.add_note(
-                f"outbox_admin: writing {unwritten} published event(s) failed; "
+                f"outbox_admin: writing {sum(len(g.rows) for g in buffered)} published event(s) failed; "
                 "they stay unwritten and this transaction cannot commit"
             )
             raise
@@ -534,7 +525,10 @@ def _engine_key(conn: Connection) -> str:
 
 
 def _connection_state(conn: Connection) -> dict[str, Any]:
-    return _connection_state_map.setdefault(conn, {})
+    state = _connection_state_map.get(conn)  # not setdefault: that builds a dict on every call
+    if state is None:
+        state = _connection_state_map[conn] = {}
+    return state
 
 
 def _after_publish(tx: Session | Connection, conn: Connection, *, signal: WakeSignal = wake_signal) -> None:
@@ -619,4 +613,3 @@ def _connection_rolled_back(conn: Connection) -> None:
     if state:
         state.pop(_PENDING_WAKE, None)
         state.pop(_BUFFER, None)
-        state.pop(_BUFFER_COUNT, None)
