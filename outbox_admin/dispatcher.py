@@ -46,13 +46,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, literal_column
+from sqlalchemy.exc import DBAPIError
 
+from .breaker import BreakerPolicy, CircuitBreaker, HandlerHealth
 from .coltypes import UTCDateTime
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, Settings
-from .db import check_engine, db_now, db_now_plus, write_connection
+from .db import check_engine, db_now, db_now_plus, write_connection, write_transaction
 from .errors import ConfigurationError
 from .handlers.base import BatchHandler, DeliveredEvent, Route, default_handlers
+from .lease import LeaseKeeper
 from .models import DEFAULT_TABLES, EventStatus, OutboxTables
+from .patterns import glob_for_postgres, glob_for_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ FAILED = EventStatus.FAILED.value
 
 MAX_ERROR_LENGTH = 2000
 RELEASED_MESSAGE = "released: dispatcher stopped before handling it"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
 
 
@@ -100,6 +105,7 @@ class DispatchReport:
     failed: int = 0
     recovered: int = 0
     released: int = 0
+    waiting: int = 0  # claimed, then put back unhandled: a handler's circuit breaker is open (no attempt spent)
     lost: int = 0
     ticks: int = 0
     seconds: float = 0.0
@@ -126,6 +132,10 @@ class Dispatcher:
     ``max_attempts=None`` retries forever, as the original does.
     ``ordering="entity"`` never hands out an event while an older event of the
     same ``(entity_type, entity_id)`` is unfinished (PENDING or PROCESSING).
+    ``breaker`` (default ``BreakerPolicy()``; ``None`` turns breakers off) pauses a
+    handler that keeps failing, so an outage spends no attempts (``outbox_admin.breaker``).
+    While handlers run, the batch's lease is renewed every ``lease_seconds / 3``, so a
+    slow batch is never handed to a second dispatcher (``outbox_admin.lease``).
     """
 
     def __init__(
@@ -141,6 +151,7 @@ class Dispatcher:
         name: str | None = None,
         tables: OutboxTables = DEFAULT_TABLES,
         clock: Clock | None = None,
+        breaker: BreakerPolicy | None = BreakerPolicy(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         check_engine(engine)
         if batch_size < 1:
@@ -157,6 +168,8 @@ class Dispatcher:
         self._postgres = engine.dialect.name == "postgresql"
         self._autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._statements: _Statements | None = None
+        self.breaker_policy = breaker
+        self._monotonic = time.monotonic if clock is None else (lambda: clock().timestamp())
         self.routes = [Route.of(h) for h in (default_handlers() if handlers is None else handlers)]
         self.batch_size = batch_size
         self.max_attempts = max_attempts
@@ -170,6 +183,24 @@ class Dispatcher:
         # Expired leases are rare: within a drain, look for them at most this often.
         self.recover_every_seconds = min(5.0, self.lease_seconds / 2)
         self._next_recovery = 0.0
+        self._lease_keeper = LeaseKeeper(self._renew_leases, interval=self.lease_seconds / 3, name=self.name)
+        # Outcomes of a batch whose finish could not be written (the database went away): written first
+        # at the next tick, their leases renewed meanwhile, so they are recorded as what they were.
+        self._unwritten: list[_Outcome] = []
+
+    @property
+    def routes(self) -> list[Route]:
+        """The handlers with their routing; setting them gives each a new circuit breaker."""
+        return self._routes
+
+    @routes.setter
+    def routes(self, routes: Iterable[Route]) -> None:
+        self._routes = list(routes)
+        # One breaker per route (a handler listed twice with different routes is two routes).
+        policy = self.breaker_policy
+        self._breakers = [
+            None if policy is None else CircuitBreaker(r.name, policy, monotonic=self._monotonic) for r in self._routes
+        ]
 
     @classmethod
     def from_settings(cls, engine: Engine, settings: Settings, **kwargs: Any) -> Dispatcher:
@@ -187,6 +218,7 @@ class Dispatcher:
         A handler whose ``close()`` raises is logged and the others are still closed:
         closing runs at shutdown, where one broken broker must not leak the rest.
         """
+        self._lease_keeper.close()
         seen: set[int] = set()
         for route in self.routes:
             handler = route.handler
@@ -271,16 +303,44 @@ class Dispatcher:
     def _tick(self, conn: Connection) -> DispatchReport:
         started = time.perf_counter()
         report = DispatchReport(ticks=1)
+        if self._unwritten:
+            self._write_unwritten(conn, report)
         if time.monotonic() >= self._next_recovery:
             report.recovered = self.recover_expired_leases(conn)
             self._next_recovery = time.monotonic() + self.recover_every_seconds
-        events = [] if self.stopping else self._claim(conn)
+        events, undecodable = ([], {}) if self.stopping else self._claim(conn)
         report.claimed = len(events)
         if events:
-            errors, unhandled = self._handle(events)
-            self._finish(conn, events, errors, unhandled, report)
+            self._lease_keeper.hold([e.id for e in events])
+            errors, waiting, unhandled = self._handle([e for e in events if e.id not in undecodable])
+            self._finish(conn, events, errors, unhandled, report, waiting=waiting, undecodable=undecodable)
         report.seconds = time.perf_counter() - started
         return report
+
+    # -- health ------------------------------------------------------------------------
+
+    def handler_health(self) -> list[HandlerHealth]:
+        """Each handler's circuit breaker: state, failures in a row, last error, next probe."""
+        return [b.health() for b in self._breakers if b is not None]
+
+    def seconds_to_next_probe(self) -> float | None:
+        """Seconds until an open breaker may be probed (a service ticks then); ``None`` if none is open."""
+        waits = [w for b in self._breakers if b is not None and (w := b.seconds_to_probe()) is not None]
+        return min(waits) if waits else None
+
+    def _blocked(self) -> list[list[str | None]] | None:
+        """``[pattern, org or None]`` pairs of events not to claim now (open breakers); ``None``: claim nothing."""
+        blocked: list[list[str | None]] = []
+        translate = glob_for_postgres if self._postgres else glob_for_sqlite
+        for route, breaker in zip(self.routes, self._breakers, strict=True):
+            if breaker is None or not breaker.blocks_claims():
+                continue
+            if route.event_types is None and route.org_ids is None:
+                return None  # the handler takes every event: nothing can be claimed
+            for pattern in route.event_types or ("*",):
+                for org in sorted(route.org_ids) if route.org_ids is not None else [None]:
+                    blocked.append([translate(pattern), org])
+        return blocked
 
     # -- the SQL -------------------------------------------------------------------
 
@@ -301,58 +361,135 @@ class Dispatcher:
             log.warning("recovered event %s from an expired lease; now %s", row[0], row[1])
         return len(rows)
 
-    def _claim(self, conn: Connection | None = None) -> list[DeliveredEvent]:
-        """Claim up to ``batch_size`` due events (PROCESSING, under this dispatcher's lease), oldest first."""
+    def _renew_leases(self, ids: list[str]) -> int:
+        """Extend the lease of ``ids`` still held by this dispatcher (the heartbeat); returns how many are."""
         sql = self._sql()
+        params = {"ids": json.dumps(ids), "name": self.name, **self._times(lease_until=self.lease_seconds)}
+        if self.clock is None:
+            params["lease_seconds"] = self.lease_seconds
+        if self._postgres:
+            with self._autocommit_engine.connect() as c:
+                return len(c.exec_driver_sql(sql.renew, params).all())
+        with write_transaction(self.engine) as c:
+            return len(c.exec_driver_sql(sql.renew, params).all())
+
+    def _claim(self, conn: Connection | None = None) -> tuple[list[DeliveredEvent], dict[str, str]]:
+        """Claim up to ``batch_size`` due events (PROCESSING, under this dispatcher's lease), oldest first.
+
+        Returns the events and, by id, why a claimed row could not be decoded (it is failed
+        alone; the rest of the batch is handled as usual). Events routed to a handler whose
+        breaker is open are not claimed.
+        """
+        sql = self._sql()
+        blocked = self._blocked()
+        if blocked is None:
+            return [], {}
         params = {"limit": self.batch_size, "name": self.name, **self._times(lease_until=self.lease_seconds)}
         if self.clock is None:
             params["lease_seconds"] = self.lease_seconds
+        statement = sql.claim
+        if blocked:
+            statement, params["blocked"] = sql.claim_unblocked, json.dumps(blocked)
         with self._connection(conn) as c:
             if self._postgres:
-                rows = c.exec_driver_sql(sql.claim, params).all()
+                rows = c.exec_driver_sql(statement, params).all()
             else:
                 with c.begin():
-                    rows = c.exec_driver_sql(sql.claim, params).all()
+                    rows = c.exec_driver_sql(statement, params).all()
                     if rows:
                         history = [(r[0], PENDING, PROCESSING, r[6] + 1, None) for r in rows]
                         c.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
-        events = [sql.delivered(r) for r in rows]
+        events: list[DeliveredEvent] = []
+        undecodable: dict[str, str] = {}
+        for row in rows:
+            try:
+                events.append(sql.delivered(row))
+            except Exception as exc:  # noqa: BLE001 - a row written by hand or by an old version: fail it alone
+                undecodable[row[0]] = _error_text("dispatcher", exc, prefix="stored event cannot be decoded: ")
+                events.append(sql.placeholder(row))
+                log.error("event %s cannot be decoded and is failed: %s", row[0], undecodable[row[0]])
         events.sort(key=lambda e: (e.created_at, e.id))
-        return events
+        return events, undecodable
 
     # -- handling ------------------------------------------------------------------
 
-    def _handle(self, events: list[DeliveredEvent]) -> tuple[dict[str, str], list[DeliveredEvent]]:
-        """Run the handlers; returns error messages by event id and the events left unhandled (stop)."""
+    def _handle(self, events: list[DeliveredEvent]) -> tuple[dict[str, str], dict[str, str], list[DeliveredEvent]]:
+        """Run the handlers, minding their breakers.
+
+        Returns error messages by event id, the events put back to wait for an open
+        breaker (with why), and the events left unhandled (stop requested).
+        """
         errors: dict[str, str] = {}
-        batch_routes = [r for r in self.routes if isinstance(r.handler, BatchHandler)]
-        single_routes = [r for r in self.routes if not isinstance(r.handler, BatchHandler)]
-        for route in batch_routes:
-            targets = [e for e in events if e.id not in errors and route.accepts(e)]
-            if not targets:
+        waiting: dict[str, str] = {}
+        # Per route: the events whose failures make up its current streak. If the streak opens the
+        # breaker, they were failures of the handler, not of the events: they wait, no attempt spent.
+        streaks: dict[int, list[str]] = {}
+
+        def failed(index: int, event_id: str, message: str) -> None:
+            errors.setdefault(event_id, message)
+            breaker = self._breakers[index]
+            if breaker is None:
+                return
+            streak = streaks.setdefault(index, [])
+            streak.append(event_id)
+            if breaker.failed(message, event_id):
+                for held in streak:
+                    if errors.get(held) is not None:
+                        waiting[held] = _waiting_text(breaker, errors.pop(held))
+                streak.clear()
+
+        def succeeded(index: int) -> None:
+            breaker = self._breakers[index]
+            if breaker is not None:
+                breaker.succeeded()
+                streaks.pop(index, None)
+
+        def settled(event_id: str) -> bool:
+            return event_id in errors or event_id in waiting
+
+        for index, route in enumerate(self.routes):
+            if not isinstance(route.handler, BatchHandler):
                 continue
-            try:
-                failures = route.handler.handle_batch(targets) or {}
-            except Exception as exc:  # noqa: BLE001 - a handler failure is data, not a crash
-                failures = {e.id: exc for e in targets}
-            for event_id, failure in failures.items():
-                errors.setdefault(event_id, _error_text(route.name, failure))
+            targets = [e for e in events if not settled(e.id) and route.accepts(e)]
+            breaker = self._breakers[index]
+            while targets:
+                decision = "call" if breaker is None else breaker.allow()
+                if decision == "skip":
+                    for e in targets:
+                        waiting[e.id] = _waiting_text(breaker)  # type: ignore[arg-type]
+                    break
+                sent, targets = (targets[:1], targets[1:]) if decision == "probe" else (targets, [])
+                try:
+                    failures = route.handler.handle_batch(sent) or {}
+                except Exception as exc:  # noqa: BLE001 - a handler failure is data, not a crash
+                    failures = {e.id: exc for e in sent}
+                for e in sent:
+                    if e.id in failures:
+                        failed(index, e.id, _error_text(route.name, failures[e.id]))
+                    else:
+                        succeeded(index)
+        single = [(i, r) for i, r in enumerate(self.routes) if not isinstance(r.handler, BatchHandler)]
         unhandled: list[DeliveredEvent] = []
-        for index, event in enumerate(events):
+        for position, event in enumerate(events):
             if self.stopping:
-                unhandled = [e for e in events[index:] if e.id not in errors]
+                unhandled = [e for e in events[position:] if not settled(e.id)]
                 break
-            if event.id in errors:
+            if settled(event.id):
                 continue
-            for route in single_routes:
+            for index, route in single:
                 if not route.accepts(event):
                     continue
+                breaker = self._breakers[index]
+                if breaker is not None and breaker.allow() == "skip":
+                    waiting[event.id] = _waiting_text(breaker)
+                    break
                 try:
                     route.handler(event)
                 except Exception as exc:  # noqa: BLE001
-                    errors[event.id] = _error_text(route.name, exc)
+                    failed(index, event.id, _error_text(route.name, exc))
                     break
-        return errors, unhandled
+                succeeded(index)
+        return errors, waiting, unhandled
 
     def _finish(
         self,
@@ -361,12 +498,25 @@ class Dispatcher:
         errors: dict[str, str],
         unhandled: list[DeliveredEvent],
         report: DispatchReport,
+        *,
+        waiting: dict[str, str] | None = None,
+        undecodable: dict[str, str] | None = None,
     ) -> None:
-        """Record every outcome of the batch in one statement, guarded by the claim (holder and attempt)."""
+        """Record every outcome of the batch in one statement, guarded by the claim (holder and attempt).
+
+        If the database cannot be written (it went away), the outcomes are kept and written
+        first at the next tick, the batch's leases renewed meanwhile; the error is raised.
+        """
         unhandled_ids = {e.id for e in unhandled}
+        waiting = waiting or {}
+        undecodable = undecodable or {}
         outcomes: list[_Outcome] = []
         for e in events:
-            if e.id in errors:
+            if e.id in undecodable:  # no attempt can succeed: straight to the dead letters
+                outcomes.append(_Outcome(e, FAILED, 1, undecodable[e.id], e.retry_count + 1, 0.0))
+            elif e.id in waiting:
+                outcomes.append(_Outcome(e, PENDING, 0, waiting[e.id], e.retry_count, 0.0, waiting=True))
+            elif e.id in errors:
                 attempts = e.retry_count + 1
                 if self.max_attempts is not None and attempts >= self.max_attempts:
                     outcomes.append(_Outcome(e, FAILED, 1, errors[e.id], attempts, 0.0))
@@ -377,19 +527,45 @@ class Dispatcher:
                 outcomes.append(_Outcome(e, PENDING, 0, RELEASED_MESSAGE, e.retry_count, 0.0, released=True))
             else:
                 outcomes.append(_Outcome(e, COMPLETED, 0, None, e.retry_count + 1, None))
+        try:
+            written = self._write_outcomes(conn, outcomes)
+        except DBAPIError as exc:
+            self._unwritten = outcomes  # the lease keeper keeps holding them
+            log.warning(
+                "dispatcher %s could not record the outcome of %d event(s), kept to write at the next tick: %s",
+                self.name,
+                len(outcomes),
+                _first_line(exc),
+            )
+            exc.add_note(f"outbox_admin: {len(outcomes)} outcome(s) kept; they are written at the next tick")
+            raise
+        self._lease_keeper.release()
+        self._count(outcomes, written, report)
+
+    def _write_unwritten(self, conn: Connection, report: DispatchReport) -> None:
+        """Write the outcomes a failed finish kept (see ``_finish``); raises again if the database is still gone."""
+        outcomes = self._unwritten
         written = self._write_outcomes(conn, outcomes)
+        self._unwritten = []
+        self._lease_keeper.release()
+        log.warning("dispatcher %s recorded %d kept outcome(s) after the database came back", self.name, len(outcomes))
+        self._count(outcomes, written, report)
+
+    def _count(self, outcomes: list[_Outcome], written: set[str], report: DispatchReport) -> None:
         for outcome in outcomes:
             if outcome.event.id not in written:
                 continue
             if outcome.status == COMPLETED:
                 report.completed += 1
+            elif outcome.waiting:
+                report.waiting += 1
             elif outcome.released:
                 report.released += 1
             elif outcome.status == FAILED:
                 report.failed += 1
             else:
                 report.retried += 1
-        lost = [e.id for e in events if e.id not in written]
+        lost = [o.event.id for o in outcomes if o.event.id not in written]
         if lost:
             report.lost += len(lost)
             log.warning(
@@ -459,6 +635,7 @@ class _Outcome:
     step: int  # the attempt number the history row records
     delay: float | None  # seconds until due again; None keeps available_at (completed)
     released: bool = False
+    waiting: bool = False  # put back for an open breaker: no attempt spent
 
 
 _NAMED_PARAMETER = re.compile(r":(\w+)")
@@ -507,17 +684,36 @@ class _Statements:
         # the order that of the partial index of due PENDING events, which the planner then picks even
         # when its statistics say every row is PENDING (after a bulk load): a plain (created_at, id)
         # index would otherwise walk past every event already COMPLETED on each claim.
-        due_events = f"""
+        # Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
+        # [pattern, org or null], the pattern in the dialect's own glob (``outbox_admin.patterns``).
+        if self.postgres:
+            not_blocked = """
+              AND NOT EXISTS (
+                  SELECT 1 FROM json_array_elements(CAST(:blocked AS json)) AS b
+                  WHERE candidate.event_type ~ (b.value ->> 0)
+                    AND (b.value ->> 1 IS NULL OR candidate.org_id = b.value ->> 1))"""
+        else:
+            not_blocked = """
+              AND NOT EXISTS (
+                  SELECT 1 FROM json_each(:blocked) AS b
+                  WHERE candidate.event_type GLOB json_extract(b.value, '$[0]')
+                    AND (json_extract(b.value, '$[1]') IS NULL OR candidate.org_id = json_extract(b.value, '$[1]')))"""
+
+        def due_events(extra: str = "") -> str:
+            return f"""
             SELECT candidate.id FROM {ev} AS candidate
-            WHERE candidate.status = '{PENDING}' AND candidate.available_at <= {now}{older_unfinished}
+            WHERE candidate.status = '{PENDING}' AND candidate.available_at <= {now}{older_unfinished}{extra}
             ORDER BY candidate.created_at, candidate.id, candidate.available_at
             LIMIT :limit"""
+
         claimed_columns = "id, org_id, event_type, entity_type, entity_id, payload, retry_count, created_at"
         new_status = f"""CASE WHEN :max_attempts IS NOT NULL AND e.retry_count + 1 >= :max_attempts
                      THEN '{FAILED}' ELSE '{PENDING}' END"""
+        # Leases are renewed while handlers run (outbox_admin.lease), so an expired one means its
+        # dispatcher stopped renewing: it died, hung, or could not reach the database.
         expired_message = (
             "'lease expired: dispatcher ' || coalesce(e.locked_by, '?') || "
-            "' stopped before finishing (crashed or too slow)'"
+            "' stopped renewing it before finishing (it crashed, hung or lost the database)'"
         )
         history_columns = "event_id, from_status, to_status, at, actor, attempt, error_message"
         # The SET clauses both dialects share: an outcome ``c`` (finish), an expired lease (recover).
@@ -548,7 +744,7 @@ class _Statements:
             # ``id = ANY(array)``, which always reads the primary key: a join would let the planner
             # pick a hash join over a scan of the whole table when its statistics are stale.
             claim = f"""
-            WITH due AS MATERIALIZED ({due_events}
+            WITH due AS MATERIALIZED ({{due_events}}
                 FOR UPDATE OF candidate SKIP LOCKED
             ), claimed AS (
                 UPDATE {ev} AS e SET status = '{PROCESSING}', locked_by = :name, locked_until = {lease_until}
@@ -559,6 +755,11 @@ class _Statements:
                 SELECT id, '{PENDING}', '{PROCESSING}', {now}, :name, retry_count + 1, NULL FROM claimed
             )
             SELECT {claimed_columns} FROM claimed"""
+            renew = f"""
+            UPDATE {ev} AS e SET locked_until = {lease_until}
+            WHERE e.id = ANY(ARRAY(SELECT json_array_elements_text(CAST(:ids AS json))))
+              AND e.status = '{PROCESSING}' AND e.locked_by = :name
+            RETURNING e.id"""
             finish = f"""
             WITH c AS (
                 SELECT value ->> 0 AS event_id, CAST(value ->> 1 AS integer) AS attempt,
@@ -595,8 +796,12 @@ class _Statements:
         else:
             claim = f"""
             UPDATE {ev} SET status = '{PROCESSING}', locked_by = :name, locked_until = {lease_until}
-            WHERE id IN ({due_events}) AND status = '{PENDING}'
+            WHERE id IN ({{due_events}}) AND status = '{PENDING}'
             RETURNING {claimed_columns}"""
+            renew = f"""
+            UPDATE {ev} SET locked_until = {lease_until}
+            WHERE id IN (SELECT value FROM json_each(:ids)) AND status = '{PROCESSING}' AND locked_by = :name
+            RETURNING id"""
             finish = f"""
             {finish_set}
             FROM (
@@ -622,7 +827,9 @@ class _Statements:
             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
                    {now}, :name, json_extract(value, '$[3]'), json_extract(value, '$[4]')
             FROM json_each(:rows)""")
-        self.claim = self._driver(claim)
+        self.claim = self._driver(claim.replace("{due_events}", due_events()))
+        self.claim_unblocked = self._driver(claim.replace("{due_events}", due_events(not_blocked)))
+        self.renew = self._driver(renew)
         self.finish = self._driver(finish)
         self.recover = self._driver(recover)
 
@@ -650,15 +857,43 @@ class _Statements:
 
     def delivered(self, row: Any) -> DeliveredEvent:
         """A claimed row (``claimed_columns``) as handlers see it."""
-        payload = row[5] if self.postgres else self._loads(row[5])  # psycopg decodes jsonb itself
+        if self.postgres:
+            payload = row[5]  # psycopg decodes jsonb itself
+        elif isinstance(row[5], str | bytes):
+            payload = self._loads(row[5])
+        else:
+            # SQLite's NUMERIC affinity turned a stored top-level number into a number (a big one into
+            # a rounded REAL): it cannot be delivered as it was published.
+            raise TypeError(f"the stored payload is a SQLite {type(row[5]).__name__}, not JSON text")
         created_at = self._utc.process_result_value(row[7], self.dialect)
         return DeliveredEvent(row[0], row[1], row[2], row[3], row[4], payload, row[6], created_at)  # type: ignore[arg-type]
 
+    def placeholder(self, row: Any) -> DeliveredEvent:
+        """A claimed row that ``delivered`` cannot decode, with what its outcome needs (id, attempts)."""
+        try:
+            created_at = self._utc.process_result_value(row[7], self.dialect) or _EPOCH
+        except Exception:  # noqa: BLE001 - the row is being failed for being unreadable
+            created_at = _EPOCH
+        return DeliveredEvent(row[0], str(row[1]), str(row[2]), str(row[3]), str(row[4]), None, row[6], created_at)
 
-def _error_text(handler: str, exc: BaseException) -> str:
-    text = f"{handler}: {type(exc).__name__}: {exc}"
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
+def _waiting_text(breaker: CircuitBreaker, error: str | None = None) -> str:
+    why = error or breaker.health().last_error or "failing"
+    return _clip(f"waiting: handler {breaker.handler} is unavailable (circuit open); last error: {why}")
+
+
+def _clip(text: str) -> str:
+    text = text.replace("\x00", "")
+    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 1] + "…"
+
+
+def _error_text(handler: str, exc: BaseException, *, prefix: str = "") -> str:
+    text = f"{handler}: {prefix}{type(exc).__name__}: {exc}"
     if isinstance(exc, BaseExceptionGroup):
         inner = "; ".join(f"{type(e).__name__}: {e}" for e in exc.exceptions[:5])
         text = f"{text} ({inner})"
-    text = text.replace("\x00", "")
-    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 1] + "…"
+    return _clip(text)

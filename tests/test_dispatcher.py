@@ -323,7 +323,7 @@ def test_expired_lease_is_recovered_and_the_late_dispatcher_cannot_overwrite(eng
     assert (b_report[0].recovered, b_report[0].completed) == (1, 1)
     stored = row(engine, event_id)
     assert (stored.status, stored.retry_count) == ("COMPLETED", 1)
-    assert "lease expired: dispatcher A stopped before finishing" in stored.error_message
+    assert "lease expired: dispatcher A stopped renewing it before finishing" in stored.error_message
     steps = history(engine, event_id)
     assert [s[:2] for s in steps] == [
         (None, "PENDING"),
