@@ -12,14 +12,21 @@ nothing was wrong with the events. With one per handler:
   call it; the events stay PENDING with their attempts untouched. The failures of
   the streak that opened it are given back (recorded as a wait, not as attempts),
   so an outage costs no event an attempt, however long it lasts.
-- **half-open**: after ``open_seconds`` one event is let through as a probe. A
-  success closes the breaker; a failure opens it again for twice as long (at most
+- **half-open**: after ``open_seconds`` one event is let through as a probe: of
+  the claimed events, the one with the fewest attempts, so a long outage spreads
+  its probes over many events instead of wearing one out. A success closes the
+  breaker; a failure opens it again for twice as long (at most
   ``max_open_seconds``). A probe is a real delivery attempt and counts as one.
+- A failure that is the event's own fault by the handler's account — a
+  ``SinkError`` with a 4xx status other than 408, 425 and 429, i.e. the receiver
+  answered and refused this event — counts as an attempt but as a sign of life for
+  the breaker: it ends the streak, like a success.
 
 A breaker lives in its dispatcher's process: each dispatcher process finds out on
-its own that a sink is down. Any failure counts, whatever its cause: five events
-in a row that a receiver rejects open the breaker too; the probes then move such
-events on, one attempt each, until they are dead letters. Every state change is
+its own that a sink is down. Any other failure counts toward the streak,
+whatever its cause: five events in a row that a handler of your own rejects with
+an exception open the breaker too; the probes then move such events on, one
+attempt each, until they are dead letters. Every state change is
 one log line (logger ``outbox_admin.breaker``), never one per event.
 """
 
@@ -42,6 +49,7 @@ DEFAULT_OPEN_SECONDS = 5.0
 DEFAULT_MAX_OPEN_SECONDS = 60.0
 
 BreakerState = Literal["closed", "open", "half-open"]
+FailureVerdict = Literal["counted", "opened", "open", "probe-failed"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,12 @@ class HandlerHealth:
     opened_at: dt.datetime | None
     next_probe_at: dt.datetime | None
     times_opened: int
+
+
+def is_event_fault(exc: BaseException) -> bool:
+    """Whether a failure says the receiver is up and refused this event (HTTP 4xx but 408, 425, 429)."""
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 425, 429)
 
 
 class CircuitBreaker:
@@ -138,23 +152,30 @@ class CircuitBreaker:
         if was != "closed":
             log.warning("handler %s: delivery succeeded; circuit closed, deliveries resume", self.handler)
 
-    def failed(self, error: str, event_id: str) -> bool:
-        """Record a failed call for ``event_id``; returns True when this failure opened the breaker."""
+    def failed(self, error: str, event_id: str) -> FailureVerdict:
+        """Record a failed call for ``event_id`` and say what it means for that event's attempt.
+
+        ``counted``: an ordinary failed attempt (the streak grows); ``opened``: this
+        failure opened the breaker, so it and the rest of the streak were the handler's
+        fault, not the events'; ``open``: the breaker was already open (a batch call
+        that failed as a whole), also the handler's fault; ``probe-failed``: the probe's
+        event spends its attempt and the breaker opens again, for longer.
+        """
         with self._lock:
             self._last_error = error
             if self._state == "half-open":
                 self._open_for = min(self._open_for * 2, self.policy.max_open_seconds)
-                self._open("probe failed", error)
-                return True
+                self._open("its probe failed", error)
+                return "probe-failed"
             if self._state != "closed":
-                return False
+                return "open"
             self._streak.add(event_id)
             if len(self._streak) >= self.policy.failure_threshold:
                 self._open_for = self.policy.open_seconds
                 self._open(f"{len(self._streak)} events failed in a row", error)
                 self._streak.clear()
-                return True
-            return False
+                return "opened"
+            return "counted"
 
     def _open(self, why: str, error: str) -> None:
         self._state = "open"

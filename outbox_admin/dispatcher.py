@@ -48,7 +48,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, literal_column
 from sqlalchemy.exc import DBAPIError
 
-from .breaker import BreakerPolicy, CircuitBreaker, HandlerHealth
+from .breaker import BreakerPolicy, CircuitBreaker, HandlerHealth, is_event_fault
 from .coltypes import UTCDateTime
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, Settings
 from .db import check_engine, db_now, db_now_plus, write_connection, write_transaction
@@ -425,16 +425,22 @@ class Dispatcher:
         # breaker, they were failures of the handler, not of the events: they wait, no attempt spent.
         streaks: dict[int, list[str]] = {}
 
-        def failed(index: int, event_id: str, message: str) -> None:
+        def failed(index: int, event_id: str, exc: BaseException, name: str) -> None:
+            message = _error_text(name, exc)
             errors.setdefault(event_id, message)
             breaker = self._breakers[index]
             if breaker is None:
                 return
+            if is_event_fault(exc):
+                succeeded(index)  # the receiver answered: it is up, this event is what it refuses
+                return
+            verdict = breaker.failed(message, event_id)
             streak = streaks.setdefault(index, [])
-            streak.append(event_id)
-            if breaker.failed(message, event_id):
-                for held in streak:
-                    if errors.get(held) is not None:
+            if verdict == "counted":
+                streak.append(event_id)
+            elif verdict in ("opened", "open"):
+                for held in [*streak, event_id]:
+                    if held in errors:
                         waiting[held] = _waiting_text(breaker, errors.pop(held))
                 streak.clear()
 
@@ -447,6 +453,12 @@ class Dispatcher:
         def settled(event_id: str) -> bool:
             return event_id in errors or event_id in waiting
 
+        def fewest_attempts_first(targets: list[DeliveredEvent]) -> list[DeliveredEvent]:
+            # A probe risks one event's attempt: take the one with the fewest, so a long outage spreads
+            # its probes over the backlog instead of wearing out the oldest event.
+            probe = min(targets, key=lambda e: e.retry_count)
+            return [probe, *(e for e in targets if e is not probe)]
+
         for index, route in enumerate(self.routes):
             if not isinstance(route.handler, BatchHandler):
                 continue
@@ -458,6 +470,8 @@ class Dispatcher:
                     for e in targets:
                         waiting[e.id] = _waiting_text(breaker)  # type: ignore[arg-type]
                     break
+                if decision == "probe":
+                    targets = fewest_attempts_first(targets)
                 sent, targets = (targets[:1], targets[1:]) if decision == "probe" else (targets, [])
                 try:
                     failures = route.handler.handle_batch(sent) or {}
@@ -465,10 +479,17 @@ class Dispatcher:
                     failures = {e.id: exc for e in sent}
                 for e in sent:
                     if e.id in failures:
-                        failed(index, e.id, _error_text(route.name, failures[e.id]))
+                        failed(index, e.id, failures[e.id], route.name)
                     else:
                         succeeded(index)
         single = [(i, r) for i, r in enumerate(self.routes) if not isinstance(r.handler, BatchHandler)]
+        for index, route in single:
+            breaker = self._breakers[index]
+            if breaker is not None and breaker.state == "half-open":
+                targets = [e for e in events if not settled(e.id) and route.accepts(e)]
+                if targets:
+                    probe = fewest_attempts_first(targets)[0]
+                    events = [probe, *(e for e in events if e is not probe)]
         unhandled: list[DeliveredEvent] = []
         for position, event in enumerate(events):
             if self.stopping:
@@ -486,7 +507,7 @@ class Dispatcher:
                 try:
                     route.handler(event)
                 except Exception as exc:  # noqa: BLE001
-                    failed(index, event.id, _error_text(route.name, exc))
+                    failed(index, event.id, exc, route.name)
                     break
                 succeeded(index)
         return errors, waiting, unhandled
