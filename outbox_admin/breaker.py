@@ -17,10 +17,11 @@ nothing was wrong with the events. With one per handler:
   its probes over many events instead of wearing one out. A success closes the
   breaker; a failure opens it again for twice as long (at most
   ``max_open_seconds``). A probe is a real delivery attempt and counts as one.
-- A failure that is the event's own fault by the handler's account — a
-  ``SinkError`` with a 4xx status other than 408, 425 and 429, i.e. the receiver
-  answered and refused this event — counts as an attempt but as a sign of life for
-  the breaker: it ends the streak, like a success.
+- A failure that is the event's own fault by the handler's account — an
+  exception with ``event_fault = True``, or a ``SinkError`` with a 4xx status
+  other than 408, 425 and 429 (the receiver answered and refused this event) —
+  counts as an attempt but as a sign of life for the breaker: it ends the
+  streak, like a success.
 
 A breaker lives in its dispatcher's process: each dispatcher process finds out on
 its own that a sink is down. Any other failure counts toward the streak,
@@ -86,7 +87,10 @@ class HandlerHealth:
 
 
 def is_event_fault(exc: BaseException) -> bool:
-    """Whether a failure says the receiver is up and refused this event (HTTP 4xx but 408, 425, 429)."""
+    """Whether a failure says the handler works and refused this event: ``exc.event_fault is True``,
+    or an HTTP 4xx answer other than 408, 425 and 429 (``SinkError.status_code``)."""
+    if getattr(exc, "event_fault", False) is True:
+        return True
     status = getattr(exc, "status_code", None)
     return isinstance(status, int) and 400 <= status < 500 and status not in (408, 425, 429)
 

@@ -190,6 +190,12 @@ _ERRORS = (
 _DEAD = "ProjectValidator: budget currency mismatch for project {id}"
 
 
+class DeadLetterDemoError(RuntimeError):
+    """The demo's poison events: the event is at fault, not the handler (breakers ignore it)."""
+
+    event_fault = True
+
+
 class DemoHandler:
     """A handler that fails on purpose, for demos.
 
@@ -228,7 +234,7 @@ class DemoHandler:
 
     def __call__(self, event: DeliveredEvent) -> None:
         if self.always_fails(event.id):
-            raise RuntimeError(_DEAD.format(id=event.entity_id))
+            raise DeadLetterDemoError(_DEAD.format(id=event.entity_id))
         with self._lock:
             roll = self._rng.random()
             pick = self._rng.randrange(len(_ERRORS))
@@ -322,7 +328,11 @@ def load_demo_data(
     """
     generate_activity(engine, count, seed=seed, progress=progress)
     handler = DemoHandler(fail_share=fail_share, always_fail_share=always_fail_share, seed=seed)
-    dispatcher = Dispatcher(engine, [handler], max_attempts=3, backoff=Backoff(base=0, jitter=0), name="demo-loader")
+    # No breaker: the loader retries at once until only the dead letters fail, and a run of
+    # random failures must not pause it halfway.
+    dispatcher = Dispatcher(
+        engine, [handler], max_attempts=3, backoff=Backoff(base=0, jitter=0), name="demo-loader", breaker=None
+    )
     report = DispatchReport()
     for _ in range(6):
         tick = dispatcher.drain(max_seconds=30)

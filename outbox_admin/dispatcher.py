@@ -286,14 +286,22 @@ class Dispatcher:
         with self._connection() as conn:
             return self._tick(conn)
 
-    def drain(self, max_seconds: float | None = 60.0) -> DispatchReport:
-        """Tick until nothing is due, the time is up, or a stop is requested."""
+    def drain(
+        self, max_seconds: float | None = 60.0, *, on_tick: Callable[[DispatchReport], object] | None = None
+    ) -> DispatchReport:
+        """Tick until nothing is due, the time is up, or a stop is requested.
+
+        ``on_tick(report)`` is called after every tick (batch) with that tick's report, so a
+        long drain can show its progress.
+        """
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         total = DispatchReport()
         with self._connection() as conn:
             while not self.stopping:
                 report = self._tick(conn)
                 total = total + report
+                if on_tick is not None:
+                    on_tick(report)
                 if report.claimed == 0 and report.recovered == 0:
                     break
                 if deadline is not None and time.monotonic() >= deadline:

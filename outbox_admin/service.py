@@ -15,9 +15,13 @@ job through the scheduler's thread and executor (a few milliseconds, and a
 wake-up that arrived while the previous run was being closed was skipped as "maximum
 number of running instances reached").
 
-A tick that fails (the database went away) is logged and kept in ``status()``;
-the next tick carries on. Safety between processes comes from the database
-(``SKIP LOCKED``), not from the scheduler.
+A tick that fails (the database went away) is logged and shown in ``status()``
+until the next tick succeeds (``recent_errors`` keeps the last ones); the next
+tick carries on. ``status()`` is updated after every batch, so a drain that runs
+for minutes under load still shows its progress (``last_tick_at``, ``current_run``).
+When a handler's circuit breaker is open, the service ticks again when its probe
+is due. Safety between processes comes from the database (``SKIP LOCKED``), not
+from the scheduler.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +37,7 @@ from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .breaker import HandlerHealth
 from .config import DEFAULT_INTERVAL_SECONDS
 from .dispatcher import Dispatcher, DispatchReport
 from .errors import ConfigurationError
@@ -43,11 +49,23 @@ JOB_ID = "outbox-dispatch"
 #: A wake-up from a ``Connection`` commit hook can arrive just before the commit is
 #: visible; a woken tick that finds nothing looks again after these pauses.
 WAKE_RECHECK_SECONDS = (0.002, 0.01, 0.05)
+#: The longest wait between two attempts to re-LISTEN (the service also asks for one as soon as
+#: a tick succeeds, i.e. as soon as the database answers again).
+LISTEN_RETRY_CAP_SECONDS = 2.0
+#: How many failed ticks ``status().recent_errors`` remembers.
+RECENT_ERRORS = 20
 
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """A snapshot of the service for dashboards and the CLI."""
+    """A snapshot of the service for dashboards and the CLI.
+
+    ``last_error`` is the error of the latest run if it failed, ``None`` once a run
+    succeeds again; ``last_error_at`` and ``recent_errors`` (time, message; newest
+    last) keep the history. ``last_tick_at`` is when the latest batch finished,
+    ``current_run`` what the run in progress has done so far (``None`` when idle).
+    ``handlers`` is each handler's circuit breaker.
+    """
 
     running: bool
     dispatcher: str
@@ -61,6 +79,14 @@ class ServiceStatus:
     failed_ticks: int
     totals: DispatchReport
     listening: bool
+    current_run: DispatchReport | None = None
+    recent_errors: tuple[tuple[dt.datetime, str], ...] = ()
+    handlers: tuple[HandlerHealth, ...] = ()
+
+    @property
+    def open_handlers(self) -> list[HandlerHealth]:
+        """Handlers whose breaker is not closed (paused, or about to be probed)."""
+        return [h for h in self.handlers if h.state != "closed"]
 
     def seconds_to_next_tick(self, now: dt.datetime | None = None) -> float | None:
         if self.next_tick_at is None:
@@ -103,6 +129,8 @@ class DispatcherService:
         self._last_report: DispatchReport | None = None
         self._last_error: str | None = None
         self._last_error_at: dt.datetime | None = None
+        self._recent_errors: deque[tuple[dt.datetime, str]] = deque(maxlen=RECENT_ERRORS)
+        self._current_run: DispatchReport | None = None
         self._ticks = 0
         self._failed_ticks = 0
         self._totals = DispatchReport()
@@ -219,24 +247,32 @@ class DispatcherService:
     # -- the worker ------------------------------------------------------------------
 
     def _work(self) -> None:
-        """The worker thread: wait for a wake-up (or the scheduled run), tick, repeat until stopped."""
+        """The worker thread: wait for a wake-up, the scheduled run or a breaker's probe; tick; repeat."""
         while True:
-            self._wake_pending.wait()
+            woken = self._wake_pending.wait(self.dispatcher.seconds_to_next_probe())
             if self._closing.is_set():
                 return
+            if not woken:
+                self._scheduled = True  # a probe is due: tick as a scheduled run would
             self._tick()
 
     def _tick(self) -> str | None:
-        """One run: drain, again while wake-ups arrived meanwhile; returns the error, if any."""
+        """One run: drain, again while wake-ups arrived meanwhile; returns the error, if any.
+
+        Status is updated after every batch and every drain, so a run that goes on for
+        minutes under continuous load still reports its progress.
+        """
         started = dt.datetime.now(dt.UTC)
         report = DispatchReport()
         error: str | None = None
+        with self._tick_done:
+            self._current_run = DispatchReport()
         try:
             while True:
                 woken = self._wake_pending.is_set() and not self._scheduled
                 self._scheduled = False
                 self._wake_pending.clear()
-                drained = self.dispatcher.drain(max_seconds=self.drain_seconds)
+                drained = self._drain()
                 report = report + drained
                 if woken and drained.claimed == 0:
                     # The signal may have come just before the commit became visible: look again
@@ -244,27 +280,50 @@ class DispatcherService:
                     for pause in WAKE_RECHECK_SECONDS:
                         if self._wake_pending.wait(pause):
                             break
-                        drained = self.dispatcher.drain(max_seconds=self.drain_seconds)
+                        drained = self._drain()
                         report = report + drained
                         if drained.claimed:
                             break
                 if not self._wake_pending.is_set() or self.dispatcher.stopping:
                     break
+                self._record(started, report, None, finished=False)
         except Exception as exc:  # noqa: BLE001 - recorded in status(); the next tick tries again
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             log.warning("outbox dispatcher tick failed: %s", error)
             self._wake_pending.clear()  # a failed tick is not retried at once; the next wake-up or run is
+        self._record(started, report, error, finished=True)
+        listener = self._listener
+        if error is None and listener is not None and not listener.connected:
+            listener.retry_now()  # the database answers again: LISTEN should not wait out its backoff
+        return error
+
+    def _drain(self) -> DispatchReport:
+        return self.dispatcher.drain(max_seconds=self.drain_seconds, on_tick=self._batch_done)
+
+    def _batch_done(self, batch: DispatchReport) -> None:
         with self._tick_done:
-            self._last_tick_at = started
+            self._last_tick_at = dt.datetime.now(dt.UTC)
+            self._totals = self._totals + batch
+            self._current_run = (self._current_run or DispatchReport()) + batch
+
+    def _record(self, started: dt.datetime, report: DispatchReport, error: str | None, *, finished: bool) -> None:
+        """Publish a run's result to ``status()``: after each drain of a long run, and at its end."""
+        with self._tick_done:
             self._last_report = report
-            self._totals = self._totals + report
             self._ticks += 1
+            if finished:
+                self._current_run = None
             if error is not None:
+                now = dt.datetime.now(dt.UTC)
                 self._failed_ticks += 1
                 self._last_error = error
-                self._last_error_at = started
+                self._last_error_at = now
+                self._recent_errors.append((now, error))
+            else:
+                self._last_error = None
+                if self._last_tick_at is None or self._last_tick_at < started:
+                    self._last_tick_at = started
             self._tick_done.notify_all()
-        return error
 
     def _on_job_error(self, event: JobExecutionEvent) -> None:  # pragma: no cover - _tick catches everything
         log.error("outbox dispatcher job raised: %r", event.exception)
@@ -291,6 +350,9 @@ class DispatcherService:
                 failed_ticks=self._failed_ticks,
                 totals=self._totals,
                 listening=self._listener is not None and self._listener.connected,
+                current_run=self._current_run,
+                recent_errors=tuple(self._recent_errors),
+                handlers=tuple(self.dispatcher.handler_health()),
             )
 
 
@@ -305,6 +367,7 @@ class _PostgresListener:
         self._url = engine.url
         self._on_notify = on_notify
         self._stop = threading.Event()
+        self._retry = threading.Event()  # set to end a reconnect backoff early
         self._thread = threading.Thread(target=self._run, name="outbox-listen", daemon=True)
         self.connected = False
 
@@ -313,7 +376,12 @@ class _PostgresListener:
 
     def stop(self) -> None:
         self._stop.set()
+        self._retry.set()
         self._thread.join(timeout=5)
+
+    def retry_now(self) -> None:
+        """Reconnect now instead of waiting out the backoff (the service saw the database answer)."""
+        self._retry.set()
 
     def _connect(self) -> Any:
         import psycopg
@@ -338,8 +406,9 @@ class _PostgresListener:
                 conn = self._connect()
             except Exception as exc:  # noqa: BLE001
                 log.debug("outbox listener cannot connect: %s", exc)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                self._retry.wait(delay)
+                self._retry.clear()
+                delay = min(delay * 2, LISTEN_RETRY_CAP_SECONDS)
                 continue
             delay = 0.5
             self.connected = True

@@ -423,7 +423,10 @@ def test_requeue_while_a_dispatcher_drains_loses_nothing(engine: Engine) -> None
     handler = FailFirstDelivery(count)
     # A lease longer than the deadline: a claim lost in the race must fail the test, not be
     # quietly recovered when its lease expires.
-    dispatcher = Dispatcher(engine, [handler], max_attempts=1, batch_size=25, lease_seconds=120, name="drainer")
+    # No breaker: every first delivery fails on purpose, which would otherwise pause the handler.
+    dispatcher = Dispatcher(
+        engine, [handler], max_attempts=1, batch_size=25, lease_seconds=120, name="drainer", breaker=None
+    )
     stop = threading.Event()
     errors: list[BaseException] = []
     requeued: list[int] = []

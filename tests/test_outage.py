@@ -297,8 +297,9 @@ def test_service_reports_failed_ticks_during_an_outage_then_completes_every_even
 
 
 def test_outage_while_a_batch_is_in_hand(private_postgres: PrivateServer, outage_engine: Engine) -> None:
-    """The server dies while the handler works on a claimed batch: the outcome cannot be written,
-    the tick fails, and after the restart the expired leases are recovered and handled again."""
+    """The server dies while the handler works on a claimed batch: the outcome cannot be written and
+    the tick fails; the dispatcher keeps the outcomes and writes them once the server is back, so the
+    batch is recorded as delivered (once), not recovered later as "lease expired" and delivered again."""
     engine = outage_engine
     recorder = Recorder()
     in_handler = threading.Event()
@@ -338,6 +339,14 @@ def test_outage_while_a_batch_is_in_hand(private_postgres: PrivateServer, outage
         )
         assert service.status().failed_ticks >= 1
         assert_all_completed(engine, published, recorder)
+        handled = Counter(recorder.ids)
+        assert all(handled[event_id] == 1 for event_id in published), "kept outcomes are written, not redelivered"
+        tr = DEFAULT_TABLES.transitions
+        with engine.connect() as conn:
+            expired = conn.execute(select(func.count()).where(tr.c.error_message.like("lease expired%"))).scalar_one()
+        assert expired == 0
+        assert service.status().last_error is None, "the error clears with the first good tick"
+        assert service.status().last_error_at is not None
     finally:
         server_stopped.set()
         service.stop()

@@ -164,11 +164,11 @@ def test_a_failing_tick_is_recorded_and_the_service_keeps_going(sqlite_url: str,
     calls: list[int] = []
 
     class Boom(Dispatcher):
-        def drain(self, max_seconds=None):  # the database is "away" for the first tick
+        def drain(self, max_seconds=None, **kwargs):  # the database is "away" for the first tick
             calls.append(1)
             if len(calls) == 1:
                 raise ConnectionError("database went away")
-            return super().drain(max_seconds)
+            return super().drain(max_seconds, **kwargs)
 
     service = DispatcherService(Boom(engine, []), interval_seconds=0.05)
     try:
@@ -179,7 +179,10 @@ def test_a_failing_tick_is_recorded_and_the_service_keeps_going(sqlite_url: str,
             time.sleep(0.01)
         status = service.status()
         assert status.failed_ticks == 1
-        assert status.last_error == "ConnectionError: database went away"
+        assert status.last_error is None, "a successful tick clears the error"
+        assert [message for _, message in status.recent_errors] == ["ConnectionError: database went away"]
+        assert status.last_error_at == status.recent_errors[0][0]
+        assert status.last_tick_at is not None and status.last_tick_at > status.last_error_at
         assert status.running
     finally:
         service.stop()
