@@ -114,8 +114,12 @@ class WebhookReceiver:
     """A real HTTP server on 127.0.0.1 in a thread; the path picks the answer.
 
     ``/ok`` answers 204, ``/fail`` 500 with a body, ``/redirect`` 302 to ``/ok``,
-    ``/slow`` holds the answer until ``close()`` (so a client times out).
+    ``/slow`` holds the answer until ``close()`` (so a client times out),
+    ``/trickle`` sends its 200 answer one byte every 0.2 s (about 8 s in all),
+    ``/late`` answers 204 after ``late_seconds``.
     """
+
+    late_seconds = 2.5
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
@@ -129,8 +133,19 @@ class WebhookReceiver:
                 receiver._record(Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 if self.path == "/slow":
                     receiver._release.wait(30)
+                if self.path == "/late":
+                    receiver._release.wait(receiver.late_seconds)
+                if self.path == "/trickle":
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok":
+                        if receiver._release.wait(0.2):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    self.close_connection = True
+                    return
                 status, extra, text = {
                     "/ok": (204, {}, b""),
+                    "/late": (204, {}, b""),
                     "/fail": (500, {}, b"boom: database is down"),
                     "/redirect": (302, {"location": receiver.url("/ok")}, b""),
                 }.get(self.path, (404, {}, b"no such hook"))

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import standardwebhooks
 from sqlalchemy import Engine
 
-from outbox_admin import ConfigurationError, make_engine
+from outbox_admin import ConfigurationError, Dispatcher, SinkError, make_engine
 from outbox_admin.handlers import WebhookSink
+from outbox_admin.handlers.base import DeliveredEvent
 from outbox_admin.handlers.webhook import generate_secret
 
-from .sinks_support import WebhookReceiver, drain, publish_demo, received, rows
+from .sinks_support import WebhookReceiver, drain, publish_demo, received, rows, wait_until
 
 
 @pytest.fixture
@@ -84,7 +88,7 @@ def test_a_timeout_is_retried_then_failed_saying_it_timed_out(engine: Engine, re
     row = rows(engine)[event["id"]]
     assert row.status == "FAILED" and row.retry_count == 2
     assert row.error_message == (
-        f"webhook {receiver.url('/slow')}: SinkError: timed out after 0.3 s waiting for the response (ReadTimeout)"
+        f"webhook {receiver.url('/slow')}: SinkError: timed out after 0.3 s waiting for the response (total deadline)"
     )
     assert len(receiver.at("/slow")) == 2
 
@@ -146,3 +150,38 @@ def test_the_secret_never_shows_in_the_name_or_repr() -> None:
         assert secret not in repr(sink) and "pw" not in repr(sink)
     finally:
         sink.close()
+
+
+def test_a_trickling_answer_is_cut_at_the_total_deadline(receiver: WebhookReceiver) -> None:
+    """httpx's timeouts are per read: one byte every 0.2 s would hold a call for 8 s without a deadline."""
+    sink = WebhookSink(receiver.url("/trickle"), secret=generate_secret(), timeout=1)
+    event = DeliveredEvent("e-1", "org-1", "PROJECT.CREATED", "Project", "p-1", {}, 0, dt.datetime.now(dt.UTC))
+    started = time.monotonic()
+    with pytest.raises(SinkError, match=r"timed out after 1 s .*\(total deadline\)"):
+        sink(event)
+    assert time.monotonic() - started < 2.0
+    assert len(receiver.at("/trickle")) == 1
+    # The sink works on: the next call gets a fresh client.
+    sink.url = receiver.url("/ok")
+    sink(event)
+    assert len(receiver.at("/ok")) == 1
+    sink.close()
+
+
+def test_an_answer_slower_than_the_lease_is_delivered_once(engine: Engine, receiver: WebhookReceiver) -> None:
+    """The field report: a 3 s lease, two dispatchers, a slow 200: POSTed 5 times and FAILED. Now: once."""
+    receiver.late_seconds = 2.5
+    publish_demo(engine, 1)
+    sink = WebhookSink(receiver.url("/late"), secret=generate_secret(), timeout=10)
+    first = Dispatcher(engine, [sink], lease_seconds=1.0, name="first")
+    second = Dispatcher(engine, [sink], lease_seconds=1.0, name="second")
+    second.recover_every_seconds = 0
+    worker = threading.Thread(target=first.dispatch_once)
+    worker.start()
+    wait_until(lambda: receiver.at("/late"), 10, "the first POST")
+    while worker.is_alive():
+        assert second.dispatch_once().claimed == 0
+        worker.join(0.1)
+    assert len(receiver.at("/late")) == 1
+    assert [r.status for r in rows(engine).values()] == ["COMPLETED"]
+    first.close()

@@ -6,15 +6,25 @@ Headers: ``webhook-id`` (the event id, the same on every retry), ``webhook-times
 verify with any Standard Webhooks library. Any non-2xx answer, a timeout or a
 refused connection fails the delivery (redirects are not followed: a moved
 endpoint should be fixed in the configuration, not silently followed).
+
+``timeout`` is a total deadline for one delivery — connect, send and the whole
+answer together. httpx's own timeouts apply per network operation, so a receiver
+that trickles its answer a byte at a time would otherwise hold a call for ever; at
+the deadline a timer shuts the call's sockets down and the delivery fails with
+``timed out after N s``. The lease heartbeat keeps the claim alive meanwhile.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import secrets
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,6 +39,13 @@ SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24  # the spec's lower bound for a secret
 USER_AGENT = "outbox-admin-webhooks/1"
 _BODY_EXCERPT = 200
+_TRACE_PHASES = {  # httpcore trace events -> what the call was doing
+    "connection.connect_tcp.started": "connecting",
+    "connection.start_tls.started": "connecting",
+    "http11.send_request_headers.started": "sending the request",
+    "http11.receive_response_headers.started": "waiting for the response",
+    "http11.receive_response_body.started": "reading the response",
+}
 _TIMEOUT_PHASES = {
     "ConnectTimeout": "connecting",
     "ReadTimeout": "waiting for the response",
@@ -69,8 +86,8 @@ class WebhookSink(SinkBase):
     """POSTs each event's envelope as signed JSON to ``url``; one pooled HTTP client per sink.
 
     ``WebhookSink("https://example.com/hooks", secret=os.environ["WEBHOOK_SECRET"],
-    event_types=["PROJECT.*"], timeout=5)``. ``timeout`` bounds each phase (connect,
-    send, wait for the answer); ``connect_timeout`` overrides the connect phase.
+    event_types=["PROJECT.*"], timeout=5)``. ``timeout`` bounds the whole delivery
+    (connect + send + answer); ``connect_timeout`` bounds the connect phase alone.
     """
 
     kind = "webhook"
@@ -90,7 +107,7 @@ class WebhookSink(SinkBase):
     ) -> None:
         check_url(url, ("http", "https"), "WebhookSink")
         super().__init__(redact_url(url), event_types=event_types, org_ids=org_ids, name=name, source=source)
-        httpx = require("httpx", "webhooks", "WebhookSink")
+        require("httpx", "webhooks", "WebhookSink")
         standardwebhooks = require("standardwebhooks", "webhooks", "WebhookSink")
         for label, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
@@ -99,11 +116,28 @@ class WebhookSink(SinkBase):
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout or min(self.timeout, DEFAULT_CONNECT_TIMEOUT))
         self._signer = standardwebhooks.Webhook(secret_key(secret))
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+        self._headers = {"user-agent": USER_AGENT, **dict(headers or {})}
+        self._lock = threading.Lock()
+        self._client = _Client(self._new_client())
+
+    def _new_client(self) -> Any:
+        import httpx
+
+        # Each network operation may take up to the whole deadline; the deadline itself (see
+        # ``__call__``) is what ends a call, so its message is the same whichever phase was slow.
+        return httpx.Client(
+            timeout=httpx.Timeout(self.timeout + 1, connect=self.connect_timeout),
             follow_redirects=False,
-            headers={"user-agent": USER_AGENT, **dict(headers or {})},
+            headers=self._headers,
         )
+
+    def _expire(self, client: _Client, expired: threading.Event) -> None:
+        """The deadline passed: end the call in flight (its sockets shut down) and start a new client."""
+        expired.set()
+        with self._lock:
+            if self._client is client:
+                self._client = _Client(self._new_client())
+        client.abort()
 
     def signed_request(self, event: DeliveredEvent, *, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
         """The body and headers the sink sends for ``event`` (signed at ``timestamp``, default now)."""
@@ -122,20 +156,72 @@ class WebhookSink(SinkBase):
         import httpx
 
         body, headers = self.signed_request(event)
+        with self._lock:
+            client = self._client
+        expired = threading.Event()
+        client.phase = "connecting"
+        timer = threading.Timer(self.timeout, self._expire, (client, expired))
+        timer.daemon = True
+        timer.start()
         try:
-            response = self._client.post(self.url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            kind = type(exc).__name__
-            seconds = self.connect_timeout if kind == "ConnectTimeout" else self.timeout
-            phase = f" {_TIMEOUT_PHASES[kind]}" if kind in _TIMEOUT_PHASES else ""
-            raise SinkError(f"timed out after {seconds:g} s{phase} ({kind})", sink=self.name) from exc
-        except httpx.HTTPError as exc:
-            raise SinkError(f"request failed: {type(exc).__name__}: {exc}", sink=self.name) from exc
+            response = client.http.post(self.url, content=body, headers=headers, extensions={"trace": client.trace})
+            response.read()
+        except Exception as exc:
+            if expired.is_set():
+                raise self._deadline_error(client) from exc
+            if isinstance(exc, httpx.TimeoutException):
+                raise self._timeout_error(exc) from exc
+            if isinstance(exc, httpx.HTTPError):
+                raise SinkError(f"request failed: {type(exc).__name__}: {exc}", sink=self.name) from exc
+            raise
+        finally:
+            timer.cancel()
+        if expired.is_set():  # the answer came in just as the deadline passed: it is late, and counted so
+            raise self._deadline_error(client)
         if not response.is_success:
             raise SinkError(_describe(response), sink=self.name, status_code=response.status_code)
 
+    def _deadline_error(self, client: _Client) -> SinkError:
+        return SinkError(f"timed out after {self.timeout:g} s {client.phase} (total deadline)", sink=self.name)
+
+    def _timeout_error(self, exc: Any) -> SinkError:
+        kind = type(exc).__name__
+        seconds = self.connect_timeout if kind == "ConnectTimeout" else self.timeout
+        phase = f" {_TIMEOUT_PHASES[kind]}" if kind in _TIMEOUT_PHASES else ""
+        return SinkError(f"timed out after {seconds:g} s{phase} ({kind})", sink=self.name)
+
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            self._client.http.close()
+
+
+class _Client:
+    """An httpx client and the sockets of its connections (learnt from httpcore's trace).
+
+    The deadline needs the sockets: closing a socket does not wake a thread blocked
+    reading it, ``shutdown`` does.
+    """
+
+    def __init__(self, http: Any) -> None:
+        self.http = http
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.phase = "connecting"  # of the call in flight, for the deadline's message
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        phase = _TRACE_PHASES.get(event)
+        if phase is not None:
+            self.phase = phase
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                self._sockets.add(sock)
+
+    def abort(self) -> None:
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+        self.http.close()
 
 
 def _describe(response: Any) -> str:
