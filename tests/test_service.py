@@ -189,6 +189,77 @@ def test_a_failing_tick_is_recorded_and_the_service_keeps_going(sqlite_url: str,
         engine.dispose()
 
 
+def test_status_moves_on_during_a_run_that_never_ends(engine: Engine) -> None:
+    """Under continuous load the service's run never finds the outbox empty; status must still move."""
+    service = DispatcherService(Dispatcher(engine, [], batch_size=5), interval_seconds=30, drain_seconds=0.3)
+    stop = threading.Event()
+
+    def keep_publishing() -> None:
+        n = 0
+        while not stop.is_set():
+            with engine.begin() as conn:
+                for _ in range(5):
+                    n += 1
+                    publish(conn, entity_id=str(n))
+            stop.wait(0.002)  # pacing the load, not synchronisation
+
+    load = threading.Thread(target=keep_publishing)
+    try:
+        service.start()
+        load.start()
+        deadline = time.monotonic() + 20
+        samples = []
+        while len(samples) < 3:
+            assert time.monotonic() < deadline, f"status never moved: {samples}"
+            status = service.status()
+            moved = not samples or (
+                status.last_tick_at > samples[-1][0] and status.totals.completed > samples[-1][1]  # type: ignore[operator]
+            )
+            if status.last_tick_at is not None and moved:
+                samples.append((status.last_tick_at, status.totals.completed, status.current_run))
+            time.sleep(0.05)
+        assert samples[-1][1] > samples[0][1]
+        assert any(current is not None and current.completed > 0 for _, _, current in samples)
+    finally:
+        stop.set()
+        load.join(10)
+        service.stop()
+
+
+def test_an_open_breaker_is_probed_on_time_without_a_wake_up(engine: Engine) -> None:
+    from outbox_admin.breaker import BreakerPolicy
+
+    class Down:
+        name = "down-sink"
+        up = False
+
+        def __call__(self, event: DeliveredEvent) -> None:
+            if not self.up:
+                raise ConnectionError("refused")
+
+    sink = Down()
+    dispatcher = Dispatcher(engine, [sink], breaker=BreakerPolicy(failure_threshold=3, open_seconds=0.5))
+    with engine.begin() as conn:
+        for i in range(10):
+            publish(conn, entity_id=str(i))
+    service = DispatcherService(dispatcher, interval_seconds=30)  # only the probe timer can tick in time
+    try:
+        service.start()
+        deadline = time.monotonic() + 10
+        while not service.status().open_handlers:
+            assert time.monotonic() < deadline, "the breaker never opened"
+            time.sleep(0.02)
+        (health,) = service.status().open_handlers
+        assert health.handler == "down-sink" and "refused" in (health.last_error or "")
+        sink.up = True
+        while statuses(engine) != {"COMPLETED": 10}:
+            assert time.monotonic() < deadline, f"not probed in time: {statuses(engine)}"
+            time.sleep(0.05)
+        assert not service.status().open_handlers
+    finally:
+        service.stop()
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "outbox_admin", *args],
