@@ -282,7 +282,14 @@ def test_service_reports_failed_ticks_during_an_outage_then_completes_every_even
         assert down.running
         assert down.last_error and down.last_error_at is not None
 
+        # Long enough down for LISTEN's reconnect backoff to have grown past a few seconds.
+        wait_until(lambda: service.status().failed_ticks >= 8, 30, "more failed ticks", describer(service, recorder))
+        assert not service.status().listening
         private_postgres.start()
+        wait_until(lambda: service.status().last_error is None, 30, "a good tick", describer(service, recorder))
+        ticks_back = time.monotonic()
+        wait_until(lambda: service.status().listening, 10, "LISTEN to come back", describer(service, recorder))
+        assert time.monotonic() - ticks_back < 1.5, "LISTEN waits for the database, not for its backoff"
         published += publish(engine, 30, first=20)
         wait_until(
             lambda: status_counts(engine).get(EventStatus.COMPLETED.value) == 50,
