@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from outbox_admin import ConfigurationError, Dispatcher, make_engine
 from outbox_admin.handlers import RedisStreamSink
 
 from .services import REDIS_URL, free_port, require_redis
-from .sinks_support import NO_WAIT, drain, private_redis, publish_demo, received, rows
+from .sinks_support import NO_WAIT, drain, private_redis, publish_demo, received, rows, wait_until
 
 
 @pytest.fixture
@@ -153,3 +155,49 @@ def test_url_scheme_is_checked_and_passwords_stay_out_of_the_name() -> None:
         assert sink.name == "redis-stream redis://:***@127.0.0.1:6379/0 stream=outbox"
     finally:
         sink.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breaker", [True, False], ids=["breaker", "no-breaker"])
+def test_a_redis_outage_dead_letters_nothing_with_breakers(engine: Engine, tmp_path: Path, breaker: bool) -> None:
+    """A private Redis down for 6 s under a running service. Retries are fast here (0.2 s up), so
+    without breakers the outage spends every claimed event's 5 attempts; with them, none is FAILED."""
+    from outbox_admin import Backoff, DispatcherService
+    from outbox_admin.breaker import BreakerPolicy
+
+    server = private_redis(tmp_path)
+    url = f"redis://{server.url_host}/0"
+    sink = RedisStreamSink(url, stream="outbox", timeout=1)
+    dispatcher = Dispatcher(
+        engine,
+        [sink],
+        batch_size=20,
+        backoff=Backoff(base=0.2, cap=1),
+        breaker=BreakerPolicy(open_seconds=2, max_open_seconds=4) if breaker else None,
+    )
+    service = DispatcherService(dispatcher, interval_seconds=0.2)
+    try:
+        server.start()
+        publish_demo(engine, 200)
+        service.start()
+        wait_until(lambda: service.status().totals.completed >= 20, 20, "the first deliveries")
+        server.kill()
+        outage_ends = time.monotonic() + 6
+        while time.monotonic() < outage_ends:
+            publish_demo(engine, 5, prefix=f"during-{time.monotonic_ns()}")
+            time.sleep(0.1)  # a trickle of new events while Redis is down
+        server.start()
+        wait_until(
+            lambda: {r.status for r in rows(engine).values()} <= {"COMPLETED", "FAILED"}, 60, "the backlog to drain"
+        )
+        statuses = Counter(r.status for r in rows(engine).values())
+        spent = sum(r.retry_count for r in rows(engine).values())
+        if breaker:
+            assert statuses["FAILED"] == 0, statuses
+            assert spent <= 20, f"{spent} attempts spent: only the failures before the breaker opened and probes"
+        else:
+            assert statuses["FAILED"] > 0, "without breakers the outage dead-letters events"
+    finally:
+        service.stop()
+        dispatcher.close()
+        server.kill()
