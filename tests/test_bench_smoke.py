@@ -76,3 +76,18 @@ def test_seed_writes_realistic_rows(sqlite_url: str) -> None:
             assert conn.scalar(select(func.count()).select_from(events)) == 2100
     finally:
         engine.dispose()
+
+
+def test_outage_smoke_dead_letters_nothing_with_breakers(tmp_path: Path) -> None:
+    """``bench.outage --smoke``: a private redis-server down for 2 s; the breaker row must be 0 FAILED."""
+    from .sinks_support import private_redis
+
+    private_redis(tmp_path)  # skips (or fails under CI) when redis-server is not installed
+    bench = importlib.import_module("bench.outage")
+    out = tmp_path / "outage.json"
+    bench.main(["--smoke", "--quiet", "--db", "sqlite", "--json", str(out)])
+    data = json.loads(out.read_text())
+    failed = {row["case"]: row["value"] for row in data["results"]}
+    assert failed["breakers (default): FAILED events"] == 0
+    assert failed["breakers (default): attempts spent"] < failed["no breakers: attempts spent"]
+    assert all(t["met"] for t in data["targets"])
