@@ -10,13 +10,19 @@ nothing was wrong with the events. With one per handler:
   it cannot pause the handler for every other event.
 - **open**: the dispatcher stops claiming events routed to the handler and does not
   call it; the events stay PENDING with their attempts untouched. The failures of
-  the streak that opened it are given back (recorded as a wait, not as attempts),
-  so an outage costs no event an attempt, however long it lasts.
-- **half-open**: after ``open_seconds`` one event is let through as a probe: of
-  the claimed events, the one with the fewest attempts, so a long outage spreads
-  its probes over many events instead of wearing one out. A success closes the
-  breaker; a failure opens it again for twice as long (at most
-  ``max_open_seconds``). A probe is a real delivery attempt and counts as one.
+  the streak that opened it are given back (recorded as a wait, not as attempts).
+- **half-open**: after ``open_seconds`` one event is let through as a probe (the
+  claimed event with the fewest attempts). A success closes the breaker; a failure
+  opens it again for twice as long, at most ``max_open_seconds`` (15 s by default,
+  so deliveries resume at most that long after the sink is back). A failed probe
+  is the handler's failure too, and given back.
+- So an outage costs no event an attempt, however long it lasts. To keep a run of
+  poison events (a handler that rejects some events, five or more in a row) from
+  hiding behind the breaker for ever, each event is forgiven once: when it fails
+  again in a streak that opens a breaker, that failure counts as an attempt (the
+  dispatcher remembers the forgiven events in memory, up to 100,000 of them). A
+  handler that fails *every* event — down, or broken by a bad deploy — keeps its
+  events PENDING until it is fixed; ``status()``, the dashboard and the log say so.
 - A failure that is the event's own fault by the handler's account — an
   exception with ``event_fault = True``, or a ``SinkError`` with a 4xx status
   other than 408, 425 and 429 (the receiver answered and refused this event) —
@@ -24,11 +30,8 @@ nothing was wrong with the events. With one per handler:
   streak, like a success.
 
 A breaker lives in its dispatcher's process: each dispatcher process finds out on
-its own that a sink is down. Any other failure counts toward the streak,
-whatever its cause: five events in a row that a handler of your own rejects with
-an exception open the breaker too; the probes then move such events on, one
-attempt each, until they are dead letters. Every state change is
-one log line (logger ``outbox_admin.breaker``), never one per event.
+its own that a sink is down. Every state change is one log line (logger
+``outbox_admin.breaker``), never one per event.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FAILURE_THRESHOLD = 5
 DEFAULT_OPEN_SECONDS = 5.0
-DEFAULT_MAX_OPEN_SECONDS = 60.0
+DEFAULT_MAX_OPEN_SECONDS = 15.0
 
 BreakerState = Literal["closed", "open", "half-open"]
 FailureVerdict = Literal["counted", "opened", "open", "probe-failed"]
@@ -57,9 +60,9 @@ FailureVerdict = Literal["counted", "opened", "open", "probe-failed"]
 class BreakerPolicy:
     """When a handler's breaker opens and how long it stays open.
 
-    ``BreakerPolicy(failure_threshold=5, open_seconds=5, max_open_seconds=60)``: five
-    failures in a row open it; it probes after 5 s, then 10, 20, 40, 60, 60, ... s
-    while probes keep failing.
+    ``BreakerPolicy(failure_threshold=5, open_seconds=5, max_open_seconds=15)``: five
+    different events failing in a row open it; it probes after 5 s, then 10, 15,
+    15, ... s while probes keep failing.
     """
 
     failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
@@ -162,8 +165,8 @@ class CircuitBreaker:
         ``counted``: an ordinary failed attempt (the streak grows); ``opened``: this
         failure opened the breaker, so it and the rest of the streak were the handler's
         fault, not the events'; ``open``: the breaker was already open (a batch call
-        that failed as a whole), also the handler's fault; ``probe-failed``: the probe's
-        event spends its attempt and the breaker opens again, for longer.
+        that failed as a whole), also the handler's fault; ``probe-failed``: the probe
+        failed, the breaker opens again for longer, and the failure is the handler's.
         """
         with self._lock:
             self._last_error = error

@@ -40,6 +40,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ COMPLETED = EventStatus.COMPLETED.value
 FAILED = EventStatus.FAILED.value
 
 MAX_ERROR_LENGTH = 2000
+#: Events a dispatcher remembers as forgiven once by a circuit breaker (see ``outbox_admin.breaker``).
+MAX_FORGIVEN = 100_000
 RELEASED_MESSAGE = "released: dispatcher stopped before handling it"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
@@ -187,6 +190,8 @@ class Dispatcher:
         # Outcomes of a batch whose finish could not be written (the database went away): written first
         # at the next tick, their leases renewed meanwhile, so they are recorded as what they were.
         self._unwritten: list[_Outcome] = []
+        # Events whose failure a breaker gave back once (insertion order: the oldest are dropped first).
+        self._forgiven: OrderedDict[str, bool] = OrderedDict()
 
     @property
     def routes(self) -> list[Route]:
@@ -336,6 +341,12 @@ class Dispatcher:
         waits = [w for b in self._breakers if b is not None and (w := b.seconds_to_probe()) is not None]
         return min(waits) if waits else None
 
+    def _forgive(self, event_id: str) -> None:
+        self._forgiven[event_id] = True
+        self._forgiven.move_to_end(event_id)
+        while len(self._forgiven) > MAX_FORGIVEN:
+            self._forgiven.popitem(last=False)
+
     def _blocked(self) -> list[list[str | None]] | None:
         """``[pattern, org or None]`` pairs of events not to claim now (open breakers); ``None``: claim nothing."""
         blocked: list[list[str | None]] = []
@@ -446,11 +457,17 @@ class Dispatcher:
             streak = streaks.setdefault(index, [])
             if verdict == "counted":
                 streak.append(event_id)
-            elif verdict in ("opened", "open"):
-                for held in [*streak, event_id]:
-                    if held in errors:
-                        waiting[held] = _waiting_text(breaker, errors.pop(held))
-                streak.clear()
+                return
+            # The handler's fault: give the failures back, each event once (see outbox_admin.breaker)
+            # so a run of poison events still moves on. A failed probe is always given back.
+            for held in [*streak, event_id] if verdict != "probe-failed" else [event_id]:
+                if held not in errors:
+                    continue
+                if verdict != "probe-failed" and self._forgiven.pop(held, False):
+                    continue  # forgiven once already: this failure counts
+                waiting[held] = _waiting_text(breaker, errors.pop(held))
+                self._forgive(held)
+            streak.clear()
 
         def succeeded(index: int) -> None:
             breaker = self._breakers[index]
@@ -586,6 +603,7 @@ class Dispatcher:
                 continue
             if outcome.status == COMPLETED:
                 report.completed += 1
+                self._forgiven.pop(outcome.event.id, None)
             elif outcome.waiting:
                 report.waiting += 1
             elif outcome.released:

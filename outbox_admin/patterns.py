@@ -10,6 +10,8 @@ regular expression. Both translations are tested against ``fnmatchcase``.
 
 from __future__ import annotations
 
+import fnmatch
+
 
 def _bracket_end(pattern: str, start: int) -> int:
     """Index of the ``]`` closing the set opened at ``pattern[start]``, or -1 (then ``[`` is literal)."""
@@ -52,7 +54,12 @@ def glob_for_sqlite(pattern: str) -> str:
 
 
 def glob_for_postgres(pattern: str) -> str:
-    """``pattern`` as an anchored PostgreSQL regular expression (same meaning as ``fnmatchcase``)."""
+    """``pattern`` as an anchored PostgreSQL regular expression (same meaning as ``fnmatchcase``).
+
+    A set (``[...]``) is translated by ``fnmatch.translate`` itself, so empty and
+    reversed ranges mean what they mean there; its escapes are valid in PostgreSQL's
+    advanced regular expressions too.
+    """
     out: list[str] = ["^"]
     i = 0
     while i < len(pattern):
@@ -66,12 +73,7 @@ def glob_for_postgres(pattern: str) -> str:
             if end < 0:
                 out.append("\\[")
             else:
-                body = pattern[i + 1 : end]
-                negate = body.startswith("!")
-                if negate:
-                    body = body[1:]
-                members = "".join(_set_member(c) for c in body)
-                out.append(f"[{'^' if negate else ''}{members}]")
+                out.append(_set_regex(pattern[i : end + 1]))
                 i = end + 1
                 continue
         else:
@@ -81,6 +83,7 @@ def glob_for_postgres(pattern: str) -> str:
     return "".join(out)
 
 
-def _set_member(char: str) -> str:
-    # Inside a bracket expression only these are special in PostgreSQL's AREs; '-' keeps its range meaning.
-    return "\\" + char if char in "\\^[]" else char
+def _set_regex(bracket: str) -> str:
+    """``[...]`` as fnmatch's regex for it: ``[...]``, ``.`` (``[!]`` sets) or ``(?!)`` (matches nothing)."""
+    translated = fnmatch.translate(bracket)  # "(?s:<set>)\\Z"
+    return translated.removeprefix("(?s:").removesuffix(")\\Z")
