@@ -181,12 +181,19 @@ def outbox_batch(tx: Session | Connection) -> Iterator[None]:
     state[_BATCH] = state.get(_BATCH, 0) + 1
     try:
         yield
+    except GeneratorExit:  # the scope was abandoned, never exited: leave the buffer to the commit or rollback
+        _end_batch(state)
+        raise
     except BaseException as exc:
         _end_batch(state)
         try:
             _flush(conn)
         except Exception as flush_exc:  # noqa: BLE001 - the block's own error is the one to raise
-            exc.add_note(f"outbox_admin: writing the batch's events on the way out failed too: {flush_exc!r}")
+            first_line = (str(flush_exc).splitlines() or [""])[0]
+            exc.add_note(
+                f"outbox_admin: writing the batch's events on the way out failed too: "
+                f"{type(flush_exc).__name__}: {first_line}"
+            )
         raise
     _end_batch(state)
     _flush(conn)

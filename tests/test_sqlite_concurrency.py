@@ -27,8 +27,10 @@ from outbox_admin import (
     ConfigurationError,
     Dispatcher,
     DispatcherService,
+    admin,
     analytics,
     make_engine,
+    notebook,
     publish_outbox_event,
 )
 from outbox_admin.db import read_connection, read_engine, write_connection, write_engine
@@ -110,8 +112,10 @@ def test_every_transaction_begins_immediate_and_reads_deferred(sqlite_url: str) 
             session.execute(select(1))
         with engine.connect().execution_options(outbox_sqlite_begin="deferred") as conn:
             conn.execute(select(1))
-        analytics.status_counts(engine)
-        assert seen == ["BEGIN"] * 4
+        analytics.status_counts(engine)  # the library's reads: analytics, dry runs, notebook helpers
+        admin.plan_action(engine, "requeue")
+        notebook.throughput_bucket(engine)
+        assert seen == ["BEGIN"] * 6
         seen.clear()
         with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(select(1))
