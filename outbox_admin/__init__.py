@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .bus import BusMessage, MessageBus, emit_message_bus_event, subscribe
 from .config import Settings
-from .db import init_db, make_engine
+from .db import init_db, make_engine, read_connection
 from .dispatcher import Backoff, Dispatcher, DispatchReport
 from .errors import (
     AdminActionError,
@@ -25,7 +25,7 @@ from .errors import (
 )
 from .event_types import EventTypeRegistry, MessageBusEventType, register_event_type, registered_event_types
 from .models import EventStatus, OutboxEvent, OutboxEventTransition, OutboxTables
-from .publisher import EventSpec, flush_outbox, publish_outbox_event, publish_outbox_events
+from .publisher import EventSpec, flush_outbox, outbox_batch, publish_outbox_event, publish_outbox_events
 from .service import DispatcherService, ServiceStatus
 
 __all__ = [
@@ -59,8 +59,10 @@ __all__ = [
     "flush_outbox",
     "init_db",
     "make_engine",
+    "outbox_batch",
     "publish_outbox_event",
     "publish_outbox_events",
+    "read_connection",
     "register_event_type",
     "registered_event_types",
     "subscribe",

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, delete, desc, func, insert, literal, select, update
 
-from .db import db_now, db_now_plus, write_transaction
+from .db import db_now, db_now_plus, read_connection, write_transaction
 from .errors import AdminActionError
 from .filters import EventFilter, as_filter, prepare_connection
 from .models import DEFAULT_TABLES, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
@@ -111,7 +111,7 @@ def plan_action(
     statuses = _statuses_for(action, status, force)
     flt = _scope(event_ids, filters, loose).with_(status=statuses)
     ev = tables.events
-    with engine.connect() as conn:
+    with read_connection(engine) as conn:  # a dry run only reads: never the write lock
         prepare_connection(conn)
         where = flt.clause(tables)
         count = conn.execute(select(func.count()).select_from(ev).where(where)).scalar_one()

@@ -21,6 +21,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Float
 
+from .db import read_connection
 from .errors import FilterError
 from .filters import EventFilter, as_filter, normalized_error, prepare_connection
 from .models import DEFAULT_TABLES, MANUAL_ACTOR_PATTERN, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
@@ -86,7 +87,8 @@ def _seconds_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
 
 @contextmanager
 def _reading(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
+    # Deferred on SQLite: a report never takes the write lock, and reads beside writers (WAL).
+    with read_connection(engine) as conn:
         yield prepare_connection(conn)
 
 
@@ -588,8 +590,8 @@ def failure_breakdown(
         .group_by(key)
         .order_by(desc(failed), desc(func.count()), key)
     )
-    with engine.connect() as conn:
-        rows = prepare_connection(conn).execute(stmt).all()
+    with _reading(engine) as conn:
+        rows = conn.execute(stmt).all()
     frame = pd.DataFrame([tuple(r) for r in rows], columns=[by, "events", "retried", "failed"])
     frame = frame.astype({"events": "int64", "retried": "int64", "failed": "int64"})
     frame["failed_share"] = (frame["failed"] / frame["events"]).astype("float64")

@@ -7,7 +7,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -22,7 +22,12 @@ from .errors import ConfigurationError
 from .models import DEFAULT_TABLES, OutboxTables
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-_BEGIN_OPTION = "outbox_begin"
+#: The execution option that picks how a SQLite transaction begins: ``"immediate"`` (``BEGIN
+#: IMMEDIATE``, the write lock up front) or ``"deferred"`` (``BEGIN``, a reader until the first write).
+#: Set on an engine or a connection: ``engine.execution_options(outbox_sqlite_begin="deferred")``.
+SQLITE_BEGIN_OPTION = "outbox_sqlite_begin"
+SqliteBegin = Literal["immediate", "deferred"]
+_BEGIN_STATEMENTS = {"immediate": "BEGIN IMMEDIATE", "deferred": "BEGIN"}
 _configured: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -45,12 +50,13 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str | None = None, **engine_kwargs: Any) -> Engine:
+def make_engine(url: str | None = None, *, sqlite_begin: SqliteBegin = "immediate", **engine_kwargs: Any) -> Engine:
     """An engine for the outbox: ``url``, else ``OUTBOX_DATABASE_URL``, else ``sqlite:///outbox.db``.
 
-    SQLite gets WAL, a busy timeout, foreign keys and real ``BEGIN`` statements
-    (so write transactions can be ``BEGIN IMMEDIATE``); PostgreSQL uses psycopg 3,
-    a UTC session time zone and pre-ping, so a restarted server is survived.
+    SQLite gets WAL, a busy timeout, foreign keys, and transactions that begin
+    with ``BEGIN IMMEDIATE`` (``sqlite_begin="deferred"`` for plain ``BEGIN``; see
+    ``configure_engine``). PostgreSQL uses psycopg 3, a UTC session time zone and
+    pre-ping, so a restarted server is survived. Other keywords go to ``create_engine``.
     """
     url = normalize_url(url or default_database_url())
     dialect = make_url(url).get_dialect().name
@@ -69,14 +75,28 @@ def make_engine(url: str | None = None, **engine_kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
     else:
         engine = create_engine(url, **engine_kwargs)
-    return configure_engine(engine)
+    return configure_engine(engine, sqlite_begin=sqlite_begin)
 
 
-def configure_engine(engine: Engine) -> Engine:
+def configure_engine(engine: Engine, *, sqlite_begin: SqliteBegin = "immediate") -> Engine:
     """Prepare an engine you created yourself; ``make_engine`` already does this.
 
-    Call it before the engine's first connection. Only SQLite needs anything.
+    Call it before the engine's first connection. Only SQLite needs anything: WAL,
+    the busy timeout, foreign keys, and how transactions begin. With
+    ``sqlite_begin="immediate"`` (the default) every transaction (``engine.begin()``,
+    ``Session.begin()``, autobegin) takes the write lock when it begins, waiting up to
+    the busy timeout for the writer before it: a transaction that reads and then writes
+    cannot be refused at its first write, which SQLite does at once, without waiting,
+    when another writer committed since the read (``database is locked``). The price:
+    one such transaction at a time, so keep them short, and read through
+    ``read_connection``/``read_engine``, whose deferred transactions never wait and
+    never block a writer (WAL). ``"deferred"`` makes plain ``BEGIN`` the default
+    instead; ``write_connection``/``write_engine`` then give ``BEGIN IMMEDIATE``
+    where needed. The ``SQLITE_BEGIN_OPTION`` execution option overrides either
+    default per engine copy or connection. ``AUTOCOMMIT`` connections emit no ``BEGIN``.
     """
+    if sqlite_begin not in _BEGIN_STATEMENTS:
+        raise ConfigurationError(f"sqlite_begin must be 'immediate' or 'deferred', not {sqlite_begin!r}")
     if engine.dialect.name != "sqlite" or engine in _configured:
         _configured.add(engine)
         return engine
@@ -92,12 +112,18 @@ def configure_engine(engine: Engine) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    default = _BEGIN_STATEMENTS[sqlite_begin]
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
             return  # asked for: each statement commits by itself, as pysqlite's own autocommit
-        mode = conn.get_execution_options().get(_BEGIN_OPTION)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+        mode = options.get(SQLITE_BEGIN_OPTION)
+        statement = default if mode is None else _BEGIN_STATEMENTS.get(mode)
+        if statement is None:
+            raise ConfigurationError(f"{SQLITE_BEGIN_OPTION} must be 'immediate' or 'deferred', not {mode!r}")
+        conn.exec_driver_sql(statement)
 
     _configured.add(engine)
     return engine
@@ -113,24 +139,52 @@ def check_engine(engine: Engine) -> None:
         )
 
 
-def write_engine(engine: Engine) -> Engine:
-    """``engine`` whose transactions begin as write transactions (``BEGIN IMMEDIATE`` on SQLite).
+def read_engine(engine: Engine) -> Engine:
+    """``engine`` whose transactions only read: deferred (plain ``BEGIN``) on SQLite.
 
-    For sessions that read before they write next to a running dispatcher: a
-    deferred SQLite transaction that reads first fails at once ("database is
-    locked") when another writer commits before its first write.
+    For sessions and connections that never write, such as reports and dashboards:
+    under WAL they read a snapshot beside a writer, neither waiting for it nor
+    making it wait. A write in such a transaction may be refused at once with
+    ``database is locked`` (when another writer committed since its first read).
+    Elsewhere ``engine`` itself.
     """
     if engine.dialect.name != "sqlite":
         return engine
-    return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+    return engine.execution_options(**{SQLITE_BEGIN_OPTION: "deferred"})
+
+
+@contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for reading (``with read_connection(engine) as conn: conn.execute(...)``).
+
+    On SQLite its transactions are deferred, so it never takes the write lock (see
+    ``read_engine``); what it reads in one transaction is one consistent snapshot.
+    The library's own reads (``analytics``, the dry runs of ``admin``, ``notebook``) use it.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execution_options(**{SQLITE_BEGIN_OPTION: "deferred"})
+        yield conn
+
+
+def write_engine(engine: Engine) -> Engine:
+    """``engine`` whose transactions begin as write transactions (``BEGIN IMMEDIATE`` on SQLite).
+
+    The default of a ``make_engine`` engine; this keeps it on an engine made with
+    ``sqlite_begin="deferred"``, for sessions that read before they write next to
+    other writers. Elsewhere ``engine`` itself.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine
+    return engine.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
 
 
 @contextmanager
 def write_connection(engine: Engine) -> Iterator[Connection]:
-    """A connection whose ``begin()`` starts a write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+    """A connection whose transactions write (``BEGIN IMMEDIATE`` on SQLite, whatever the engine's default)."""
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+            conn.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
         yield conn
 
 

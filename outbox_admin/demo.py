@@ -25,7 +25,7 @@ from sqlalchemy import BigInteger, Engine, MetaData, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .coltypes import UTCDateTime
-from .db import write_engine
+from .db import read_engine, write_engine
 from .dispatcher import Backoff, Dispatcher, DispatchReport
 from .errors import OutboxError
 from .event_types import EventTypeRegistry, default_registry
@@ -271,14 +271,16 @@ def generate_activity(
     if count < 0:
         raise ValueError("count must not be negative")
     create_demo_schema(engine)
-    engine = write_engine(engine)  # each mutation reads the project, then writes: take the lock up front
     rng = random.Random(seed)
-    with Session(engine) as session:
+    # Each mutation reads the project, then writes: its transaction takes the write lock up front,
+    # whatever the engine's default (BEGIN IMMEDIATE on SQLite). The first read takes none.
+    writer = write_engine(engine)
+    with Session(read_engine(engine)) as session:
         active = list(session.scalars(select(Project.id).where(Project.status == "ACTIVE")))
     created = updated = archived = 0
     for done in range(1, count + 1):
         roll = rng.random()
-        with Session(engine) as session, session.begin():
+        with Session(writer) as session, session.begin():
             if not active or roll < 0.45:
                 project = create_project(
                     session,

@@ -33,7 +33,7 @@ from sqlalchemy import Engine, func, inspect, select
 
 from . import analytics, charts, demo
 from .charts import status_color
-from .db import init_db, make_engine, write_engine
+from .db import init_db, make_engine, read_connection, read_engine
 from .errors import ConfigurationError
 from .filters import EventFilter, as_filter
 from .models import DEFAULT_TABLES, OutboxTables
@@ -111,7 +111,7 @@ def open_database(
     engine = make_engine(url)
     events = tables.events
     try:
-        found = inspect(engine).has_table(events.name, schema=events.schema)
+        found = inspect(read_engine(engine)).has_table(events.name, schema=events.schema)
     except Exception:
         engine.dispose()
         raise
@@ -125,15 +125,12 @@ def open_database(
 
 
 def demo_activity(engine: Engine, count: int, **kwargs: Any) -> demo.ActivityReport:
-    """``demo.generate_activity`` that is safe next to a running dispatcher on SQLite.
+    """``demo.generate_activity``, safe next to a running dispatcher on SQLite.
 
-    Its transactions take SQLite's write lock when they begin (``BEGIN IMMEDIATE``,
-    waiting up to the busy timeout): an update reads the project first, and a
-    transaction that read before a dispatcher committed could not write afterwards
-    (SQLite refuses it at once with ``database is locked``).
+    Kept for the notebooks: ``generate_activity`` itself now begins each mutation
+    with SQLite's write lock (``BEGIN IMMEDIATE``, waiting up to the busy timeout),
+    as every transaction on a ``make_engine`` engine does.
     """
-    if engine.dialect.name == "sqlite":
-        engine = write_engine(engine)
     return demo.generate_activity(engine, count, **kwargs)
 
 
@@ -298,7 +295,7 @@ def throughput_bucket(engine: Engine, max_buckets: int = 60, *, tables: OutboxTa
     if max_buckets < 1:
         raise ValueError("max_buckets must be at least 1")
     at = tables.transitions.c.at
-    with engine.connect() as conn:
+    with read_connection(engine) as conn:
         first, last = conn.execute(select(func.min(at), func.max(at))).one()
     if first is None or last is None:
         return "1min"

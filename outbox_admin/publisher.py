@@ -4,25 +4,31 @@ The event row and its first history row (``None -> PENDING``) are written on
 the caller's connection, so they commit or roll back with the business change.
 The publisher never commits, never opens a session, and never runs a handler.
 
-Events are buffered per connection, as the ORM buffers ``Session.add``: they are
-written in one statement (two on SQLite) before the next statement
-that connection runs, before ``Session.commit`` flushes, and at the latest just
-before the commit. So a query later in the same transaction sees them, a
-rollback (or a rolled-back savepoint) drops them with the change, and ten
-thousand ``publish_outbox_event`` calls cost a few round trips instead of ten
-thousand. ``flush_outbox(tx)`` writes them at once. Two things follow:
+**Write-through by default.** ``publish_outbox_event`` and ``publish_outbox_events``
+write their rows in the caller's transaction before they return (one statement on
+PostgreSQL, two on SQLite), so whatever commits that transaction, SQLAlchemy or
+the raw DBAPI connection, commits the events with it, and a rollback (or a
+rolled-back savepoint) drops them. The returned event's ``created_at`` and
+``available_at`` hold the database's clock at the write.
 
-- ``created_at`` and ``available_at`` of a returned event are ``None`` until it
-  is written, then filled in: the database's clock at the write.
-- An event with an ``idempotency_key`` is written at once (the buffer first), so
-  the call can return the stored event when the key was already used; so is every
-  event on an ``AUTOCOMMIT`` connection, whose changes commit statement by statement.
+**Batches, opted into.** Inside ``with outbox_batch(tx):`` calls only check the
+event and keep it in a buffer of the transaction's connection; the buffer is
+written in one statement per 2,000 events (two on SQLite) before the next
+statement that connection runs, before ``Session.commit`` flushes, at the commit,
+and at the latest when the block exits. So ten thousand calls cost a handful of
+round trips instead of ten thousand. Inside the block, buffered events have no
+``created_at`` yet, and the raw DBAPI connection must not be committed (that
+bypasses SQLAlchemy and would commit the change without the buffered events).
+``flush_outbox(tx)`` writes the buffer at once. An event with an
+``idempotency_key``, or any event on an ``AUTOCOMMIT`` connection, is written at
+once even in a batch (the buffer first, keeping publish order).
 
-A failed write keeps the events buffered and raises; the commit will raise again,
-so a transaction can never commit without the events it published. After the
-commit the publisher wakes this process's dispatchers; on PostgreSQL each write
-also issues ``pg_notify``, which reaches listeners in other processes only if the
-transaction commits.
+A failed write raises and its events stay buffered: the next statement and the
+commit try them again and fail again, so the transaction can only be rolled back
+(or the savepoint around the publish); it can never commit without the events it
+published. After the commit the publisher wakes this process's dispatchers; on
+PostgreSQL each write also issues ``pg_notify``, which reaches listeners in other
+processes only if the transaction commits.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import functools
 import json
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +60,7 @@ from .wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
 PUBLISHER_ACTOR = "publisher"
 PENDING = EventStatus.PENDING.value
 MAX_FIELD_LENGTH = 255
-#: Events buffered on one connection (for one table set) before they are written anyway: bounds a statement.
+#: Events per write statement; in an ``outbox_batch`` also the buffer's size before it is written anyway.
 BUFFER_LIMIT = 2000
 
 _USAGE = (
@@ -90,9 +97,11 @@ def publish_outbox_event(
 ) -> OutboxEvent:
     """Publish one event inside ``tx``'s active transaction and return it.
 
-    ``tx`` is a ``Session`` or ``Connection`` with a transaction begun. The event
-    exists only if that transaction commits. With ``idempotency_key``, publishing
-    the same key again for the same org returns the stored event instead of a new one.
+    ``tx`` is a ``Session`` or ``Connection`` with a transaction begun. The event is
+    written in that transaction before the call returns (buffered inside
+    ``outbox_batch``) and exists only if the transaction commits. With
+    ``idempotency_key``, publishing the same key again for the same org returns the
+    stored event instead of a new one.
     """
     conn = _connection_of(tx)
     row = _event_row(
@@ -141,17 +150,67 @@ def publish_outbox_events(
 
 
 def _accept(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
-    """Buffer checked events, or write them at once when they carry idempotency keys or autocommit."""
-    if _autocommit(conn) or any(row.key is not None for row in rows):
-        return _write_now(tx, conn, rows, tables)
-    return _buffer(tx, conn, rows, tables)
+    """Write checked events now, or buffer them inside an ``outbox_batch`` scope."""
+    if any(row.key is not None for row in rows):
+        return _write_keyed(tx, conn, rows, tables)
+    state = _connection_state_map.get(conn)
+    if state is not None and _BATCH in state and not _autocommit(conn):
+        return _buffer(tx, conn, rows, tables)
+    return _write_through(tx, conn, rows, tables)
+
+
+@contextmanager
+def outbox_batch(tx: Session | Connection) -> Iterator[None]:
+    """Buffer the events published on ``tx``'s transaction inside the block; write them in batches.
+
+    ``with outbox_batch(session): for item in items: publish_outbox_event(session, ...)``
+    costs one statement per 2,000 events instead of one per call. The buffer is
+    written before the connection's next statement (so a query sees the events),
+    before ``Session.commit`` flushes, at the commit, and at the latest when the
+    block exits, also when it exits with an exception (a failure then is noted on
+    that exception, and the events stay buffered, so the commit fails). Until then
+    buffered events have no ``created_at`` (``flush_outbox(tx)`` writes them now).
+
+    Inside the block, do not commit the raw DBAPI connection
+    (``conn.connection.dbapi_connection.commit()``): it bypasses SQLAlchemy, and
+    would commit your change without the buffered events. Scopes nest; events with
+    an ``idempotency_key`` and ``AUTOCOMMIT`` connections are written at once anyway.
+    """
+    conn = _connection_of(tx)
+    state = _connection_state(conn)
+    state[_BATCH] = state.get(_BATCH, 0) + 1
+    try:
+        yield
+    except GeneratorExit:  # the scope was abandoned, never exited: leave the buffer to the commit or rollback
+        _end_batch(state)
+        raise
+    except BaseException as exc:
+        _end_batch(state)
+        try:
+            _flush(conn)
+        except Exception as flush_exc:  # noqa: BLE001 - the block's own error is the one to raise
+            first_line = (str(flush_exc).splitlines() or [""])[0]
+            exc.add_note(
+                f"outbox_admin: writing the batch's events on the way out failed too: "
+                f"{type(flush_exc).__name__}: {first_line}"
+            )
+        raise
+    _end_batch(state)
+    _flush(conn)
+
+
+def _end_batch(state: dict[str, Any]) -> None:
+    depth = state.pop(_BATCH, 1) - 1
+    if depth:
+        state[_BATCH] = depth
 
 
 def flush_outbox(tx: Session | Connection) -> None:
-    """Write the events ``tx``'s transaction has published and not yet written.
+    """Write the events buffered in ``tx``'s transaction by an ``outbox_batch`` scope.
 
-    Rarely needed: the next statement on the connection, ``Session.commit`` and the
-    commit itself all do it. Useful to learn the events' ``created_at`` early.
+    Rarely needed: the next statement on the connection, ``Session.commit``, the
+    commit and the end of the scope all do it. Useful to learn the events'
+    ``created_at`` early. Outside a batch scope there is nothing to write.
     """
     _flush(_connection_of(tx))
 
@@ -391,21 +450,69 @@ def _write_rows(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dt.
     return stamp
 
 
-def _write_now(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
-    """Write ``rows`` at once (some carry idempotency keys); a taken key returns the stored event."""
-    _flush(conn)  # keep publish order: what was buffered goes first
+def _write_group(conn: Connection, group: _Buffered) -> None:
+    """Write ``group`` in statements of at most ``BUFFER_LIMIT`` events and fill in its events' times.
+
+    On failure the group keeps only what is still unwritten, and the error propagates.
+    """
+    rows, events = group.rows, group.events
+    for start in range(0, len(rows), BUFFER_LIMIT):
+        end = start + BUFFER_LIMIT
+        try:
+            if group.keyed:
+                _insert_keyed(conn, rows[start:end], group.tables)  # a retry: nobody holds these objects
+                continue
+            stamp = _write_rows(conn, rows[start:end], group.tables)
+        except BaseException:
+            del rows[:start], events[:start]
+            raise
+        for obj in events[start:end]:
+            obj.__dict__["created_at"] = stamp
+            obj.__dict__["available_at"] = stamp
+
+
+def _write_through(
+    tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables
+) -> list[OutboxEvent]:
+    """Write ``rows`` (no idempotency keys) in the caller's transaction before returning."""
+    made = [_new_event(row.values(None, None), tables) for row in rows]
+    group = _Buffered(tables, rows, made)
+    _flush(conn)  # keep publish order: what a batch left buffered goes first
+    try:
+        _write_group(conn, group)
+    except Exception as exc:
+        _keep(tx, conn, group, exc)
+        raise
+    _after_publish(tx, conn)
+    return made
+
+
+def _insert_keyed(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dict[str, tuple[Any, Any]]:
+    """Insert ``rows``, skipping taken idempotency keys; ``{id: (created_at, available_at)}`` of those written."""
     sql = _publish_sql(tables, conn.dialect)
     wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
-    stamps: dict[str, tuple[Any, Any]] = {}
     if sql.history is None:
-        for event_id, created, available, _ in conn.exec_driver_sql(sql.insert_keyed, {"events": wire}):
-            stamps[event_id] = (created, available)
-    else:
-        text, stamp = _sqlite_stamp()
-        written = [r[0] for r in conn.exec_driver_sql(sql.insert_keyed, {"events": wire, "at": text})]
-        if written:
-            conn.exec_driver_sql(sql.history, {"ids": json.dumps(written), "at": text})
-        stamps = {event_id: (stamp, stamp) for event_id in written}
+        return {
+            event_id: (created, available)
+            for event_id, created, available, _ in conn.exec_driver_sql(sql.insert_keyed, {"events": wire})
+        }
+    text, stamp = _sqlite_stamp()
+    written = [r[0] for r in conn.exec_driver_sql(sql.insert_keyed, {"events": wire, "at": text})]
+    if written:
+        conn.exec_driver_sql(sql.history, {"ids": json.dumps(written), "at": text})
+    return {event_id: (stamp, stamp) for event_id in written}
+
+
+def _write_keyed(
+    tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables
+) -> list[OutboxEvent]:
+    """Write ``rows`` at once (some carry idempotency keys); a taken key returns the stored event."""
+    _flush(conn)  # keep publish order: what was buffered goes first
+    try:
+        stamps = _insert_keyed(conn, rows, tables)
+    except Exception as exc:
+        _keep(tx, conn, _Buffered(tables, rows, [], keyed=True), exc)
+        raise
     _after_publish(tx, conn)
     missing = sorted({(row.org_id, row.key) for row in rows if row.id not in stamps})
     existing: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -448,11 +555,15 @@ def _detached_event(values: Mapping[str, Any]) -> OutboxEvent:
 
 # --- the buffer -----------------------------------------------------------------------
 #
-# Per connection: the rows not yet written, their event objects and table set, in
-# publish order. Written before the connection's next statement (before_cursor_execute),
-# by Session.before_commit, and by the connection's commit event; dropped on rollback.
+# Per connection: the rows not yet written (inside an ``outbox_batch`` scope, or kept after a
+# failed write), their event objects and table set, in publish order. Written before the
+# connection's next statement (before_cursor_execute), by Session.before_commit, by the
+# connection's commit event and when the scope exits; dropped on rollback, and on a rollback
+# to a savepoint: the SAVEPOINT statement itself wrote what came before it, so all the buffer
+# holds then was published inside the savepoint.
 
 _BUFFER = "outbox_admin.buffer"
+_BATCH = "outbox_admin.batch"  # the depth of open outbox_batch scopes on the connection
 _BUFFERED_CONNECTIONS = "outbox_admin.buffered_connections"
 _SESSION_CONNECTION = "outbox_admin.connection"
 
@@ -462,9 +573,10 @@ class _Buffered:
     tables: OutboxTables
     rows: list[_Row]
     events: list[OutboxEvent]
+    keyed: bool = False  # rows with idempotency keys, kept after a failed write
 
 
-def _buffer(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
+def _buffered_groups(tx: Session | Connection, conn: Connection) -> list[_Buffered]:
     state = _connection_state(conn)
     buffered: list[_Buffered] | None = state.get(_BUFFER)
     if buffered is None:  # the first event since the transaction began (or since the last write)
@@ -473,7 +585,12 @@ def _buffer(tx: Session | Connection, conn: Connection, rows: list[_Row], tables
         if isinstance(tx, Session):
             tx.info.setdefault(_BUFFERED_CONNECTIONS, set()).add(conn)
         _after_publish(tx, conn)
-    if not buffered or buffered[-1].tables is not tables:
+    return buffered
+
+
+def _buffer(tx: Session | Connection, conn: Connection, rows: list[_Row], tables: OutboxTables) -> list[OutboxEvent]:
+    buffered = _buffered_groups(tx, conn)
+    if not buffered or buffered[-1].tables is not tables or buffered[-1].keyed:
         buffered.append(_Buffered(tables, [], []))
     group = buffered[-1]
     made = [_new_event(row.values(None, None), tables) for row in rows]
@@ -484,24 +601,30 @@ def _buffer(tx: Session | Connection, conn: Connection, rows: list[_Row], tables
     return made
 
 
+def _keep(tx: Session | Connection, conn: Connection, group: _Buffered, exc: Exception) -> None:
+    """After a failed write: keep what is unwritten buffered, so the commit cannot succeed without it."""
+    _buffered_groups(tx, conn).append(group)
+    _note_failure(exc, _connection_state(conn)[_BUFFER])
+
+
+def _note_failure(exc: BaseException, buffered: list[_Buffered]) -> None:
+    exc.add_note(
+        f"outbox_admin: writing {sum(len(g.rows) for g in buffered)} published event(s) failed; "
+        "they stay unwritten and this transaction cannot commit (roll it back)"
+    )
+
+
 def _flush(conn: Connection) -> None:
     """Write the connection's buffered events; on failure they stay buffered, so the commit fails too."""
     state = _connection_state_map.get(conn)
     buffered: list[_Buffered] | None = state.pop(_BUFFER, None) if state else None
     while buffered:
-        group = buffered[0]
         try:
-            stamp = _write_rows(conn, group.rows, group.tables)
+            _write_group(conn, buffered[0])
         except Exception as exc:
             state[_BUFFER] = buffered  # type: ignore[index]
-            exc.add_note(
-                f"outbox_admin: writing {sum(len(g.rows) for g in buffered)} published event(s) failed; "
-                "they stay unwritten and this transaction cannot commit"
-            )
+            _note_failure(exc, buffered)
             raise
-        for obj in group.events:
-            obj.__dict__["created_at"] = stamp
-            obj.__dict__["available_at"] = stamp
         del buffered[0]
 
 
@@ -583,12 +706,13 @@ def _hook_engine(engine: Engine) -> None:
             event.listen(engine, "before_cursor_execute", _before_statement)
             event.listen(engine, "commit", _connection_committed)
             event.listen(engine, "rollback", _connection_rolled_back)
+            event.listen(engine, "rollback_savepoint", _savepoint_rolled_back)
             _hooked_engines.add(engine)
 
 
 def _before_statement(conn: Connection, *_: Any) -> None:
-    # Any statement on a connection with buffered events writes them first, so it sees them
-    # (and a ROLLBACK TO SAVEPOINT undoes them). The write's own statement finds the buffer empty.
+    # Any statement on a connection with buffered events writes them first, so it sees them (and
+    # a SAVEPOINT or RELEASE covers them). The write's own statement finds the buffer empty.
     state = _connection_state_map.get(conn)
     if state and _BUFFER in state:
         _flush(conn)
@@ -612,4 +736,12 @@ def _connection_rolled_back(conn: Connection) -> None:
     state = _connection_state_map.get(conn)
     if state:
         state.pop(_PENDING_WAKE, None)
+        state.pop(_BUFFER, None)
+
+
+def _savepoint_rolled_back(conn: Connection, *_: Any) -> None:
+    # Fires before the ROLLBACK TO statement: what is buffered now was published inside the
+    # savepoint (its SAVEPOINT statement wrote the rest), so it goes with the savepoint's changes.
+    state = _connection_state_map.get(conn)
+    if state:
         state.pop(_BUFFER, None)

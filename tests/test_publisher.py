@@ -4,11 +4,14 @@ import datetime as dt
 import enum
 import threading
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, nullcontext
 from decimal import Decimal
+from typing import Any
 
 import pytest
-from sqlalchemy import Column, Engine, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Engine, MetaData, String, Table, event, func, insert, select
 from sqlalchemy.orm import Session
 
 from outbox_admin import (
@@ -23,6 +26,7 @@ from outbox_admin import (
     PayloadError,
     UnknownEventTypeError,
     flush_outbox,
+    outbox_batch,
     publish_outbox_event,
     publish_outbox_events,
 )
@@ -269,39 +273,68 @@ def test_all_errors_derive_from_outbox_error() -> None:
             assert issubclass(obj, OutboxError)
 
 
-# --- the per-connection buffer ---------------------------------------------------------
+# --- write-through: every commit path carries the events ---------------------------------
 
 PROJECTS = Table("test_project", MetaData(), Column("id", String(36), primary_key=True))
+MISSING = OutboxTables.named("MissingEvent", "MissingEventTransition")
 
 
-def test_a_later_statement_in_the_transaction_sees_buffered_events(engine: Engine) -> None:
+def project_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(PROJECTS))
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """Every statement the engine's connections send while the block runs."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_publish_writes_in_the_transaction_before_returning(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
-        event = publish(session)
-        assert event.created_at is None  # buffered: not written yet
-        assert session.scalar(select(func.count()).select_from(DEFAULT_TABLES.events)) == 1
-        assert event.created_at is not None and event.available_at == event.created_at
-    with engine.begin() as conn:
-        event = publish(conn)
-        assert conn.exec_driver_sql('SELECT count(*) FROM "OutboxEventTransition"').scalar() == 2
-        assert event.created_at is not None
-    assert counts(engine) == (2, 2)
-
-
-def test_flush_outbox_writes_now_and_commit_fills_the_times(engine: Engine) -> None:
-    with Session(engine) as session, session.begin():
-        first = publish(session)
-        flush_outbox(session)
-        assert first.created_at is not None
-        second = publish(session)
-    assert second.created_at is not None and second.created_at >= first.created_at
+        event_ = publish(session)
+        assert event_.created_at is not None and event_.available_at == event_.created_at
+        raw = session.connection().connection.dbapi_connection.cursor()  # below SQLAlchemy: it is written
+        raw.execute('SELECT count(*) FROM "OutboxEventTransition"')
+        assert raw.fetchone()[0] == 1
+        raw.close()
     with Session(engine) as session:
-        stored = session.get(OutboxEvent, second.id)
-        assert stored is not None and stored.created_at == second.created_at
-    with pytest.raises(NotInTransactionError):
-        flush_outbox(engine)
+        stored = session.get(OutboxEvent, event_.id)
+        assert stored is not None and stored.created_at == event_.created_at
 
 
-def test_a_rolled_back_savepoint_drops_its_buffered_events(engine: Engine) -> None:
+@pytest.mark.parametrize("exit_with", ["exception", "normal exit"])
+def test_a_raw_dbapi_commit_commits_the_change_with_its_events(engine: Engine, exit_with: str) -> None:
+    """The field report: INSERT, publish, a raw DBAPI commit, then the block ends: both or neither."""
+    PROJECTS.create(engine)
+    with pytest.raises(RuntimeError) if exit_with == "exception" else nullcontext(), engine.begin() as conn:
+        conn.execute(insert(PROJECTS), {"id": "p-1"})
+        publish(conn)
+        conn.connection.dbapi_connection.commit()
+        if exit_with == "exception":
+            raise RuntimeError("after the raw commit")
+    assert (project_count(engine), *counts(engine)) == (1, 1, 1)
+
+
+def test_without_a_commit_neither_the_change_nor_the_event_stays(engine: Engine) -> None:
+    PROJECTS.create(engine)
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        conn.execute(insert(PROJECTS), {"id": "p-1"})
+        publish(conn)
+        raise RuntimeError("the business change failed")
+    assert (project_count(engine), *counts(engine)) == (0, 0, 0)
+
+
+def test_a_rolled_back_savepoint_drops_its_events(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
         kept = publish(session, entity_id="kept")
         savepoint = session.begin_nested()
@@ -319,7 +352,7 @@ def test_a_rolled_back_savepoint_drops_its_buffered_events(engine: Engine) -> No
     assert counts(engine) == (3, 3)
 
 
-def test_idempotent_publish_writes_the_buffer_first(engine: Engine) -> None:
+def test_idempotent_publish_writes_in_order(engine: Engine) -> None:
     with engine.begin() as conn:
         plain = publish(conn, entity_id="plain")
         keyed = publish(conn, entity_id="keyed", idempotency_key="k-1")
@@ -328,46 +361,211 @@ def test_idempotent_publish_writes_the_buffer_first(engine: Engine) -> None:
     assert counts(engine) == (2, 2)
 
 
-def test_a_large_transaction_is_written_in_bounded_statements(engine: Engine) -> None:
+def test_a_large_bulk_call_is_written_in_bounded_statements(engine: Engine) -> None:
+    specs = [EventSpec("org-1", "PROJECT.UPDATED", "Project", f"p-{i}") for i in range(2 * BUFFER_LIMIT + 1)]
+    with engine.begin() as conn, statements(engine) as seen:
+        events = publish_outbox_events(conn, specs)
+        assert all(e.created_at is not None for e in events)
+    per_write = 1 if engine.dialect.name == "postgresql" else 2
+    assert len([s for s in seen if "INSERT" in s]) == 3 * per_write
+    assert counts(engine) == (len(specs), len(specs))
+
+
+def test_a_failed_write_raises_and_keeps_the_change_from_committing(engine: Engine) -> None:
+    """Events for tables that do not exist: the publish raises, and the commit cannot succeed."""
+    PROJECTS.create(engine)
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        conn.execute(insert(PROJECTS), {"id": "p-1"})
+        with pytest.raises(Exception, match="MissingEvent") as info:
+            publish(conn, tables=MISSING)
+        assert any("cannot commit" in note for note in getattr(info.value, "__notes__", []))
+        with pytest.raises(Exception):  # noqa: B017 - SQLite: the same error; PostgreSQL: the transaction is aborted
+            transaction.commit()
+        transaction.rollback()
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.execute(insert(PROJECTS), {"id": "p-2"})
+        with pytest.raises(Exception, match="MissingEvent"):
+            publish(conn, tables=MISSING, idempotency_key="k-1")
+        with pytest.raises(Exception):  # noqa: B017
+            transaction.commit()
+        transaction.rollback()
+    assert project_count(engine) == 0
+
+
+def test_a_failed_write_inside_a_session_leaves_it_to_roll_back(engine: Engine) -> None:
+    PROJECTS.create(engine)
+    with Session(engine) as session:
+        session.begin()
+        session.execute(insert(PROJECTS), {"id": "p-1"})
+        with pytest.raises(Exception, match="MissingEvent"):
+            publish(session, tables=MISSING)
+        with pytest.raises(Exception):  # noqa: B017
+            session.commit()
+        session.rollback()
+        with session.begin():
+            publish(session)  # the session is usable again, and the failed events are gone
+    assert project_count(engine) == 0
+    assert counts(engine) == (1, 1)
+
+
+def test_a_failed_write_inside_a_rolled_back_savepoint_goes_with_it(engine: Engine) -> None:
+    PROJECTS.create(engine)
     with engine.begin() as conn:
+        conn.execute(insert(PROJECTS), {"id": "p-1"})
+        savepoint = conn.begin_nested()
+        with pytest.raises(Exception, match="MissingEvent"):
+            publish(conn, tables=MISSING)
+        savepoint.rollback()
+        publish(conn)
+    assert (project_count(engine), *counts(engine)) == (1, 1, 1)
+
+
+# --- outbox_batch: buffered publishing, opted into -------------------------------------
+
+
+@pytest.mark.parametrize("tx_kind", ["connection", "session"])
+def test_a_batch_writes_ten_thousand_calls_in_a_handful_of_statements(engine: Engine, tx_kind: str) -> None:
+    with ExitStack() as stack:
+        if tx_kind == "session":
+            tx: Any = stack.enter_context(Session(engine))
+            stack.enter_context(tx.begin())
+        else:
+            tx = stack.enter_context(engine.begin())
+        with statements(engine) as seen:
+            with outbox_batch(tx):
+                events = [publish(tx, entity_id=f"p-{i}") for i in range(10_000)]
+            assert all(e.created_at is not None for e in events)  # written when the block exited
+        assert len(seen) <= 12, seen  # 5 writes of 2,000 (two statements each on SQLite)
+    assert counts(engine) == (10_000, 10_000)
+
+
+def test_a_batch_rolls_back_cleanly(engine: Engine) -> None:
+    with engine.connect() as conn:
+        with conn.begin() as transaction:
+            with outbox_batch(conn):
+                for i in range(BUFFER_LIMIT + 10):
+                    publish(conn, entity_id=f"p-{i}")
+            transaction.rollback()
+        with conn.begin() as transaction, outbox_batch(conn):
+            publish(conn)
+            transaction.rollback()  # inside the block: the buffer goes with the transaction
+        assert counts(engine) == (0, 0)
+    with pytest.raises(RuntimeError), Session(engine) as session, session.begin(), outbox_batch(session):
+        publish(session)
+        raise RuntimeError("the business change failed")
+    assert counts(engine) == (0, 0)
+
+
+def test_a_batch_is_written_before_the_next_statement_by_flush_and_at_exit(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        with outbox_batch(session):
+            event_ = publish(session)
+            assert event_.created_at is None  # buffered: not written yet
+            assert session.scalar(select(func.count()).select_from(DEFAULT_TABLES.events)) == 1
+            assert event_.created_at is not None and event_.available_at == event_.created_at
+            second = publish(session)
+            flush_outbox(session)
+            assert second.created_at is not None
+            third = publish(session)
+        assert third.created_at is not None  # the block's exit wrote it
+        outside = publish(session)
+        assert outside.created_at is not None  # write-through again after the block
+    assert counts(engine) == (4, 4)
+    with pytest.raises(NotInTransactionError):
+        flush_outbox(engine)
+    with pytest.raises(NotInTransactionError), outbox_batch(engine):  # type: ignore[arg-type]
+        pass
+
+
+def test_a_raw_commit_after_the_batch_block_carries_its_events(engine: Engine) -> None:
+    """Inside the block a raw commit is not allowed; after it (even after an exception) it is safe."""
+    PROJECTS.create(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(PROJECTS), {"id": "p-1"})
+        with pytest.raises(RuntimeError), outbox_batch(conn):
+            publish(conn)
+            raise RuntimeError("caught by the caller")
+        conn.connection.dbapi_connection.commit()
+    assert (project_count(engine), *counts(engine)) == (1, 1, 1)
+
+
+def test_batches_nest_and_the_scope_ends_with_the_outer_block(engine: Engine) -> None:
+    with engine.begin() as conn, outbox_batch(conn):
+        with outbox_batch(conn):
+            inner = publish(conn)
+        assert inner.created_at is not None  # every exit writes the buffer
+        still_batched = publish(conn)
+        assert still_batched.created_at is None
+    assert counts(engine) == (2, 2)
+
+
+def test_a_rolled_back_savepoint_drops_its_buffered_events(engine: Engine) -> None:
+    with Session(engine) as session, session.begin(), outbox_batch(session):
+        kept = publish(session, entity_id="kept")
+        savepoint = session.begin_nested()
+        publish(session, entity_id="dropped")
+        savepoint.rollback()
+        later = publish(session, entity_id="later")
+    with engine.begin() as conn, outbox_batch(conn):
+        conn_kept = publish(conn, entity_id="conn-kept")
+        savepoint = conn.begin_nested()
+        inner = conn.begin_nested()
+        publish(conn, entity_id="conn-dropped")
+        inner.commit()
+        publish(conn, entity_id="conn-dropped-too")
+        savepoint.rollback()
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(DEFAULT_TABLES.events.c.id)).scalars())
+    assert stored == {kept.id, later.id, conn_kept.id}
+    assert counts(engine) == (3, 3)
+
+
+def test_idempotent_publish_in_a_batch_writes_the_buffer_first(engine: Engine) -> None:
+    with engine.begin() as conn, outbox_batch(conn):
+        plain = publish(conn, entity_id="plain")
+        keyed = publish(conn, entity_id="keyed", idempotency_key="k-1")
+        assert plain.created_at is not None and keyed.created_at is not None
+        assert plain.created_at <= keyed.created_at
+    assert counts(engine) == (2, 2)
+
+
+def test_a_large_batch_is_written_in_bounded_statements(engine: Engine) -> None:
+    with engine.begin() as conn, outbox_batch(conn):
         events = [publish(conn, entity_id=f"p-{i}") for i in range(BUFFER_LIMIT + 1)]
         assert all(e.created_at is not None for e in events[:BUFFER_LIMIT])  # the full buffer was written
         assert events[-1].created_at is None
     assert counts(engine) == (BUFFER_LIMIT + 1, BUFFER_LIMIT + 1)
 
 
-def test_a_failed_write_keeps_the_change_from_committing(engine: Engine) -> None:
-    """Events for tables that do not exist: the write fails at commit, and the business change goes too."""
+def test_a_failed_batch_write_keeps_the_change_from_committing(engine: Engine) -> None:
     PROJECTS.create(engine)
-    missing = OutboxTables.named("MissingEvent", "MissingEventTransition")
     with engine.connect() as conn:
         transaction = conn.begin()
         conn.execute(insert(PROJECTS), {"id": "p-1"})
-        event = publish(conn, tables=missing)
-        with pytest.raises(Exception, match="MissingEvent") as info:
+        with pytest.raises(Exception, match="MissingEvent") as info, outbox_batch(conn):
+            event_ = publish(conn, tables=MISSING)
             transaction.commit()
         assert any("stay unwritten" in note for note in getattr(info.value, "__notes__", []))
-        assert event.created_at is None
+        assert event_.created_at is None
         transaction.rollback()
-    with engine.connect() as conn:
-        assert conn.scalar(select(func.count()).select_from(PROJECTS)) == 0
+    assert project_count(engine) == 0
 
 
-def test_a_failed_write_inside_a_session_leaves_it_to_roll_back(engine: Engine) -> None:
-    PROJECTS.create(engine)
-    missing = OutboxTables.named("MissingEvent", "MissingEventTransition")
-    with Session(engine) as session:
-        session.begin()
-        session.execute(insert(PROJECTS), {"id": "p-1"})
-        publish(session, tables=missing)
-        with pytest.raises(Exception, match="MissingEvent"):
-            session.commit()
-        session.rollback()
-        with session.begin():
-            publish(session)  # the session is usable again, and the failed buffer is gone
-    with engine.connect() as conn:
-        assert conn.scalar(select(func.count()).select_from(PROJECTS)) == 0
-    assert counts(engine) == (1, 1)
+def test_a_failed_write_at_the_end_of_a_batch_raises_there(engine: Engine) -> None:
+    with engine.connect() as conn, conn.begin() as transaction:
+        with pytest.raises(Exception, match="MissingEvent"), outbox_batch(conn):
+            publish(conn, tables=MISSING)
+        with pytest.raises(Exception):  # noqa: B017
+            transaction.commit()
+        transaction.rollback()
+    with engine.connect() as conn, conn.begin() as transaction:
+        with pytest.raises(RuntimeError) as info, outbox_batch(conn):
+            publish(conn, tables=MISSING)
+            raise RuntimeError("the block's own error")
+        assert any("on the way out failed too" in note for note in info.value.__notes__)
+        transaction.rollback()
+    assert counts(engine) == (0, 0)
 
 
 def test_an_autocommit_connection_writes_at_once(engine: Engine) -> None:
@@ -376,12 +574,14 @@ def test_an_autocommit_connection_writes_at_once(engine: Engine) -> None:
         conn.begin()
         event = publish(conn)
         assert event.created_at is not None
-    assert counts(engine) == (1, 1)
+        with outbox_batch(conn):
+            assert publish(conn).created_at is not None  # not buffered, even in a batch
+    assert counts(engine) == (2, 2)
     with engine.connect() as conn, conn.begin() as tx:  # the pooled connection is transactional again
         publish(conn)
         conn.execute(DEFAULT_TABLES.events.delete())
         tx.rollback()
-    assert counts(engine) == (1, 1)
+    assert counts(engine) == (2, 2)
 
 
 def test_a_scoped_session_publishes_in_its_current_session(engine: Engine) -> None:
