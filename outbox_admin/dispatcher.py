@@ -324,9 +324,15 @@ class Dispatcher:
         events, undecodable = ([], {}) if self.stopping else self._claim(conn)
         report.claimed = len(events)
         if events:
+            # Renewed only while this tick runs: a dispatcher that stops ticking must let its leases
+            # expire, so its events are recovered. Kept outcomes (a failed finish) are written first
+            # at the next tick, before this dispatcher recovers any expired lease itself.
             self._lease_keeper.hold([e.id for e in events])
-            errors, waiting, unhandled = self._handle([e for e in events if e.id not in undecodable])
-            self._finish(conn, events, errors, unhandled, report, waiting=waiting, undecodable=undecodable)
+            try:
+                errors, waiting, unhandled = self._handle([e for e in events if e.id not in undecodable])
+                self._finish(conn, events, errors, unhandled, report, waiting=waiting, undecodable=undecodable)
+            finally:
+                self._lease_keeper.release()
         report.seconds = time.perf_counter() - started
         return report
 
@@ -551,7 +557,7 @@ class Dispatcher:
         """Record every outcome of the batch in one statement, guarded by the claim (holder and attempt).
 
         If the database cannot be written (it went away), the outcomes are kept and written
-        first at the next tick, the batch's leases renewed meanwhile; the error is raised.
+        first at the next tick (guarded like any finish); the error is raised.
         """
         unhandled_ids = {e.id for e in unhandled}
         waiting = waiting or {}
@@ -576,7 +582,7 @@ class Dispatcher:
         try:
             written = self._write_outcomes(conn, outcomes)
         except DBAPIError as exc:
-            self._unwritten = outcomes  # the lease keeper keeps holding them
+            self._unwritten = outcomes
             log.warning(
                 "dispatcher %s could not record the outcome of %d event(s), kept to write at the next tick: %s",
                 self.name,
@@ -585,7 +591,6 @@ class Dispatcher:
             )
             exc.add_note(f"outbox_admin: {len(outcomes)} outcome(s) kept; they are written at the next tick")
             raise
-        self._lease_keeper.release()
         self._count(outcomes, written, report)
 
     def _write_unwritten(self, conn: Connection, report: DispatchReport) -> None:
@@ -593,7 +598,6 @@ class Dispatcher:
         outcomes = self._unwritten
         written = self._write_outcomes(conn, outcomes)
         self._unwritten = []
-        self._lease_keeper.release()
         log.warning("dispatcher %s recorded %d kept outcome(s) after the database came back", self.name, len(outcomes))
         self._count(outcomes, written, report)
 
