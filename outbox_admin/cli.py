@@ -125,10 +125,39 @@ class _VisibleFormatter(logging.Formatter):
         return "\n".join(visible(line) for line in super().formatException(ei).splitlines())
 
 
-def _configure_logging(level: int) -> None:
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _stderr_handler() -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
+    handler.setFormatter(_VisibleFormatter(_LOG_FORMAT))
+    return handler
+
+
+def _configure_logging(level: int) -> None:
+    """Log to stderr, as data (a no-op when the process has configured logging already)."""
+    logging.basicConfig(level=level, handlers=[_stderr_handler()])
+
+
+_debug: list[tuple[logging.Logger, logging.Handler, int, bool]] = []  # what --debug changed, undone by main
+
+
+def _start_debug() -> None:
+    """The package's own debug messages, and the traceback of an error, on stderr for this run."""
+    package = logging.getLogger("outbox_admin")
+    handler = _stderr_handler()
+    _debug.append((package, handler, package.level, package.propagate))
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG)
+    package.propagate = False  # once, not again through a root handler
+
+
+def _stop_debug() -> None:
+    while _debug:
+        package, handler, level, propagate = _debug.pop()
+        package.removeHandler(handler)
+        package.setLevel(level)
+        package.propagate = propagate
 
 
 @app.callback()
@@ -140,8 +169,7 @@ def _root(
 ) -> None:
     """Operate a transactional outbox."""
     if debug:
-        _configure_logging(logging.DEBUG)
-        logging.getLogger().setLevel(logging.DEBUG)
+        _start_debug()
 
 
 DatabaseUrl = Annotated[
@@ -722,4 +750,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.debug("internal error", exc_info=True)
         _error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         code = EXIT_INTERNAL
+    finally:
+        _stop_debug()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
