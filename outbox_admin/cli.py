@@ -10,13 +10,14 @@ on stderr and an exit code (see ``main``); the traceback is logged at debug leve
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -186,10 +187,8 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 @_command()
 def init(database_url: DatabaseUrl = None, json_output: JsonOutput = False) -> None:
     """Create or upgrade the outbox tables."""
-    url = database_url or default_database_url()
-    engine = make_engine(url)
-    init_db(engine)
-    engine.dispose()
+    with _engine(database_url or default_database_url()) as engine:
+        pass
     if json_output:
         _dump({"database": engine.url.render_as_string(hide_password=True), "ok": True})
     else:
@@ -202,7 +201,7 @@ def publish(
     org_id: Annotated[str, typer.Option("--org", help="Organisation id.")] = "demo-org",
     entity_type: Annotated[str, typer.Option("--entity-type")] = "Project",
     entity_id: Annotated[str, typer.Option("--entity-id")] = "1",
-    payload: Annotated[str | None, typer.Option("--payload", help="JSON text.")] = None,
+    payload: Annotated[str | None, typer.Option("--payload", help="JSON text (null, or none given: {}).")] = None,
     payload_file: Annotated[Path | None, typer.Option("--payload-file", help="A JSON file.")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     database_url: DatabaseUrl = None,
@@ -226,9 +225,7 @@ def publish(
     bad = _surrogate_path(data, "payload")
     if bad is not None:  # "\ud800" in JSON text: valid JSON, not storable text
         _fail(f"{bad}: not valid Unicode text (a lone surrogate, such as \\ud800 in JSON)", EXIT_USAGE)
-    engine = make_engine(database_url)
-    init_db(engine)
-    with engine.begin() as conn:
+    with _engine(database_url) as engine, engine.begin() as conn:
         event = publish_outbox_event(
             conn,
             org_id=org_id,
@@ -238,7 +235,6 @@ def publish(
             payload=data,
             idempotency_key=idempotency_key,
         )
-    engine.dispose()
     if json_output:
         _dump({"id": event.id, "event_type": event.event_type, "status": event.status})
     else:
@@ -394,10 +390,15 @@ def _filters(
     )
 
 
-def _engine(database_url: str | None) -> Any:
+@contextlib.contextmanager
+def _engine(database_url: str | None) -> Iterator[Any]:
+    """An engine on the outbox tables (created or upgraded), disposed of whatever happens."""
     engine = make_engine(database_url)
-    init_db(engine)
-    return engine
+    try:
+        init_db(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _json_default(value: Any) -> Any:
@@ -447,11 +448,10 @@ def stats(
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search)
-    engine = _engine(database_url)
-    counts = analytics.status_counts(engine, flt)
-    latency = analytics.latency_stats(engine, flt)
-    errors = analytics.error_summary(engine, flt, limit=top)
-    engine.dispose()
+    with _engine(database_url) as engine:
+        counts = analytics.status_counts(engine, flt)
+        latency = analytics.latency_stats(engine, flt)
+        errors = analytics.error_summary(engine, flt, limit=top)
     if json_output:
         _dump({"status_counts": _records(counts), "latency": _records(latency), "errors": _records(errors)})
         return
@@ -481,10 +481,9 @@ def events(
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search, error_group)
-    engine = _engine(database_url)
-    frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
-    total = analytics.count_events(engine, flt)
-    engine.dispose()
+    with _engine(database_url) as engine:
+        frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
+        total = analytics.count_events(engine, flt)
     if json_output:
         _dump({"total": total, "events": _records(frame)})
         return
@@ -510,10 +509,9 @@ def show(
     """One event: its fields, payload and status timeline."""
     from . import analytics
 
-    engine = _engine(database_url)
-    event = analytics.get_event(engine, event_id)
-    timeline = analytics.transitions_frame(engine, event_id) if event else None
-    engine.dispose()
+    with _engine(database_url) as engine:
+        event = analytics.get_event(engine, event_id)
+        timeline = analytics.transitions_frame(engine, event_id) if event else None
     if event is None:
         _fail(f"no event with id {event_id!r}", EXIT_FAILURE)
         return
@@ -539,8 +537,7 @@ def _run_action(
 ) -> None:
     from . import admin
 
-    engine = _engine(database_url)
-    try:
+    with _engine(database_url) as engine:
         flt_kwargs = {k: kwargs.pop(k) for k in ("filters",) if k in kwargs}
         status = kwargs.pop("status")
         force = kwargs.get("force", False)
@@ -555,8 +552,6 @@ def _run_action(
                 )
             return
         moved = getattr(admin, action)(engine, ids or None, status=status, **flt_kwargs, **kwargs)
-    finally:
-        engine.dispose()
     if json_output:
         _dump({"action": action, "moved": moved})
     else:
@@ -678,26 +673,25 @@ def purge(
         _fail(f"--older-than {older_than!r} is not a duration such as 7d, 12h or 30min", EXIT_USAGE)
         return
     statuses = [s.strip().upper() for item in (status or ["COMPLETED", "DISCARDED"]) for s in item.split(",")]
-    engine = _engine(database_url)
-    try:
-        with Progress(
+    with (
+        _engine(database_url) as engine,
+        Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
             console=_err(),
             disable=json_output,
             transient=True,
-        ) as progress:
-            task = progress.add_task("purging", total=None)
-            result = admin.purge(
-                engine,
-                age,
-                statuses,
-                batch_size=batch_size,
-                progress=lambda n: progress.update(task, description=f"purged {n} events"),
-            )
-    finally:
-        engine.dispose()
+        ) as progress,
+    ):
+        task = progress.add_task("purging", total=None)
+        result = admin.purge(
+            engine,
+            age,
+            statuses,
+            batch_size=batch_size,
+            progress=lambda n: progress.update(task, description=f"purged {n} events"),
+        )
     if json_output:
         _dump({"events": result.events, "transitions": result.transitions, "batches": result.batches})
     else:
