@@ -261,7 +261,9 @@ def test_events_filters_find_what_was_stored_or_refuse_in_one_line(
         assert event_id in ids
         [event] = [e for e in listed["events"] if e["id"] == event_id]
         assert (event["org_id"], event["entity_type"], event["entity_id"]) == (org, entity_type, entity_id)
-        assert event["payload"] == as_numbers(json.dumps(values["payload_data"]))
+        assert event["payload"] == as_numbers(
+            json.dumps(values["payload_data"] if values["payload_data"] is not None else {})
+        )
     wanted_type, _, wanted_id = f"{entity_type}/{entity_id}".strip().partition("/")
     for event in listed["events"] if wanted_type else []:  # whatever matched, matched the entity filter
         assert event["entity_type"] == wanted_type and (not wanted_id or event["entity_id"] == wanted_id)
