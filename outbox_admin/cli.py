@@ -42,20 +42,28 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 class _DataCommand(TyperCommand):
-    """A command that refuses, as a usage error, any text parameter holding lone surrogates.
+    """A command that refuses, as a usage error, any text parameter no database can store.
 
     Bytes in argv (or in an ``OUTBOX_*`` variable) that are not UTF-8 reach Python as lone
-    surrogates (``surrogateescape``); no database can store them and drivers raise
-    ``UnicodeEncodeError`` deep inside. They are refused here, naming the parameter, before
-    the library sees them. File paths are exempt: a file name is bytes to the OS, not text.
+    surrogates (``surrogateescape``); drivers raise ``UnicodeEncodeError`` on them deep inside.
+    NUL cannot come from a real argv, but ``main(argv)`` can be given one, and PostgreSQL text
+    cannot hold it. Both are refused here, naming the parameter, before the library sees them.
+    File paths are exempt: a file name is bytes to the OS, not text.
     """
 
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         for param in self.params:
             for value in _texts(ctx.params.get(param.name or "")):
-                if has_surrogates(value):
+                problem = (
+                    "is not valid UTF-8 text (each \\udcXX stands for a byte that is not UTF-8)"
+                    if has_surrogates(value)
+                    else "contains a NUL character"
+                    if "\x00" in value
+                    else None
+                )
+                if problem:
                     raise typer.BadParameter(
-                        f"{value!r} is not valid UTF-8 text (each \\udcXX stands for a byte that is not UTF-8)",
+                        f"{value!r} {problem}",
                         ctx=ctx,
                         param=param,  # type: ignore[arg-type]  # typer's parameters are its click's
                     )

@@ -258,6 +258,14 @@ def test_undecodable_bytes_in_the_real_argv_are_refused(sqlite_url: str, tmp_pat
     one_error_line((result.returncode, result.stdout.decode(), err), 2, "'--search'", "'caf\\udce9'")
 
 
+@pytest.mark.parametrize("args", [["show", "a\x00b"], ["requeue", "a\x00", "--dry-run"], ["events", "--org=o\x00"]])
+def test_a_nul_in_an_argument_is_refused_as_bad_input(
+    args: list[str], db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No real argv holds NUL, but main(argv) can be given one: bad input (2), not a database error (1)."""
+    one_error_line(run(monkeypatch, capsys, *args, f"--database-url={db_url}"), 2, "contains a NUL character")
+
+
 def test_a_json_payload_with_a_lone_surrogate_is_refused(
     sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
