@@ -1,20 +1,82 @@
-"""The ``outbox-admin`` command."""
+"""The ``outbox-admin`` command.
+
+Everything it prints is data, never markup: user and stored text goes to the terminal as
+``rich.text.Text`` through ``display.visible`` (control and invisible characters shown as
+escapes such as ``\\x1b`` or ``\\u202e``, newlines as ``\\n``), and ``--json`` output is JSON
+with the same characters as ``\\uXXXX`` escapes. ``main()`` turns every error into one line
+on stderr and an exit code (see ``main``); the traceback is logged at debug level, shown with
+``outbox-admin --debug ...`` or ``OUTBOX_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
+import logging
 import re
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperCommand
 
 from .db import default_database_url, init_db, make_engine
+from .display import has_surrogates, visible, visible_json
 from .errors import ConfigurationError, OutboxError
 from .publisher import publish_outbox_event
+
+log = logging.getLogger("outbox_admin.cli")
+
+#: Exit codes, as ``main`` and the README document them.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a refused action, a missing event, the database unreachable
+EXIT_USAGE = 2  # bad usage or bad input: an unknown option, a wrong filter, payload or event type, bad text
+EXIT_INTERNAL = 3  # a bug: an unexpected error inside outbox-admin or the library
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class _DataCommand(TyperCommand):
+    """A command that refuses, as a usage error, any text parameter no database can store.
+
+    Bytes in argv (or in an ``OUTBOX_*`` variable) that are not UTF-8 reach Python as lone
+    surrogates (``surrogateescape``); drivers raise ``UnicodeEncodeError`` on them deep inside.
+    NUL cannot come from a real argv, but ``main(argv)`` can be given one, and PostgreSQL text
+    cannot hold it. Both are refused here, naming the parameter, before the library sees them.
+    File paths are exempt: a file name is bytes to the OS, not text.
+    """
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
+        for param in self.params:
+            for value in _texts(ctx.params.get(param.name or "")):
+                problem = (
+                    "is not valid UTF-8 text (each \\udcXX stands for a byte that is not UTF-8)"
+                    if has_surrogates(value)
+                    else "contains a NUL character"
+                    if "\x00" in value
+                    else None
+                )
+                if problem:
+                    raise typer.BadParameter(
+                        f"{value!r} {problem}",
+                        ctx=ctx,
+                        param=param,  # type: ignore[arg-type]  # typer's parameters are its click's
+                    )
+        return super().invoke(ctx)
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
 
 app = typer.Typer(
     name="outbox-admin",
@@ -23,8 +85,101 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _command(*args: Any, **kwargs: Any) -> Any:
+    return app.command(*args, cls=_DataCommand, **kwargs)
+
+
+_consoles: dict[str, Console] = {}
+
+
+def _out() -> Console:
+    """The console for results (stdout), made on first use in each run, so it follows the
+    environment of that run (``NO_COLOR``, ``FORCE_COLOR``) and the current stdout."""
+    if "out" not in _consoles:
+        width = None if sys.stdout.isatty() else 160
+        _consoles["out"] = Console(width=width, markup=False, emoji=False, highlight=False)
+    return _consoles["out"]
+
+
+def _err() -> Console:
+    """The console for errors and progress (stderr)."""
+    if "err" not in _consoles:
+        _consoles["err"] = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
+    return _consoles["err"]
+
+
+def _say(message: str, *, err: bool = False) -> None:
+    """Print one line of text as data: no markup, control characters visible."""
+    (_err() if err else _out()).print(Text(visible(message)))
+
+
+def _error_line(message: str) -> None:
+    _err().print(Text.assemble(("error:", "red"), " ", visible(message)))
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+    _error_line(message)
+    raise typer.Exit(code)
+
+
+class _VisibleFormatter(logging.Formatter):
+    """Log lines with control characters made visible (the audit log prints payloads)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return visible(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return "\n".join(visible(line) for line in super().formatException(ei).splitlines())
+
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _stderr_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_VisibleFormatter(_LOG_FORMAT))
+    return handler
+
+
+def _configure_logging(level: int) -> None:
+    """Log to stderr, as data (a no-op when the process has configured logging already)."""
+    logging.basicConfig(level=level, handlers=[_stderr_handler()])
+
+
+_debug: list[tuple[logging.Logger, logging.Handler, int, bool]] = []  # what --debug changed, undone by main
+
+
+def _start_debug() -> None:
+    """The package's own debug messages, and the traceback of an error, on stderr for this run."""
+    package = logging.getLogger("outbox_admin")
+    handler = _stderr_handler()
+    _debug.append((package, handler, package.level, package.propagate))
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG)
+    package.propagate = False  # once, not again through a root handler
+
+
+def _stop_debug() -> None:
+    while _debug:
+        package, handler, level, propagate = _debug.pop()
+        package.removeHandler(handler)
+        package.setLevel(level)
+        package.propagate = propagate
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar="OUTBOX_DEBUG", help="Log debug messages, and the traceback of an error."),
+    ] = False,
+) -> None:
+    """Operate a transactional outbox."""
+    if debug:
+        _start_debug()
+
 
 DatabaseUrl = Annotated[
     str | None,
@@ -37,31 +192,24 @@ DatabaseUrl = Annotated[
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@app.command()
+@_command()
 def init(database_url: DatabaseUrl = None, json_output: JsonOutput = False) -> None:
     """Create or upgrade the outbox tables."""
-    url = database_url or default_database_url()
-    engine = make_engine(url)
-    init_db(engine)
-    engine.dispose()
+    with _engine(database_url or default_database_url()) as engine:
+        pass
     if json_output:
-        print(json.dumps({"database": engine.url.render_as_string(hide_password=True), "ok": True}))
+        _dump({"database": engine.url.render_as_string(hide_password=True), "ok": True})
     else:
-        console.print(f"outbox tables ready in {engine.url.render_as_string(hide_password=True)}")
+        _say(f"outbox tables ready in {engine.url.render_as_string(hide_password=True)}")
 
 
-@app.command()
+@_command()
 def publish(
     event_type: Annotated[str, typer.Argument(help="A registered type, e.g. PROJECT.CREATED.")],
     org_id: Annotated[str, typer.Option("--org", help="Organisation id.")] = "demo-org",
     entity_type: Annotated[str, typer.Option("--entity-type")] = "Project",
     entity_id: Annotated[str, typer.Option("--entity-id")] = "1",
-    payload: Annotated[str | None, typer.Option("--payload", help="JSON text.")] = None,
+    payload: Annotated[str | None, typer.Option("--payload", help="JSON text (null, or none given: {}).")] = None,
     payload_file: Annotated[Path | None, typer.Option("--payload-file", help="A JSON file.")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     database_url: DatabaseUrl = None,
@@ -71,18 +219,21 @@ def publish(
     data: Any = {}
     try:
         if payload is not None and payload_file is not None:
-            _fail("give --payload or --payload-file, not both", 2)
+            _fail("give --payload or --payload-file, not both", EXIT_USAGE)
         if payload is not None:
             data = json.loads(payload)
         elif payload_file is not None:
             data = json.loads(payload_file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:  # a ValueError: before the JSON case
-        _fail(f"payload file is not UTF-8 text: {exc}", 2)
+        _fail(f"payload file is not UTF-8 text: {exc}", EXIT_USAGE)
     except (json.JSONDecodeError, OSError) as exc:
-        _fail(f"payload is not valid JSON: {exc}", 2)
-    engine = make_engine(database_url)
-    init_db(engine)
-    with engine.begin() as conn:
+        _fail(f"payload is not valid JSON: {exc}", EXIT_USAGE)
+    except RecursionError:
+        _fail("payload is not valid JSON: nested too deeply", EXIT_USAGE)
+    bad = _surrogate_path(data, "payload")
+    if bad is not None:  # "\ud800" in JSON text: valid JSON, not storable text
+        _fail(f"{bad}: not valid Unicode text (a lone surrogate, such as \\ud800 in JSON)", EXIT_USAGE)
+    with _engine(database_url) as engine, engine.begin() as conn:
         event = publish_outbox_event(
             conn,
             org_id=org_id,
@@ -92,14 +243,31 @@ def publish(
             payload=data,
             idempotency_key=idempotency_key,
         )
-    engine.dispose()
     if json_output:
-        print(json.dumps({"id": event.id, "event_type": event.event_type, "status": event.status}))
+        _dump({"id": event.id, "event_type": event.event_type, "status": event.status})
     else:
-        console.print(f"published {event.event_type} {event.id}")
+        _say(f"published {event.event_type} {event.id}")
 
 
-@app.command()
+def _surrogate_path(data: Any, path: str) -> str | None:
+    """The path of the first key or text in parsed JSON holding a lone surrogate, or None."""
+    stack = [(path, data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if has_surrogates(value):
+                return where
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if has_surrogates(key):
+                    return f"{where} key {key!r}"
+                stack.append((f"{where}.{visible(key)}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
+    return None
+
+
+@_command()
 def dispatch(
     once: Annotated[bool, typer.Option("--once", help="Drain what is due now, then exit.")] = False,
     interval: Annotated[float | None, typer.Option("--interval", min=0.01, help="Seconds between ticks.")] = None,
@@ -120,15 +288,10 @@ def dispatch(
     json_output: JsonOutput = False,
 ) -> None:
     """Run the dispatcher in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
-    import logging
     import signal
     import threading
 
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(logging.WARNING if quiet else logging.INFO)
     for noisy in ("apscheduler", "alembic"):  # their INFO lines are about themselves, not the outbox
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -138,7 +301,7 @@ def dispatch(
     from .service import DispatcherService
 
     if ordering not in (None, "entity"):
-        _fail("--ordering takes 'entity'", 2)
+        _fail("--ordering takes 'entity'", EXIT_USAGE)
     settings = Settings.from_env()
     overrides = {
         k: v
@@ -166,13 +329,13 @@ def dispatch(
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     service.start()
-    err_console.print(
+    _say(
         f"dispatching from {engine.url.render_as_string(hide_password=True)} as {dispatcher.name} "
         f"every {service.interval_seconds:g} s (Ctrl-C to stop)",
-        highlight=False,
+        err=True,
     )
     if sinks:
-        err_console.print(f"delivering to: {', '.join(sink.name for sink in sinks)}", highlight=False)
+        _say(f"delivering to: {', '.join(sink.name for sink in sinks)}", err=True)
     while not stopped.wait(1.0):
         pass
     service.stop(wait=True)
@@ -185,7 +348,7 @@ def dispatch(
 def _print_report(report: Any, json_output: bool) -> None:
     data = report.as_dict()
     if json_output:
-        print(json.dumps(data))
+        _dump(data)
         return
     from rich.table import Table
 
@@ -196,7 +359,7 @@ def _print_report(report: Any, json_output: bool) -> None:
             for k in ("claimed", "completed", "retried", "failed", "recovered", "released", "ticks", "seconds")
         )
     )
-    console.print(table)
+    _out().print(table)
 
 
 # --- operations: stats, events, show, requeue, discard, purge -----------------------------
@@ -235,10 +398,15 @@ def _filters(
     )
 
 
-def _engine(database_url: str | None) -> Any:
+@contextlib.contextmanager
+def _engine(database_url: str | None) -> Iterator[Any]:
+    """An engine on the outbox tables (created or upgraded), disposed of whatever happens."""
     engine = make_engine(database_url)
-    init_db(engine)
-    return engine
+    try:
+        init_db(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _json_default(value: Any) -> Any:
@@ -248,7 +416,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _dump(data: Any) -> None:
-    print(json.dumps(data, default=_json_default, ensure_ascii=False))
+    """Print JSON for scripts: valid JSON, with invisible characters as ``\\uXXXX`` escapes."""
+    print(visible_json(data, default=_json_default))
 
 
 def _records(frame: Any) -> list[dict[str, Any]]:
@@ -259,17 +428,18 @@ def _records(frame: Any) -> list[dict[str, Any]]:
 
 
 def _table(frame: Any, columns: list[str], title: str | None = None, widths: dict[str, int] | None = None) -> None:
+    """A table of data: every cell and the title are ``Text`` (never markup), made visible."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(visible(title)) if title else None, title_justify="left")
     for name in columns:
         table.add_column(name, overflow="fold", max_width=(widths or {}).get(name), no_wrap=name == "id")
     for record in _records(frame[columns]) if not frame.empty else []:
-        table.add_row(*("" if record[c] is None else str(record[c]) for c in columns))
-    console.print(table)
+        table.add_row(*(Text("" if record[c] is None else visible(record[c])) for c in columns))
+    _out().print(table)
 
 
-@app.command()
+@_command()
 def stats(
     status: Status = None,
     event_type: EventTypeOpt = None,
@@ -286,11 +456,10 @@ def stats(
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search)
-    engine = _engine(database_url)
-    counts = analytics.status_counts(engine, flt)
-    latency = analytics.latency_stats(engine, flt)
-    errors = analytics.error_summary(engine, flt, limit=top)
-    engine.dispose()
+    with _engine(database_url) as engine:
+        counts = analytics.status_counts(engine, flt)
+        latency = analytics.latency_stats(engine, flt)
+        errors = analytics.error_summary(engine, flt, limit=top)
     if json_output:
         _dump({"status_counts": _records(counts), "latency": _records(latency), "errors": _records(errors)})
         return
@@ -301,7 +470,7 @@ def stats(
     )
 
 
-@app.command()
+@_command()
 def events(
     status: Status = None,
     event_type: EventTypeOpt = None,
@@ -320,10 +489,9 @@ def events(
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search, error_group)
-    engine = _engine(database_url)
-    frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
-    total = analytics.count_events(engine, flt)
-    engine.dispose()
+    with _engine(database_url) as engine:
+        frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
+        total = analytics.count_events(engine, flt)
     if json_output:
         _dump({"total": total, "events": _records(frame)})
         return
@@ -340,7 +508,7 @@ def events(
     )
 
 
-@app.command()
+@_command()
 def show(
     event_id: Annotated[str, typer.Argument(help="The event id.")],
     database_url: DatabaseUrl = None,
@@ -349,12 +517,11 @@ def show(
     """One event: its fields, payload and status timeline."""
     from . import analytics
 
-    engine = _engine(database_url)
-    event = analytics.get_event(engine, event_id)
-    timeline = analytics.transitions_frame(engine, event_id) if event else None
-    engine.dispose()
+    with _engine(database_url) as engine:
+        event = analytics.get_event(engine, event_id)
+        timeline = analytics.transitions_frame(engine, event_id) if event else None
     if event is None:
-        _fail(f"no event with id {event_id!r}", 1)
+        _fail(f"no event with id {event_id!r}", EXIT_FAILURE)
         return
     if json_output:
         _dump({"event": event, "timeline": _records(timeline)})
@@ -363,8 +530,8 @@ def show(
 
     for key, value in event.items():
         if key != "payload":
-            console.print(f"[bold]{key}[/bold]: {'' if value is None else value}", highlight=False)
-    console.print(Syntax(json.dumps(event["payload"], indent=2, ensure_ascii=False), "json"))
+            _out().print(Text.assemble((key, "bold"), ": ", visible("" if value is None else value)))
+    _out().print(Syntax(visible_json(event["payload"], indent=2), "json"))
     _table(
         timeline,
         ["at", "from_status", "to_status", "attempt", "actor", "error_message"],
@@ -378,8 +545,7 @@ def _run_action(
 ) -> None:
     from . import admin
 
-    engine = _engine(database_url)
-    try:
+    with _engine(database_url) as engine:
         flt_kwargs = {k: kwargs.pop(k) for k in ("filters",) if k in kwargs}
         status = kwargs.pop("status")
         force = kwargs.get("force", False)
@@ -388,22 +554,19 @@ def _run_action(
             if json_output:
                 _dump({"action": action, "dry_run": True, "count": plan.count, "sample_ids": plan.sample_ids})
             else:
-                console.print(
+                _say(
                     f"{action} would move {plan.count} event(s) in {', '.join(plan.statuses)}; "
-                    f"e.g. {', '.join(plan.sample_ids[:5]) or '-'}",
-                    highlight=False,
+                    f"e.g. {', '.join(plan.sample_ids[:5]) or '-'}"
                 )
             return
         moved = getattr(admin, action)(engine, ids or None, status=status, **flt_kwargs, **kwargs)
-    finally:
-        engine.dispose()
     if json_output:
         _dump({"action": action, "moved": moved})
     else:
-        console.print(f"{action}: {moved} event(s) moved")
+        _say(f"{action}: {moved} event(s) moved")
 
 
-@app.command()
+@_command()
 def requeue(
     event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
     status: Status = None,
@@ -442,7 +605,7 @@ def requeue(
     )
 
 
-@app.command()
+@_command()
 def discard(
     event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
     status: Status = None,
@@ -461,7 +624,7 @@ def discard(
 ) -> None:
     """Set FAILED or PENDING events aside as DISCARDED (kept for the audit trail, never delivered)."""
     if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
-        _fail("give event ids or at least one filter (refusing to discard everything)", 2)
+        _fail("give event ids or at least one filter (refusing to discard everything)", EXIT_USAGE)
     flt = _filters(None, event_type, org, entity, since, until, search, error_group)
     _run_action(
         "discard",
@@ -500,7 +663,7 @@ def parse_age(text: str) -> dt.timedelta | None:
     return dt.timedelta(seconds=seconds)
 
 
-@app.command()
+@_command()
 def purge(
     older_than: Annotated[str, typer.Option("--older-than", help="Age such as 7d, 12h, 30min.")],
     status: Annotated[list[str] | None, typer.Option("--status", help="Statuses to purge.")] = None,
@@ -515,48 +678,80 @@ def purge(
 
     age = parse_age(older_than)
     if age is None:
-        _fail(f"--older-than {older_than!r} is not a duration such as 7d, 12h or 30min", 2)
+        _fail(f"--older-than {older_than!r} is not a duration such as 7d, 12h or 30min", EXIT_USAGE)
         return
     statuses = [s.strip().upper() for item in (status or ["COMPLETED", "DISCARDED"]) for s in item.split(",")]
-    engine = _engine(database_url)
-    try:
-        with Progress(
+    with (
+        _engine(database_url) as engine,
+        Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
-            console=err_console,
+            console=_err(),
             disable=json_output,
             transient=True,
-        ) as progress:
-            task = progress.add_task("purging", total=None)
-            result = admin.purge(
-                engine,
-                age,
-                statuses,
-                batch_size=batch_size,
-                progress=lambda n: progress.update(task, description=f"purged {n} events"),
-            )
-    finally:
-        engine.dispose()
+        ) as progress,
+    ):
+        task = progress.add_task("purging", total=None)
+        result = admin.purge(
+            engine,
+            age,
+            statuses,
+            batch_size=batch_size,
+            progress=lambda n: progress.update(task, description=f"purged {n} events"),
+        )
     if json_output:
         _dump({"events": result.events, "transitions": result.transitions, "batches": result.batches})
     else:
-        console.print(
-            f"purged {result.events} events and {result.transitions} history rows in {result.batches} batch(es)"
-        )
+        _say(f"purged {result.events} events and {result.transitions} history rows in {result.batches} batch(es)")
 
 
-def main() -> None:
-    """Entry point. Exit codes: 0 ok; 1 failure (refused action, database unreachable);
-    2 bad usage or bad input (a wrong filter, payload or event type). Errors print one line."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point (``argv`` defaults to ``sys.argv[1:]``). Every error is one line on stderr,
+    ``error: ...``, never a traceback (``--debug`` or ``OUTBOX_DEBUG=1`` logs it), and an exit code:
+
+    - 0 ok;
+    - 1 a failure: a refused action, a missing event, the database unreachable or failing;
+    - 2 bad usage or bad input: an unknown command or option, a wrong filter, payload or event
+      type, text that is not valid UTF-8;
+    - 3 an internal error: a bug in outbox-admin or the library (please report it, with the
+      ``--debug`` traceback);
+    - 130 interrupted (Ctrl-C).
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
+    _consoles.clear()  # consoles follow this run's environment and streams
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):  # a character the terminal cannot show is escaped, not fatal
+            stream.reconfigure(errors="backslashreplace")
+    args = list(sys.argv[1:] if argv is None else argv)
+    code: Any = EXIT_OK
     try:
-        app(standalone_mode=True)
+        if not args:  # the help, and the exit code of a usage error, as click does
+            app(args=["--help"], prog_name="outbox-admin", standalone_mode=False)
+            code = EXIT_USAGE
+        else:
+            code = app(args=args, prog_name="outbox-admin", standalone_mode=False)
+    except typer.TyperException as exc:  # click's: usage errors (2), file errors (1)
+        log.debug("usage error", exc_info=True)
+        _error_line(exc.format_message())
+        code = exc.exit_code
+    except typer.Abort:
+        _error_line("interrupted")
+        code = EXIT_INTERRUPTED
     except OutboxError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(2 if isinstance(exc, (ValueError, ConfigurationError)) else 1)
+        log.debug("refused", exc_info=True)
+        _error_line(str(exc))
+        code = EXIT_USAGE if isinstance(exc, ValueError | ConfigurationError) else EXIT_FAILURE
     except SQLAlchemyError as exc:
-        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        err_console.print(f"[red]error:[/red] database: {first}", highlight=False)
-        sys.exit(1)
+        log.debug("database error", exc_info=True)
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        _error_line(f"database: {first}")
+        code = EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a line and a code
+        log.debug("internal error", exc_info=True)
+        _error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        code = EXIT_INTERNAL
+    finally:
+        _stop_debug()
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -150,7 +150,7 @@ def test_requeue_a_selected_failed_event(demo_engine) -> None:
     # AppTest cannot click table rows: set the selection state the table widget would hold.
     at.session_state[table_key("events_table", ids)] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()
-    assert f"Selected: {ids[0]}" in [c.value for c in at.caption]
+    assert f"Selected: `{ids[0]}`" in [c.value for c in at.caption]
     [requeue] = [b for b in at.button if b.label == "Requeue selected"]
     requeue.click().run()
     assert "**Requeue 1 event(s)**" in at.markdown[-1].value  # the dry run

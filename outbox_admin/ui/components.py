@@ -1,14 +1,29 @@
-"""Small display pieces shared by the pages: status colours, badges, styled tables."""
+"""Small display pieces shared by the pages: status colours, badges, styled tables, and stored
+text shown as data.
+
+Streamlit reads the text of ``st.markdown``, ``st.caption``, ``st.error`` and friends, titles and
+labels as Markdown (with its own ``:red[...]`` and ``:emoji:`` extensions), and plotly reads chart
+labels as a little HTML. Stored and typed text (ids, entity ids, error messages, payloads, org ids,
+search strings echoed back) never goes there as it is: it is made visible
+(``outbox_admin.display.visible``: control and format characters as escapes, newlines as ``\\n``)
+and then put in a code span (``literal``), in ``st.code``/``st.text``, in a data frame (``data``)
+or HTML-escaped for a chart (``for_chart``). A code span is used rather than backslash escapes
+because Streamlit turns ``:smile:`` into an emoji even when its colons are escaped.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import html
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from ..charts import STATUS_COLORS, status_color
+from ..display import visible
 
 #: Streamlit's named markdown colours closest to the chart colours, for badges in text.
 BADGE_COLORS = {"PENDING": "orange", "PROCESSING": "blue", "COMPLETED": "green", "FAILED": "red", "DISCARDED": "gray"}
@@ -19,6 +34,44 @@ def badge(status: str | None) -> str:
     if not status:
         return "—"
     return f":{BADGE_COLORS.get(status, 'violet')}-background[{status}]"
+
+
+def literal(value: Any) -> str:
+    """Markdown showing ``visible(value)`` exactly: an inline code span, fenced with more backticks
+    than the text holds in a row (CommonMark), so nothing inside is read as Markdown."""
+    text = visible("" if value is None else value)
+    if not text.strip():  # nothing, or only spaces (a code span of spaces keeps them all)
+        return f"`{text}`" if text else ""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""  # one space each side is stripped again
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def literals(values: Iterable[Any]) -> str:
+    """Several values as code spans, comma-separated."""
+    return ", ".join(literal(v) for v in values)
+
+
+def data(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` for ``st.dataframe``: every text cell made visible (escapes for control,
+    bidi and other invisible characters; newlines as ``\\n``)."""
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_object_dtype(shown[column]) or pd.api.types.is_string_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda v: visible(v) if isinstance(v, str) else v)
+    return shown
+
+
+def for_chart(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """A copy of ``frame`` whose text ``columns`` plotly shows as they are: made visible, and
+    HTML-escaped (plotly reads ``<b>``, ``<br>`` and ``<a href=...>`` in labels and hover text)."""
+    shown = frame.copy()
+    for column in columns:
+        if column in shown.columns:
+            shown[column] = shown[column].map(
+                lambda v: html.escape(visible(v), quote=False) if isinstance(v, str) else v
+            )
+    return shown
 
 
 def _status_cell(value: Any) -> str:

@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from .. import admin, analytics, charts, demo
+from ..display import visible, visible_json
 from ..errors import OutboxError
 from ..event_types import registered_event_types
 from ..filters import STATUSES, EventFilter, filter_from_query, filter_to_query
@@ -77,7 +78,9 @@ def overview() -> None:
             charts.retry_histogram_figure(analytics.retry_histogram(ctx.engine, totals=counts)), width="stretch"
         )
         second.plotly_chart(
-            charts.error_groups_figure(analytics.error_summary(ctx.engine, since=since, limit=10)),
+            charts.error_groups_figure(
+                components.for_chart(analytics.error_summary(ctx.engine, since=since, limit=10), ["error_group"])
+            ),
             width="stretch",
         )
 
@@ -139,7 +142,7 @@ def live() -> None:
                 "event_id",
             ]
         ]
-        st.dataframe(components.styled(shown), hide_index=True, width="stretch")
+        st.dataframe(components.styled(components.data(shown)), hide_index=True, width="stretch")
 
     feed()
 
@@ -152,7 +155,7 @@ def _filter_form(ctx: Context) -> EventFilter:
     try:
         current_filter = filter_from_query(st.query_params.to_dict())
     except OutboxError as exc:
-        st.error(f"Ignoring the filter in the link: {exc}")
+        st.error(f"Ignoring the filter in the link: {components.literal(exc)}")
         current_filter = EventFilter()
     with st.form("filters"):
         first, second, third = st.columns(3)
@@ -162,7 +165,7 @@ def _filter_form(ctx: Context) -> EventFilter:
         known_types = sorted(set(registered_event_types()) | set(current_filter.event_type or ()))
         types = second.multiselect("Event type", known_types, default=list(current_filter.event_type or ()))
         known_orgs = sorted(set(analytics.distinct_values(ctx.engine, "org_id")) | set(current_filter.org_id or ()))
-        orgs = third.multiselect("Org", known_orgs, default=list(current_filter.org_id or ()))
+        orgs = third.multiselect("Org", known_orgs, default=list(current_filter.org_id or ()), format_func=visible)
         first, second, third, fourth = st.columns([1, 1, 1, 2])
         entity_default = (current_filter.entity_type or "") + (
             f"/{current_filter.entity_id}" if current_filter.entity_id else ""
@@ -193,7 +196,7 @@ def _filter_form(ctx: Context) -> EventFilter:
                 error_group=current_filter.error_group,
             )
         except OutboxError as exc:
-            st.error(str(exc))
+            st.error(components.literal(exc))
             return current_filter
         st.query_params.from_dict(filter_to_query(chosen))
         st.session_state["events_page"] = 0
@@ -232,7 +235,7 @@ def events() -> None:
             components.keep_flash()
             st.rerun(scope="app")  # redraw the page: details, actions and the refresh rule follow the selection
         if selected_ids:
-            st.caption(f"Selected: {', '.join(selected_ids[:10])}{' ...' if len(selected_ids) > 10 else ''}")
+            st.caption(f"Selected: {components.literals(selected_ids[:10])}{' ...' if len(selected_ids) > 10 else ''}")
             if len(selected_ids) == 1:
                 _event_detail(ctx, selected_ids[0])
         _bulk_actions(ctx, flt, selected_ids, total)
@@ -256,7 +259,7 @@ def _event_table(frame: pd.DataFrame) -> list[str]:
     ]
     key = components.table_key("events_table", frame["id"])
     selection = st.dataframe(
-        components.styled(shown),
+        components.styled(components.data(shown)),
         hide_index=True,
         width="stretch",
         on_select="rerun",
@@ -276,27 +279,33 @@ def _event_detail(ctx: Context, event_id: str) -> None:
     if event is None:
         st.warning("That event no longer exists (purged).")
         return
-    st.subheader(f"{event['event_type']} {event['entity_type']}/{event['entity_id']}")
+    st.subheader(components.literal(f"{event['event_type']} {event['entity_type']}/{event['entity_id']}"))
     st.markdown(
         f"Status {components.badge(event['status'])} — attempts {event['retry_count']} — org "
-        f"`{event['org_id']}` — id `{event['id']}`"
+        f"{components.literal(event['org_id'])} — id {components.literal(event['id'])}"
     )
     left, right = st.columns([1, 1])
     with left:
         st.caption("Payload")
-        st.json(event["payload"])
+        # As text, not st.json: the same escapes as everywhere (a bidi override in a value would
+        # reorder what the viewer shows), and still valid JSON to copy.
+        st.code(visible_json(event["payload"], indent=2), language="json")
         fields = {k: v for k, v in event.items() if k != "payload"}
         st.caption("Fields")
         st.dataframe(
-            pd.DataFrame({"field": list(fields), "value": [str(v) for v in fields.values()]}),
+            pd.DataFrame({"field": list(fields), "value": [visible(v) for v in fields.values()]}),
             hide_index=True,
             width="stretch",
         )
     with right:
         timeline = analytics.transitions_frame(ctx.engine, event_id)
-        st.plotly_chart(charts.timeline_figure(timeline), width="stretch")
+        st.plotly_chart(
+            charts.timeline_figure(components.for_chart(timeline, ["actor", "error_message"])), width="stretch"
+        )
         st.dataframe(
-            components.styled(timeline[["at", "from_status", "to_status", "attempt", "actor", "error_message"]]),
+            components.styled(
+                components.data(timeline[["at", "from_status", "to_status", "attempt", "actor", "error_message"]])
+            ),
             hide_index=True,
             width="stretch",
         )
@@ -349,11 +358,11 @@ def _confirm(
     try:
         plan = admin.plan_action(ctx.engine, action, event_ids, status=status, filters=filters)  # type: ignore[arg-type]
     except OutboxError as exc:
-        st.error(str(exc))
+        st.error(components.literal(exc))
         return
     st.write(f"**{action.title()} {plan.count:,} event(s)** in {', '.join(plan.statuses)}.")
     if plan.sample_ids:
-        st.caption("For example: " + ", ".join(plan.sample_ids[:10]))
+        st.caption("For example: " + components.literals(plan.sample_ids[:10]))
     reset = st.checkbox("Reset their attempts", value=True) if action == "requeue" else False
     reason = st.text_input("Reason (kept in the history)") if action == "discard" else None
     go, cancel = st.columns(2)
@@ -374,7 +383,7 @@ def _confirm(
                     ctx.engine, event_ids, status=status, filters=filters, reason=reason or None, actor=ACTOR
                 )
         except OutboxError as exc:
-            st.error(str(exc))
+            st.error(components.literal(exc))
             return
         skipped = plan.count - moved
         components.flash(
@@ -420,24 +429,28 @@ def failures() -> None:
     table = groups[["error_group", "events", "failed", "first_seen", "last_seen", "event_types", "example_event_id"]]
     key = components.table_key("groups", groups["error_group"])
     chosen = st.dataframe(
-        table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key=key
+        components.data(table),
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key=key,
     )
     rows = list(chosen.selection.rows) if chosen is not None else []
     group = groups["error_group"].iloc[rows[0]] if rows else None
     left, right = st.columns(2)
-    left.plotly_chart(charts.error_groups_figure(groups), width="stretch")
+    left.plotly_chart(charts.error_groups_figure(components.for_chart(groups, ["error_group"])), width="stretch")
     right.plotly_chart(charts.retry_histogram_figure(analytics.retry_histogram(ctx.engine)), width="stretch")
     if group is None:
         st.caption("Select a group to see its FAILED events and requeue them.")
         return
     st.subheader("FAILED events of this group")
-    st.code(group, language=None)
+    st.code(visible(group), language=None)
     dead = analytics.events_frame(ctx.engine, status="FAILED", error_group=group, limit=200)
     key = components.table_key("dead", dead["id"])
+    columns = ["id", "created_at", "event_type", "entity_id", "org_id", "status", "retry_count", "error_message"]
     picked = st.dataframe(
-        components.styled(
-            dead[["id", "created_at", "event_type", "entity_id", "org_id", "status", "retry_count", "error_message"]]
-        ),
+        components.styled(components.data(dead[columns])),
         hide_index=True,
         width="stretch",
         on_select="rerun",
@@ -488,10 +501,10 @@ def publish() -> None:
                 payload_text=payload,
             )
         except OutboxError as exc:
-            st.error(f"Nothing was published: {exc}")
+            st.error(f"Nothing was published: {components.literal(exc)}")
         else:
             st.success(
-                f"Published {event.event_type} `{event.id}` (PENDING). "
+                f"Published {components.literal(event.event_type)} {components.literal(event.id)} (PENDING). "
                 "Start the dispatcher or run a tick to deliver it."
             )
 

@@ -8,7 +8,9 @@ import streamlit as st
 
 from .. import analytics
 from ..db import normalize_url
+from ..display import visible
 from ..errors import OutboxError
+from . import components
 from .context import DATABASE_KEY, Context
 
 REFRESH_KEY = "live_refresh"
@@ -25,14 +27,14 @@ def refresh_interval(ctx: Context) -> float | None:
 def render(ctx: Context) -> None:
     with st.sidebar:
         st.caption("Database")
-        st.code(ctx.display_url, language=None)
+        st.code(visible(ctx.display_url), language=None)
         with st.expander("Change database"), st.form("database_form", border=False):
             url = st.text_input("SQLAlchemy URL", placeholder="postgresql://user@host/db or sqlite:///file.db")
             if st.form_submit_button("Connect") and url.strip():
                 try:
                     st.session_state[DATABASE_KEY] = normalize_url(url.strip())
                 except OutboxError as exc:
-                    st.error(str(exc))
+                    st.error(components.literal(exc))
                 else:
                     st.rerun()
         _dispatcher_panel(ctx)
@@ -53,7 +55,7 @@ def _dispatcher_panel(ctx: Context) -> None:
     status = service.status()
     st.subheader("Dispatcher")
     if status.running:
-        st.markdown(f":green-background[running] `{status.dispatcher}`")
+        st.markdown(f":green-background[running] {components.literal(status.dispatcher)}")
     else:
         st.markdown(":gray-background[stopped] in this dashboard")
     if status.last_tick_at is not None and status.last_report is not None:
@@ -67,11 +69,11 @@ def _dispatcher_panel(ctx: Context) -> None:
     if seconds is not None:
         st.caption(f"Next tick in {seconds:.0f} s (every {status.interval_seconds:g} s)")
     if status.last_error:
-        st.warning(f"Last tick failed: {status.last_error}")
+        st.warning(f"Last tick failed: {components.literal(status.last_error)}")
     others = analytics.active_dispatchers(ctx.engine)
     others = others[others["dispatcher"] != status.dispatcher]
     if not others.empty:
-        names = ", ".join(f"`{d}`" for d in others["dispatcher"].head(3))
+        names = components.literals(others["dispatcher"].head(3))
         st.info(f"Dispatching elsewhere in the last 5 minutes: {names}. This dashboard can just watch.")
     if ctx.readonly:
         return
