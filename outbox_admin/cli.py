@@ -352,13 +352,20 @@ def _print_report(report: Any, json_output: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table("claimed", "completed", "retried", "failed", "recovered", "released", "ticks", "seconds")
-    table.add_row(
-        *(
-            str(data[k]) if k != "seconds" else f"{data[k]:.2f}"
-            for k in ("claimed", "completed", "retried", "failed", "recovered", "released", "ticks", "seconds")
-        )
+    columns = (
+        "claimed",
+        "completed",
+        "retried",
+        "failed",
+        "recovered",
+        "released",
+        "waiting",
+        "lost",
+        "ticks",
+        "seconds",
     )
+    table = Table(*columns)
+    table.add_row(*(str(data[k]) if k != "seconds" else f"{data[k]:.2f}" for k in columns))
     _out().print(table)
 
 

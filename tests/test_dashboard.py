@@ -225,3 +225,21 @@ def test_live_page_can_show_only_manual_actions(demo_engine) -> None:
     feed = at.dataframe[0].value
     feed = getattr(feed, "data", feed)
     assert len(feed) > 0 and set(feed["actor"]) == {"admin:ana"}
+
+
+def test_the_sidebar_shows_a_paused_handler(engine) -> None:
+    """A handler whose circuit breaker opened is shown with its last error (and its events as waiting)."""
+    from outbox_admin.ui.context import get_dispatcher
+
+    demo.generate_activity(engine, 12, seed=5)
+    at = page("overview").run()
+    assert not at.exception
+    dashboard = get_dispatcher(str(engine.url.render_as_string(hide_password=False)))
+    dashboard.demo_handler.configure(fail_share=1.0)  # every delivery fails: the demo's sink is "down"
+    report = dashboard.service.run_now(timeout=30)
+    assert report is not None and report.waiting > 0
+    at.run()
+    assert not at.exception
+    paused = [e.value for e in at.sidebar.error if "is paused" in e.value]
+    assert len(paused) == 1 and "`demo`" in paused[0] and "ConnectionError" in paused[0]
+    assert any("waiting for a paused handler" in c.value for c in at.sidebar.caption)

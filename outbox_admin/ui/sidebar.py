@@ -61,15 +61,25 @@ def _dispatcher_panel(ctx: Context) -> None:
     if status.last_tick_at is not None and status.last_report is not None:
         report = status.last_report
         ago = (dt.datetime.now(dt.UTC) - status.last_tick_at).total_seconds()
+        waiting = f", {report.waiting} waiting for a paused handler" if report.waiting else ""
         st.caption(
             f"Last tick {ago:.0f} s ago: {report.claimed} claimed, {report.completed} completed, "
-            f"{report.retried} retried, {report.failed} failed, {report.recovered} recovered"
+            f"{report.retried} retried, {report.failed} failed, {report.recovered} recovered{waiting}"
         )
     seconds = status.seconds_to_next_tick()
     if seconds is not None:
         st.caption(f"Next tick in {seconds:.0f} s (every {status.interval_seconds:g} s)")
     if status.last_error:
         st.warning(f"Last tick failed: {components.literal(status.last_error)}")
+    for health in status.open_handlers:
+        probe = ""
+        if health.next_probe_at is not None:
+            seconds = max(0.0, (health.next_probe_at - dt.datetime.now(dt.UTC)).total_seconds())
+            probe = f" Next probe in {seconds:.0f} s."
+        st.error(
+            f"Handler {components.literal(health.handler)} is paused (circuit {health.state}): its events wait "
+            f"without spending attempts.{probe} Last error: {components.literal(health.last_error)}"
+        )
     others = analytics.active_dispatchers(ctx.engine)
     others = others[others["dispatcher"] != status.dispatcher]
     if not others.empty:
@@ -87,7 +97,8 @@ def _dispatcher_panel(ctx: Context) -> None:
     if tick.button("Tick", help="Run a tick now", width="stretch"):
         tick_report = service.run_now(timeout=30)
         st.toast(
-            f"Tick: {tick_report.completed} completed, {tick_report.retried} retried, {tick_report.failed} failed"
+            f"Tick: {tick_report.completed} completed, {tick_report.retried} retried, {tick_report.failed} failed, "
+            f"{tick_report.recovered} recovered, {tick_report.waiting} waiting for a paused handler"
             if tick_report
             else "The tick failed; see the last error above"
         )
