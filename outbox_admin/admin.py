@@ -338,7 +338,7 @@ def publish_from_form(
     except json.JSONDecodeError as exc:
         raise PayloadError("payload", f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     except ValueError:  # an integer of more than 4,300 digits, which Python will not parse
-        raise PayloadError("payload", "holds an integer with too many digits for a JSON number; send it as text") from None
+        raise PayloadError("payload", "holds an integer with too many digits; send it as text") from None
     except RecursionError:
         raise PayloadError("payload", "is nested too deeply") from None
     with engine.begin() as conn:

@@ -166,7 +166,7 @@ def _decimal_number(value: Decimal) -> int | float:
 
 
 def _short_repr(value: object) -> str:
-    """``repr`` for small scalars; a type's name for anything else (repr of a huge int raises, of a big object costs)."""
+    """``repr`` of a small scalar, else the type's name (repr of a huge int raises, of a big object costs)."""
     if isinstance(value, int) and INT64_MIN <= value <= INT64_MAX or isinstance(value, (float, type(None))):
         return repr(value)
     return f"<{type(value).__name__}>"
