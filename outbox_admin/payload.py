@@ -79,8 +79,11 @@ _INT64_HINT = (
 # Rounds to MAX_DECIMAL_DIGITS and raises if that drops a non-zero digit: a digit count in one pass over the
 # coefficient, with no copy bigger than the Decimal itself (as_tuple() would build a tuple of every digit).
 # Shared: traps raise, and the flags it sets are never read.
-_DECIMAL_DIGITS = decimal.Context(
+_round_to_max_digits = decimal.Context(
     prec=MAX_DECIMAL_DIGITS, traps=[decimal.Inexact], Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN
+).plus
+_TOO_MANY_DIGITS = (
+    f"Decimal has more than {MAX_DECIMAL_DIGITS} significant digits (a double holds 17); round it, or send it as text"
 )
 
 
@@ -105,19 +108,6 @@ def _key_path(path: str, key: str) -> str:
     return f"{path}.{key}" if _IDENTIFIER.match(key) else f"{path}[{json.dumps(key, ensure_ascii=False)}]"
 
 
-def _check_text(path: str, text: str) -> str:
-    # PostgreSQL's jsonb cannot hold NUL, and lone surrogates cannot be encoded as UTF-8:
-    # refuse both on every database so a payload means the same everywhere.
-    if "\x00" in text:
-        raise PayloadError(path, "text contains a NUL character (\\u0000), which JSON columns cannot store")
-    if not text.isascii():  # O(1): ASCII text cannot hold a surrogate
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise PayloadError(path, "text contains a lone surrogate and is not valid UTF-8") from None
-    return text
-
-
 def decimal_number(value: Decimal) -> int | float:
     """``Number(decimal)``: an int when integral and inside int64, else a float; raises ``PayloadError``.
 
@@ -132,10 +122,20 @@ def decimal_number(value: Decimal) -> int | float:
 
 
 def _decimal_number(value: Decimal) -> int | float:
+    magnitude = value.adjusted()  # O(1): the exponent of the leading digit (0 for NaN and infinities)
+    if -307 < magnitude < 308 and value.is_finite():  # the usual case: no overflow or underflow possible
+        try:
+            exact = _round_to_max_digits(value)  # equal to value, with at most MAX_DECIMAL_DIGITS digits
+        except decimal.Inexact:
+            raise _Refused(_TOO_MANY_DIGITS) from None
+        if magnitude <= 18 and exact == exact.to_integral_value():
+            integral = int(exact)
+            if -0x8000_0000_0000_0000 <= integral <= 0x7FFF_FFFF_FFFF_FFFF:
+                return integral
+        return float(exact)
     if not value.is_finite():
         raise _Refused(f"Decimal {'NaN' if value.is_nan() else 'Infinity'} is not a finite number")
-    magnitude = value.adjusted()  # the exponent of the leading digit
-    if (magnitude > 308 or magnitude < -324) and value.is_zero():  # 0E+1000 is 0
+    if value.is_zero():  # 0E+1000 is 0
         return 0
     if magnitude > 308:
         raise _Refused(
@@ -147,20 +147,13 @@ def _decimal_number(value: Decimal) -> int | float:
             "send it as text"
         )
     try:
-        exact = _DECIMAL_DIGITS.plus(value)  # equal to value, with at most MAX_DECIMAL_DIGITS digits
+        exact = _round_to_max_digits(value)
     except decimal.Inexact:
-        raise _Refused(
-            f"Decimal has more than {MAX_DECIMAL_DIGITS} significant digits (a double holds 17); "
-            "round it, or send it as text"
-        ) from None
-    if magnitude <= 18 and exact == exact.to_integral_value():  # 0 included
-        integral = int(exact)
-        if INT64_MIN <= integral <= INT64_MAX:
-            return integral
-    number = float(exact)
-    if magnitude >= 308 and number in (math.inf, -math.inf):
+        raise _Refused(_TOO_MANY_DIGITS) from None
+    number = float(exact)  # at most MAX_DECIMAL_DIGITS digits, magnitude within 1E-324 .. 1E+308
+    if number in (math.inf, -math.inf):
         raise _Refused(f"Decimal {exact} is too large for a JSON number (a double holds up to 1.8E+308)")
-    if magnitude <= -307 and number == 0.0:
+    if number == 0.0:
         raise _Refused(f"Decimal {exact} is too small for a JSON number (a double would hold 0); send it as text")
     return number
 
@@ -176,8 +169,23 @@ def _int_reason(value: int) -> str:
     return f"integer of {value.bit_length()} bits is {_INT64_HINT} (str(n))"
 
 
+# A path is built only when an error names it: the walk passes (parent, key) pairs, cheap to make.
+_Path = Any  # str (the root) | tuple[_Path, str | int]
+
+
+def _path_text(path: _Path) -> str:
+    keys: list[str | int] = []
+    while isinstance(path, tuple):
+        path, key = path
+        keys.append(key)
+    text: str = path
+    for key in reversed(keys):
+        text = f"{text}[{key}]" if isinstance(key, int) else _key_path(text, key)
+    return text
+
+
 class _Walk:
-    """The full, path-tracking walk of ``normalize_payload``; ``left`` is the byte budget."""
+    """The full walk of ``normalize_payload``: converts, or raises naming the path; ``left`` is the byte budget."""
 
     __slots__ = ("left", "limit", "positional")
 
@@ -191,60 +199,75 @@ class _Walk:
         if self.left < 0:
             raise PayloadError("payload", f"is over the limit of {self.limit} bytes encoded")
 
-    def value(self, value: Any, path: str, depth: int) -> JSONValue:
+    def value(self, value: Any, path: _Path, depth: int) -> JSONValue:
         if depth > MAX_DEPTH:
-            raise PayloadError(path, f"nested deeper than {MAX_DEPTH} levels")
+            raise PayloadError(_path_text(path), f"nested deeper than {MAX_DEPTH} levels")
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, enum.Enum):
             return self.value(value.value, path, depth + 1)
         if isinstance(value, int):
             if not INT64_MIN <= value <= INT64_MAX:  # before any conversion: str() of a huge int is quadratic
-                raise PayloadError(path, _int_reason(value))
+                raise PayloadError(_path_text(path), _int_reason(value))
             return int(value)
         if isinstance(value, float):
             if not math.isfinite(value):
-                raise PayloadError(path, f"{value} is not a finite number (JSON has no NaN or Infinity)")
+                raise PayloadError(_path_text(path), f"{value} is not a finite number (JSON has no NaN or Infinity)")
             if not -_POSITIONAL_FROM < value < _POSITIONAL_FROM:
                 self.positional = True
             return float(value)
         if isinstance(value, str):
             self.charge(len(value))
-            return _check_text(path, str(value))
+            return self.text(value, path)
         if isinstance(value, Decimal):
             try:
                 number = _decimal_number(value)
             except _Refused as refused:
-                raise PayloadError(path, refused.reason) from None
+                raise PayloadError(_path_text(path), refused.reason) from None
             return self.value(number, path, depth)
         if isinstance(value, (dt.datetime, dt.date, dt.time)):
             return value.isoformat()
         if isinstance(value, uuid.UUID):
             return str(value)
+        if isinstance(value, (list, tuple)):
+            self.charge(_PER_ITEM * len(value))
+            return [self.value(item, (path, i), depth + 1) for i, item in enumerate(value)]
         if isinstance(value, Mapping):
             self.charge(_PER_ENTRY * len(value))
             result: dict[str, JSONValue] = {}
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise PayloadError(
-                        path, f"key {_short_repr(key)} is a {type(key).__name__}; JSON object keys must be text"
+                        _path_text(path),
+                        f"key {_short_repr(key)} is a {type(key).__name__}; JSON object keys must be text",
                     )
                 self.charge(len(key))
-                key_path = _key_path(path, key)
-                _check_text(key_path, key)
-                result[str(key)] = self.value(item, key_path, depth + 1)
+                key = self.text(key, (path, key))
+                result[key] = self.value(item, (path, key), depth + 1)
             return result
-        if isinstance(value, (list, tuple)):
-            self.charge(_PER_ITEM * len(value))
-            return [self.value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
         if isinstance(value, (set, frozenset)):
             self.charge(_PER_ITEM * len(value))
-            items = [self.value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+            items = [self.value(item, (path, i), depth + 1) for i, item in enumerate(value)]
             try:
                 return sorted(items)  # type: ignore[type-var]
             except TypeError:
                 return items
-        raise PayloadError(path, f"a {type(value).__name__} has no JSON form; convert it before publishing")
+        raise PayloadError(_path_text(path), f"a {type(value).__name__} has no JSON form; convert it before publishing")
+
+    @staticmethod
+    def text(text: str, path: _Path) -> str:
+        # PostgreSQL's jsonb cannot hold NUL, and lone surrogates cannot be encoded as UTF-8:
+        # refuse both on every database so a payload means the same everywhere.
+        if "\x00" in text:
+            raise PayloadError(
+                _path_text(path), "text contains a NUL character (\\u0000), which JSON columns cannot store"
+            )
+        if not text.isascii():  # O(1): ASCII text cannot hold a surrogate
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PayloadError(_path_text(path), "text contains a lone surrogate and is not valid UTF-8") from None
+        return str(text)
 
 
 def normalize_payload(
@@ -266,14 +289,15 @@ _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow
 
 
 def _fast_normalize(value: Any, depth: int, budget: list[int]) -> JSONValue:
-    """``normalize_payload`` for the common shapes, without tracking paths (they cost more than the work).
+    """``normalize_payload`` for every valid payload, without tracking paths (they cost more than the work).
 
-    Anything else, anything wrong and anything over the budget raises ``_Unusual``:
-    the full walk then normalises it or names where the problem is. ``budget[0]``
-    is what is left of the byte limit: a container is charged its length before it
-    is walked, its texts their lengths (O(1) each) once it is walked. Texts are not
-    scanned here: ``encode_payload`` looks for NUL and surrogates in the encoded
-    text, which exists only once the budget held.
+    Anything wrong, and what it does not know (subclasses, other mappings), raises
+    ``_Unusual``: the full walk then normalises it or names where the problem is.
+    ``budget[0]`` is what is left of the byte limit: a container is charged before
+    it is walked, its texts their lengths (O(1) each) once it is walked; texts are
+    not scanned here: ``encode_payload`` looks for NUL and surrogates in the encoded
+    text, which exists only once the budget held. ``budget[1]`` becomes 1 when a
+    float needs the positional form.
     """
     kind = type(value)
     if kind is dict:
@@ -297,7 +321,11 @@ def _fast_normalize(value: Any, depth: int, budget: list[int]) -> JSONValue:
         if budget[0] < 0:
             raise _OverBudget
         return result
-    if kind is list:
+    if kind is int:
+        if -0x8000_0000_0000_0000 <= value <= 0x7FFF_FFFF_FFFF_FFFF:  # INT64_MIN, INT64_MAX as literals: no lookups
+            return value
+        raise _Unusual
+    if kind is list or kind is tuple:
         budget[0] -= _PER_ITEM * len(value)
         if budget[0] < 0:
             raise _OverBudget
@@ -315,21 +343,44 @@ def _fast_normalize(value: Any, depth: int, budget: list[int]) -> JSONValue:
         if budget[0] < 0:
             raise _OverBudget
         return items
-    if kind is int:
-        if INT64_MIN <= value <= INT64_MAX:
-            return value
-        raise _Unusual
     if kind is bool or value is None:
         return value
     if kind is float:
-        if -_POSITIONAL_FROM < value < _POSITIONAL_FROM:  # also false for NaN and infinities
+        if -_POSITIONAL_FROM < value < _POSITIONAL_FROM:
             return value
-        raise _Unusual
+        if value - value != 0.0:  # NaN or an infinity
+            raise _Unusual
+        budget[1] = 1
+        return value
     if kind is Decimal:
         number = _decimal_number(value)  # a _Refused is an _Unusual
         if type(number) is float and not -_POSITIONAL_FROM < number < _POSITIONAL_FROM:
-            raise _Unusual  # the full walk notes that it needs positional floats
+            budget[1] = 1
         return number
+    if kind is dt.datetime or kind is dt.date or kind is dt.time:
+        return value.isoformat()  # type: ignore[no-any-return]
+    if kind is uuid.UUID:
+        return str(value)
+    if kind is str:  # an enum's value; in containers texts are handled inline
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise _OverBudget
+        return value  # type: ignore[no-any-return]
+    if kind is set or kind is frozenset:
+        budget[0] -= _PER_ITEM * len(value)
+        if budget[0] < 0:
+            raise _OverBudget
+        if depth >= MAX_DEPTH:
+            raise _Unusual
+        members = [_fast_normalize(item, depth + 1, budget) for item in value]
+        try:
+            return sorted(members)  # type: ignore[type-var]
+        except TypeError:
+            return members
+    if isinstance(value, enum.Enum):
+        if depth >= MAX_DEPTH:
+            raise _Unusual
+        return _fast_normalize(value.value, depth + 1, budget)
     raise _Unusual
 
 
@@ -366,9 +417,10 @@ def encode_payload(value: Any, *, max_bytes: int | None = DEFAULT_MAX_PAYLOAD_BY
             f"is {article} {kind.__name__}; a payload is a JSON object or array: "
             'wrap the value in an object, e.g. {"value": ...}',
         )
+    budget = [sys.maxsize if max_bytes is None else max_bytes, 0]
     try:
-        data = _fast_normalize(value, 0, [sys.maxsize if max_bytes is None else max_bytes])
-        encoded = _encode_json(data)
+        data = _fast_normalize(value, 0, budget)
+        encoded = _encode_positional(data) if budget[1] else _encode_json(data)
         if "\\u0000" in encoded:  # a NUL (or the text "\\u0000", rare): the full walk tells which
             raise _Unusual
         utf8 = encoded.encode("utf-8")  # refuses lone surrogates

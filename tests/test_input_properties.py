@@ -14,6 +14,7 @@ database per test function, a new entity id per example.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import itertools
 import math
 import uuid
@@ -67,7 +68,20 @@ edge_decimals = st.sampled_from(
     ]
 )
 decimals = st.decimals() | edge_decimals  # NaN, infinities and big exponents included
-extras = st.datetimes(timezones=st.none() | st.just(dt.UTC)) | st.uuids() | st.dates()
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BIG = 2**70  # refused: an enum stands for its value
+
+
+extras = (
+    st.datetimes(timezones=st.none() | st.just(dt.UTC))
+    | st.uuids()
+    | st.dates()
+    | st.sampled_from(Colour)
+    | st.frozensets(ints, max_size=3)  # sets of one kind of value: sorted, so their order is known
+)
 leaves = st.none() | st.booleans() | ints | floats | decimals | texts | extras
 keys = texts | st.integers(-3, 3)  # a non-text key is refused
 json_like = st.recursive(
@@ -116,10 +130,12 @@ def model_payload(value: Any, top: bool = True) -> object:
     if top:
         if value is None:
             return {}
-        if not isinstance(value, (dict, list, tuple)):
+        if not isinstance(value, (dict, list, tuple, frozenset)):
             return REFUSED
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, enum.Enum):
+        return model_payload(value.value, False)
     if isinstance(value, int):
         return value if value in INT64 else REFUSED
     if isinstance(value, float):
@@ -141,7 +157,7 @@ def model_payload(value: Any, top: bool = True) -> object:
             if result[key] is REFUSED:
                 return REFUSED
         return result
-    items = [model_payload(item, False) for item in value]
+    items = [model_payload(item, False) for item in (sorted(value) if isinstance(value, frozenset) else value)]
     return REFUSED if any(item is REFUSED for item in items) else items
 
 
