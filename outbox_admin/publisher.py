@@ -93,6 +93,12 @@ def publish_outbox_event(
     ``tx`` is a ``Session`` or ``Connection`` with a transaction begun. The event
     exists only if that transaction commits. With ``idempotency_key``, publishing
     the same key again for the same org returns the stored event instead of a new one.
+
+    ``payload`` is a JSON object or array (``None`` means ``{}``), normalised as
+    ``outbox_admin.payload`` describes; ids are text, or ints in the signed 64-bit
+    range. A refusal is an ``InvalidEventError``, ``UnknownEventTypeError`` or
+    ``PayloadError``, raised in bounded time whatever the values, before anything
+    is buffered.
     """
     conn = _connection_of(tx)
     row = _event_row(
@@ -257,6 +263,7 @@ def _event_row(
     registry: EventTypeRegistry,
     max_payload_bytes: int | None,
 ) -> _Row:
+    """Check one event's fields and encode its payload; every refusal is an ``OutboxError``, in bounded time."""
     if event_type.__class__ is str and len(event_type) <= MAX_FIELD_LENGTH:
         checked_type = registry.require(event_type)
     else:
