@@ -80,6 +80,8 @@ def publish(
         _fail(f"payload file is not UTF-8 text: {exc}", 2)
     except (json.JSONDecodeError, OSError) as exc:
         _fail(f"payload is not valid JSON: {exc}", 2)
+    except (ValueError, RecursionError):  # an int of over 4,300 digits, or nesting Python cannot parse
+        _fail("payload is not JSON this tool can read: an integer with too many digits, or nested too deeply", 2)
     engine = make_engine(database_url)
     init_db(engine)
     with engine.begin() as conn:

@@ -390,3 +390,22 @@ def test_bad_input_never_reaches_a_driver() -> None:
             analytics.get_event(engine, "\ud800")
     finally:
         engine.dispose()
+
+
+def test_the_cli_refuses_unreadable_payloads_in_one_line(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from outbox_admin import cli
+
+    for payload, fragment in (
+        ('{"n": ' + "9" * 5000 + "}", "too many digits"),  # json.loads raised ValueError: a traceback
+        ("[" * 100_000, "nested too deeply"),
+        ("5", "object or array"),
+        ('{"n": 9223372036854775808}', "64-bit"),
+    ):
+        monkeypatch.setattr("sys.argv", ["outbox-admin", "publish", "PROJECT.CREATED", "--payload", payload])
+        monkeypatch.setenv("OUTBOX_DATABASE_URL", sqlite_url)
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and fragment in err and "Traceback" not in err, err
