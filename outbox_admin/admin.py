@@ -337,6 +337,10 @@ def publish_from_form(
         payload = json.loads(payload_text) if payload_text.strip() else {}
     except json.JSONDecodeError as exc:
         raise PayloadError("payload", f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except ValueError:  # an integer of more than 4,300 digits, which Python will not parse
+        raise PayloadError("payload", "holds an integer with too many digits; send it as text") from None
+    except RecursionError:
+        raise PayloadError("payload", "is nested too deeply") from None
     with engine.begin() as conn:
         return publish_outbox_event(
             conn, org_id=org_id, event_type=event_type, entity_type=entity_type, entity_id=entity_id, payload=payload

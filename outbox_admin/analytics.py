@@ -23,7 +23,7 @@ from sqlalchemy.types import Float
 
 from .db import read_connection
 from .errors import FilterError
-from .filters import EventFilter, as_filter, normalized_error, prepare_connection
+from .filters import EventFilter, as_filter, check_text, normalized_error, prepare_connection
 from .models import DEFAULT_TABLES, MANUAL_ACTOR_PATTERN, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
 
 MAX_PAGE = 10_000
@@ -184,7 +184,8 @@ def event_ids(
 
 
 def get_event(engine: Engine, event_id: str, *, tables: OutboxTables = DEFAULT_TABLES) -> dict[str, Any] | None:
-    """One event's fields (payload included) as a dict, or None."""
+    """One event's fields (payload included) as a dict, or None; an unusable id raises ``FilterError``."""
+    check_text("event_id", event_id)
     ev = tables.events
     with _reading(engine) as conn:
         row = conn.execute(select(*(ev.c[n] for n in EVENT_COLUMNS)).where(ev.c.id == event_id)).one_or_none()
@@ -236,7 +237,7 @@ def transitions_frame(
         tr.c.error_message,
     ).join(ev, ev.c.id == tr.c.event_id)
     if event_id is not None:
-        stmt = stmt.where(tr.c.event_id == event_id)
+        stmt = stmt.where(tr.c.event_id == check_text("event_id", event_id))
     since_at = parse_time(since, "since")
     if since_at is not None:
         stmt = stmt.where(tr.c.at >= since_at)

@@ -228,8 +228,10 @@ def publish(
         _fail(f"payload file is not UTF-8 text: {exc}", EXIT_USAGE)
     except (json.JSONDecodeError, OSError) as exc:
         _fail(f"payload is not valid JSON: {exc}", EXIT_USAGE)
-    except RecursionError:
-        _fail("payload is not valid JSON: nested too deeply", EXIT_USAGE)
+    except (ValueError, RecursionError):  # an int of over 4,300 digits, or nesting Python cannot parse
+        _fail(
+            "payload is not JSON this tool can read: an integer with too many digits, or nested too deeply", EXIT_USAGE
+        )
     bad = _surrogate_path(data, "payload")
     if bad is not None:  # "\ud800" in JSON text: valid JSON, not storable text
         _fail(f"{bad}: not valid Unicode text (a lone surrogate, such as \\ud800 in JSON)", EXIT_USAGE)

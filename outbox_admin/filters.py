@@ -6,6 +6,15 @@ only. Free-text search matches ids, entity ids and error messages literally and
 case-insensitively: ``%``, ``_`` and ``\\`` in the text are escaped, never
 wildcards.
 
+Every value is checked before it reaches SQL, in time bounded by the limits
+below whatever it is handed: text is at most ``MAX_TEXT_LENGTH`` characters
+(``MAX_SEARCH_LENGTH`` for a search once trimmed, ``MAX_ERROR_GROUP_LENGTH`` for
+an error group), holds no NUL (PostgreSQL text cannot) and no lone surrogate (it
+is not UTF-8, so no driver can send it); a list holds at most ``MAX_VALUES``
+values (``MAX_EVENT_IDS`` ids); times must stay inside the years 1-9999 once
+converted to UTC. Anything else raises ``FilterError`` naming the field, also when
+an ``EventFilter`` is built directly or changed with ``with_``.
+
 Error messages are grouped by a normalised form (UUIDs, hex, numbers replaced by
 placeholders), computed in SQL: a ``regexp_replace`` chain on PostgreSQL, and the
 same regular expressions registered as a SQLite function on each connection.
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -31,6 +41,17 @@ from .models import EventStatus, OutboxTables
 
 STATUSES = tuple(s.value for s in EventStatus)
 MAX_SEARCH_LENGTH = 200
+#: Any text given to a filter, before trimming or splitting (event types, orgs and ids are at most 255 stored).
+MAX_TEXT_LENGTH = 1_000
+#: A group is a normalised stored error message: those are at most 2,000 characters, and normalising at most
+#: doubles one ("1,2" -> "<n>,<n>").
+MAX_ERROR_GROUP_LENGTH = 4_000
+#: Values in one list filter (statuses, event types, orgs).
+MAX_VALUES = 1_000
+#: Explicit event ids in one filter (a selection in the dashboard, ids on the CLI).
+MAX_EVENT_IDS = 10_000
+#: Integers accepted where text is expected (org ids may be published as ints): the signed 64-bit range.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 # Applied in this order, identically in Python, PostgreSQL and SQLite.
 ERROR_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -95,31 +116,78 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+def check_text(name: str, value: object, *, limit: int = MAX_TEXT_LENGTH) -> str:
+    """``value`` if it is text a filter can compare, else ``FilterError`` naming ``name``.
+
+    At most ``limit`` characters, no NUL, no lone surrogate; O(1) for an over-long
+    value, O(limit) at worst. Also for single values such as ``get_event``'s id.
+    """
+    if not isinstance(value, str):
+        raise FilterError(name, f"must be text, not {type(value).__name__}")
+    if len(value) > limit:
+        raise FilterError(name, f"is {len(value):,} characters, over the limit of {limit:,}")
+    if "\x00" in value:
+        raise FilterError(name, "contains a NUL character")
+    if not value.isascii():  # O(1) for ASCII text, which cannot hold a surrogate
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FilterError(name, "contains a lone surrogate (not valid UTF-8 text)") from None
+    return str(value)
+
+
+def _item_text(name: str, value: object) -> str:
+    """One value of a list filter: text, or an int in the 64-bit range (range checked before ``str``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise FilterError(name, "an integer outside the signed 64-bit range matches nothing stored")
+        return str(int(value))
+    return check_text(name, value)
+
+
+def _as_tuple(name: str, value: str | Iterable[str] | None, *, max_values: int = MAX_VALUES) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
+        check_text(name, value)
         items = [v.strip() for v in value.split(",")] if "," in value else [value.strip()]
     else:
-        items = [str(v).strip() for v in value]
+        try:
+            # islice: a long (or endless) iterable is refused after max_values + 1 values, not consumed.
+            taken = list(itertools.islice(value, max_values + 1))
+        except TypeError:
+            raise FilterError(name, f"must be text or a list of text, not {type(value).__name__}") from None
+        if len(taken) > max_values:
+            raise FilterError(name, f"more than {max_values:,} values")
+        items = [_item_text(name, v).strip() for v in taken]
     items = [v for v in items if v]
     return tuple(items) or None
 
 
 def parse_time(value: dt.datetime | dt.date | str | None, name: str) -> dt.datetime | None:
-    """A timezone-aware UTC datetime from a datetime, a date or ISO 8601 text (naive means UTC)."""
+    """A timezone-aware UTC datetime from a datetime, a date or ISO 8601 text (naive means UTC).
+
+    Raises ``FilterError`` for anything else, and for a time that leaves the years
+    1-9999 once converted to UTC (``9999-12-31T23:59:59-05:00``).
+    """
     if value is None or value == "":
         return None
     if isinstance(value, str):
+        text = check_text(name, value, limit=100)
         try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise FilterError(name, f"{value!r} is not an ISO 8601 date or time (e.g. 2026-11-27T10:00)") from None
+            raise FilterError(name, f"{text!r} is not an ISO 8601 date or time (e.g. 2026-11-27T10:00)") from None
     elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         value = dt.datetime.combine(value, dt.time())
     if not isinstance(value, dt.datetime):
         raise FilterError(name, f"expected a datetime, got {type(value).__name__}")
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except (OverflowError, ValueError):  # before year 1 or after 9999 in UTC
+        raise FilterError(name, f"{value.isoformat()} is outside the years 1-9999 in UTC") from None
 
 
 @dataclass(frozen=True)
@@ -159,45 +227,47 @@ class EventFilter:
         event_ids: Iterable[str] | None = None,
     ) -> EventFilter:
         """Validate loose input (from a form, a URL or the CLI) into a filter; raises ``FilterError``."""
-        statuses = _as_tuple(status)
+        statuses = _as_tuple("status", status)
         if statuses is not None:
             statuses = tuple(s.upper() for s in statuses)
             unknown = [s for s in statuses if s not in STATUSES]
             if unknown:
                 raise FilterError("status", f"unknown status {', '.join(unknown)}; use {', '.join(STATUSES)}")
         entity_type = entity_id = None
-        if isinstance(entity, str) and entity.strip():
-            entity_type, _, rest = entity.strip().partition("/")
+        if isinstance(entity, str):
+            entity_type, _, rest = check_text("entity", entity).strip().partition("/")
             entity_id = rest or None
-        elif entity is not None and not isinstance(entity, str):
-            parts = list(entity)
+        elif entity is not None:
+            try:
+                parts = list(itertools.islice(entity, 3))
+            except TypeError:
+                parts = []
             if not 1 <= len(parts) <= 2:
                 raise FilterError("entity", "give (entity_type,) or (entity_type, entity_id)")
-            entity_type, entity_id = parts[0], parts[1] if len(parts) == 2 else None
+            entity_type = _item_text("entity", parts[0])
+            entity_id = _item_text("entity", parts[1]) if len(parts) == 2 and parts[1] is not None else None
         since_at, until_at = parse_time(since, "since"), parse_time(until, "until")
         if since_at and until_at and since_at >= until_at:
             raise FilterError("until", "must be later than since")
         if search is not None:
-            search = search.strip() or None
+            search = check_text("search", search).strip() or None
             if search is not None and len(search) > MAX_SEARCH_LENGTH:
                 raise FilterError("search", f"at most {MAX_SEARCH_LENGTH} characters")
-            if search is not None and "\x00" in search:
-                raise FilterError("search", "contains a NUL character")
-        ids = tuple(event_ids) if event_ids is not None else None
-        # PostgreSQL text cannot hold NUL: refuse it here, with the field's name, not as a database error.
-        for name, values in (
-            ("event_type", _as_tuple(event_type)),
-            ("org_id", _as_tuple(org_id)),
-            ("entity", (entity_type, entity_id)),
-            ("error_group", (error_group,)),
-            ("event_ids", ids),
-        ):
-            if any(v is not None and "\x00" in v for v in values or ()):
-                raise FilterError(name, "contains a NUL character")
+        if error_group is not None:
+            check_text("error_group", error_group, limit=MAX_ERROR_GROUP_LENGTH)
+        ids = None
+        if event_ids is not None:
+            # Given but empty means "no event": () matches nothing, where None would match every event.
+            ids = (
+                _as_tuple(
+                    "event_ids", (event_ids,) if isinstance(event_ids, str) else event_ids, max_values=MAX_EVENT_IDS
+                )
+                or ()
+            )
         return cls(
             statuses,
-            _as_tuple(event_type),
-            _as_tuple(org_id),
+            _as_tuple("event_type", event_type),
+            _as_tuple("org_id", org_id),
             entity_type or None,
             entity_id,
             since_at,
@@ -206,6 +276,40 @@ class EventFilter:
             error_group or None,
             ids,
         )
+
+    def __post_init__(self) -> None:
+        # Also for filters built directly or changed with with_(): nothing unchecked reaches SQL.
+        for name, limit, count in (
+            ("status", MAX_TEXT_LENGTH, MAX_VALUES),
+            ("event_type", MAX_TEXT_LENGTH, MAX_VALUES),
+            ("org_id", MAX_TEXT_LENGTH, MAX_VALUES),
+            ("event_ids", MAX_TEXT_LENGTH, MAX_EVENT_IDS),
+        ):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if not isinstance(values, tuple):
+                raise FilterError(name, f"must be a tuple of text, not {type(values).__name__}")
+            if len(values) > count:
+                raise FilterError(name, f"more than {count:,} values")
+            for value in values:
+                check_text(name, value, limit=limit)
+        if self.status is not None and any(s not in STATUSES for s in self.status):
+            unknown = ", ".join(s for s in self.status if s not in STATUSES)
+            raise FilterError("status", f"unknown status {unknown}; use {', '.join(STATUSES)}")
+        for name, limit in (
+            ("entity_type", MAX_TEXT_LENGTH),
+            ("entity_id", MAX_TEXT_LENGTH),
+            ("search", MAX_SEARCH_LENGTH),
+            ("error_group", MAX_ERROR_GROUP_LENGTH),
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                check_text("entity" if name.startswith("entity") else name, value, limit=limit)
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dt.datetime):
+                raise FilterError(name, f"expected a datetime, got {type(value).__name__}")
 
     def with_(self, **changes: Any) -> EventFilter:
         return replace(self, **changes)

@@ -50,11 +50,11 @@ from sqlalchemy.orm.attributes import instance_state, manager_of_class
 
 from .coltypes import UTCDateTime
 from .db import db_now
-from .errors import InvalidEventError, NotInTransactionError
+from .errors import InvalidEventError, NotInTransactionError, UnknownEventTypeError
 from .event_types import EventTypeRegistry, default_registry
 from .ids import new_event_id
 from .models import DEFAULT_TABLES, EventStatus, OutboxEvent, OutboxTables
-from .payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload
+from .payload import DEFAULT_MAX_PAYLOAD_BYTES, INT64_MAX, INT64_MIN, encode_payload
 from .wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
 
 PUBLISHER_ACTOR = "publisher"
@@ -102,6 +102,12 @@ def publish_outbox_event(
     ``outbox_batch``) and exists only if the transaction commits. With
     ``idempotency_key``, publishing the same key again for the same org returns the
     stored event instead of a new one.
+
+    ``payload`` is a JSON object or array (``None`` means ``{}``), normalised as
+    ``outbox_admin.payload`` describes; ids are text, or ints in the signed 64-bit
+    range. A refusal is an ``InvalidEventError``, ``UnknownEventTypeError`` or
+    ``PayloadError``, raised in bounded time whatever the values, before anything
+    is written.
     """
     conn = _connection_of(tx)
     row = _event_row(
@@ -235,18 +241,37 @@ def _as_spec(item: EventSpec | Mapping[str, Any]) -> EventSpec:
 
 
 def _text_field(name: str, value: object, *, allow_int: bool = True) -> str:
+    """``value`` as the text stored in column ``name``, or ``InvalidEventError``.
+
+    Text of 1 to ``MAX_FIELD_LENGTH`` characters, not only blanks, with no NUL (PostgreSQL
+    text cannot hold it) and valid UTF-8 (no lone surrogates, which no driver can send).
+    Where ``allow_int``, an int in the signed 64-bit range is its decimal text; the range
+    is checked before ``str()``, which is quadratic in the digits. Every check is O(1) or
+    O(length) on at most ``MAX_FIELD_LENGTH`` characters.
+    """
     if value.__class__ is str:  # the usual case, checked in the fewest steps
         text: str = value  # type: ignore[assignment]
     elif isinstance(value, bool) or not isinstance(value, (str, int) if allow_int else str):
         raise InvalidEventError(name, f"must be text, not {type(value).__name__}")
-    else:
+    elif isinstance(value, str):
         text = str(value)
+    elif INT64_MIN <= value <= INT64_MAX:
+        text = str(int(value))
+    else:
+        raise InvalidEventError(
+            name, "is an integer outside the signed 64-bit range (-2**63 .. 2**63-1); pass it as text"
+        )
     if len(text) > MAX_FIELD_LENGTH:
         raise InvalidEventError(name, f"is {len(text)} characters, over the limit of {MAX_FIELD_LENGTH}")
     if not text.strip():
         raise InvalidEventError(name, "must not be empty")
     if "\x00" in text:
         raise InvalidEventError(name, "contains a NUL character")
+    if not text.isascii():  # O(1) for ASCII text, which cannot hold a surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(name, "contains a lone surrogate and is not valid UTF-8 text") from None
     return text
 
 
@@ -297,7 +322,11 @@ def _event_row(
     registry: EventTypeRegistry,
     max_payload_bytes: int | None,
 ) -> _Row:
-    checked_type = registry.require(event_type)
+    """Check one event's fields and encode its payload; every refusal is an ``OutboxError``, in bounded time."""
+    if event_type.__class__ is str and len(event_type) <= MAX_FIELD_LENGTH:
+        checked_type = registry.require(event_type)
+    else:
+        checked_type = _unusual_event_type(event_type, registry)
     data, encoded = encode_payload(payload if payload is not None else {}, max_bytes=max_payload_bytes)
     return _Row(
         new_event_id(),
@@ -309,6 +338,24 @@ def _event_row(
         encoded,
         None if idempotency_key is None else _text_field("idempotency_key", idempotency_key),
     )
+
+
+def _unusual_event_type(value: object, registry: EventTypeRegistry) -> str:
+    """``registry.require`` for what is not plain text of a plausible length, in bounded time.
+
+    ``require`` names close matches (difflib: memory and time grow with the text) and
+    reprs what is not text (``repr`` of a huge int raises ``ValueError``); neither
+    is needed to refuse a value that cannot be a registered type.
+    """
+    if isinstance(value, str) and len(value) <= MAX_FIELD_LENGTH:
+        return registry.require(str(value))
+    if isinstance(value, str):
+        raise UnknownEventTypeError(value[:64] + "…")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise UnknownEventTypeError(f"<an int of {value.bit_length()} bits>")
+    if value is None or isinstance(value, (bool, int, float)):
+        return registry.require(value)  # raises, with the value's short repr
+    raise UnknownEventTypeError(f"<a {type(value).__name__}>")
 
 
 def _connection_of(tx: object) -> Connection:

@@ -171,7 +171,8 @@ def test_payload_normalisation_round_trips(engine: Engine) -> None:
         ({1: "one"}, r"^payload: key 1"),
         ({"a": {"b c": "\x00"}}, r'payload\.a\["b c"\].*NUL'),
         ({"s": "\ud800"}, r"payload\.s.*surrogate"),
-        ("x" * (300 * 1024), r"payload: is \d+ bytes"),
+        ({"x": "x" * (300 * 1024)}, r"payload: is .*over the limit of 262144 bytes"),
+        ([1.5] * (100 * 1024), r"payload: is 409601 bytes encoded, over the limit of 262144 bytes"),
     ],
 )
 def test_payload_errors_name_the_path_and_write_nothing(engine: Engine, payload: object, path: str) -> None:
@@ -184,7 +185,7 @@ def test_payload_size_limit_is_configurable(engine: Engine) -> None:
     with engine.begin() as conn:
         with pytest.raises(PayloadError, match="limit of 10 bytes"):
             publish(conn, payload={"name": "long enough"}, max_payload_bytes=10)
-        publish(conn, payload="x" * (300 * 1024), max_payload_bytes=None)
+        publish(conn, payload={"x": "x" * (300 * 1024)}, max_payload_bytes=None)
     assert counts(engine) == (1, 1)
 
 
