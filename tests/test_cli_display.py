@@ -23,6 +23,8 @@ from sqlalchemy import Engine
 from outbox_admin import Dispatcher, analytics, cli, make_engine, publish_outbox_event
 from outbox_admin.display import visible, visible_json
 
+from .cli_support import run_main as run
+
 LINK = "[link=https://evil.example]click[/link]"
 # What a webhook receiver's error body can hold: colours, a screen clear, a title change, a
 # carriage return that overwrites the line, a C1 control, a right-to-left override, a newline.
@@ -30,18 +32,6 @@ NASTY = "\x1b[31mred\x1b[0m\x1b[2J\x1b]0;pwned\x07\rover\x9b\u202ekcab\u200b\nli
 NASTY_SHOWN = "\\x1b[31mred\\x1b[0m\\x1b[2J\\x1b]0;pwned\\x07\\rover\\x9b\\u202ekcab\\u200b\\nline2"
 RAW_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u202e]")  # anything but \t and \n, raw
 ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # what rich itself writes when colours are forced
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``outbox-admin ARGS`` through ``cli.main``: (exit code, stdout, stderr). A traceback fails the test."""
-    monkeypatch.setattr(sys, "argv", ["outbox-admin", *args])
-    code: Any = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return (0 if code is None else code), out.out, out.err
 
 
 def one_error_line(result: tuple[int, str, str], code: int, *fragments: str) -> str:

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, inspect, select
 
-from outbox_admin import analytics, cli, make_engine
+from outbox_admin import analytics, make_engine
 from outbox_admin.models import DEFAULT_TABLES
+
+from .cli_support import run_main
 
 EVENTS = DEFAULT_TABLES.events
 TRANSITIONS = DEFAULT_TABLES.transitions
@@ -327,18 +329,6 @@ def test_write_commands_through_the_entry_point(sqlite_url: str, tmp_path: Path)
 
 
 # --- the same main(), in this process: tables, dry runs, both databases ---------------------------
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``outbox-admin ARGS`` through ``cli.main`` (the console script's function): (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["outbox-admin", *args])
-    code: Any = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return (0 if code is None else code), out.out, out.err
 
 
 def test_table_output_dry_runs_and_actions(

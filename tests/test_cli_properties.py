@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -26,9 +25,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from outbox_admin import cli, make_engine, publish_outbox_event
+from outbox_admin import make_engine, publish_outbox_event
 from outbox_admin.display import has_surrogates
 from outbox_admin.errors import OutboxError
+
+from .cli_support import run_main as run
 
 EXPLORING = "OUTBOX_CLI_EXAMPLES" in os.environ  # a longer local run, shrinking what it finds
 settings.register_profile(
@@ -117,17 +118,6 @@ def event_inputs(draw: Any) -> dict[str, Any]:
         else often(draw, st.sampled_from(["PROJECT.CREATED", "PROJECT.UPDATED"]), CLEAN)
     )
     return values
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["outbox-admin", *args])
-    code: Any = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return (0 if code is None else code), out.out, out.err
 
 
 def as_numbers(text: str) -> Any:

@@ -13,6 +13,8 @@ from outbox_admin import analytics, demo, init_db, make_engine
 from outbox_admin.ui.components import table_key
 from outbox_admin.ui.context import stop_all_services
 
+from .dashboard_support import keep_main_module  # noqa: F401 - an autouse fixture
+
 DASHBOARD = str(Path(__file__).resolve().parents[1] / "dashboard.py")
 TIMEOUT = 60
 PAGES = {"overview": "Overview", "live": "Live", "events": "Events", "failures": "Failures", "publish": "Publish"}
@@ -27,17 +29,6 @@ def render(name: str) -> None:
 
 def page(name: str) -> AppTest:
     return AppTest.from_function(render, kwargs={"name": name}, default_timeout=TIMEOUT)
-
-
-@pytest.fixture(autouse=True)
-def keep_main_module() -> Iterator[None]:
-    """AppTest replaces ``__main__`` with its script; restore it, or later spawn-based tests break."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    yield
-    if main is not None:
-        sys.modules["__main__"] = main
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from outbox_admin.display import visible, visible_json
 from outbox_admin.ui.components import literal, table_key
 from outbox_admin.ui.context import stop_all_services
 
+from .dashboard_support import keep_main_module  # noqa: F401 - an autouse fixture
+
 TIMEOUT = 60
 MARKDOWN = "**b** _i_ [x](https://evil.example) :red[r] :smile: $x$ <b>h</b> `t` ``u"
 CONTROLS = "\x1b[31m\u202e\r\n"
@@ -68,17 +70,6 @@ def page(name: str) -> AppTest:
 def frame_of(element: Any) -> pd.DataFrame:
     value = element.value
     return getattr(value, "data", value)
-
-
-@pytest.fixture(autouse=True)
-def keep_main_module() -> Iterator[None]:
-    """AppTest replaces ``__main__`` with its script; restore it, or later spawn-based tests break."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    yield
-    if main is not None:
-        sys.modules["__main__"] = main
 
 
 @pytest.fixture
