@@ -46,18 +46,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, literal_column
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from .breaker import BreakerPolicy, CircuitBreaker, HandlerHealth, is_event_fault
 from .coltypes import UTCDateTime
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, Settings
-from .db import check_engine, db_now, db_now_plus, write_connection, write_transaction
+from .db import check_engine, write_connection, write_transaction
 from .errors import ConfigurationError
 from .handlers.base import BatchHandler, DeliveredEvent, Route, default_handlers
 from .lease import LeaseKeeper
 from .models import DEFAULT_TABLES, EventStatus, OutboxTables
 from .patterns import glob_for_postgres, glob_for_sqlite
+from .sql import dispatcher_sql
 
 log = logging.getLogger(__name__)
 
@@ -693,13 +694,12 @@ _NAMED_PARAMETER = re.compile(r":(\w+)")
 
 
 class _Statements:
-    """The dispatcher's SQL as text, built once per dispatcher: claim, finish, recover.
+    """The dispatcher's SQL for one table set (``outbox_admin.sql``), and the values it binds and reads.
 
-    PostgreSQL: each is one autocommit statement whose data-modifying CTE also writes
-    the history rows. SQLite: an ``UPDATE ... RETURNING``, then ``history`` writes the
-    transition rows, both in one ``BEGIN IMMEDIATE`` transaction. A batch's outcomes
-    travel as one JSON array of arrays (``json_array_elements`` / ``json_each``). Parameters are
-    written ``:name`` here and turned into the driver's style.
+    PostgreSQL: each statement is one autocommit statement whose data-modifying CTE
+    also writes the history rows. SQLite: an ``UPDATE ... RETURNING``, then
+    ``history`` writes the transition rows, both in one ``BEGIN IMMEDIATE``
+    transaction. A batch's outcomes travel as one JSON array of arrays.
     """
 
     def __init__(self, dialect: Any, tables: OutboxTables, *, ordering: str | None, clocked: bool) -> None:
@@ -707,188 +707,13 @@ class _Statements:
         self.postgres = dialect.name == "postgresql"
         self._utc = UTCDateTime()
         self._loads = getattr(dialect, "_json_deserializer", None) or json.loads
-        quote = dialect.identifier_preparer
-        ev, tr = quote.format_table(tables.events), quote.format_table(tables.transitions)
-
-        def clock_sql(expr: Any) -> str:
-            return str(expr.compile(dialect=dialect))
-
-        if clocked:  # tests move time by hand: times are parameters computed from the clock
-            now = "CAST(:now AS timestamptz)" if self.postgres else ":now"
-            lease_until = "CAST(:lease_until AS timestamptz)" if self.postgres else ":lease_until"
-            due = "c.due"
-        else:
-            now = clock_sql(db_now())
-            lease_until = clock_sql(db_now_plus(literal_column(":lease_seconds")))
-            due = clock_sql(db_now_plus(literal_column("c.delay")))
-
-        older_unfinished = ""
-        if ordering == "entity":
-            older_unfinished = f"""
-              AND NOT EXISTS (
-                  SELECT 1 FROM {ev} AS older
-                  WHERE older.entity_type = candidate.entity_type AND older.entity_id = candidate.entity_id
-                    AND older.status IN ('{PENDING}', '{PROCESSING}')
-                    AND (older.created_at < candidate.created_at
-                         OR (older.created_at = candidate.created_at AND older.id < candidate.id)))"""
-        # Oldest first. (created_at, id) is unique, so available_at never changes the order; it makes
-        # the order that of the partial index of due PENDING events, which the planner then picks even
-        # when its statistics say every row is PENDING (after a bulk load): a plain (created_at, id)
-        # index would otherwise walk past every event already COMPLETED on each claim.
-        # Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
-        # [pattern, org or null], the pattern in the dialect's own glob (``outbox_admin.patterns``).
-        if self.postgres:
-            not_blocked = """
-              AND NOT EXISTS (
-                  SELECT 1 FROM json_array_elements(CAST(:blocked AS json)) AS b
-                  WHERE candidate.event_type ~ (b.value ->> 0)
-                    AND (b.value ->> 1 IS NULL OR candidate.org_id = b.value ->> 1))"""
-        else:
-            not_blocked = """
-              AND NOT EXISTS (
-                  SELECT 1 FROM json_each(:blocked) AS b
-                  WHERE candidate.event_type GLOB json_extract(b.value, '$[0]')
-                    AND (json_extract(b.value, '$[1]') IS NULL OR candidate.org_id = json_extract(b.value, '$[1]')))"""
-
-        def due_events(extra: str = "") -> str:
-            return f"""
-            SELECT candidate.id FROM {ev} AS candidate
-            WHERE candidate.status = '{PENDING}' AND candidate.available_at <= {now}{older_unfinished}{extra}
-            ORDER BY candidate.created_at, candidate.id, candidate.available_at
-            LIMIT :limit"""
-
-        claimed_columns = "id, org_id, event_type, entity_type, entity_id, payload, retry_count, created_at"
-        new_status = f"""CASE WHEN :max_attempts IS NOT NULL AND e.retry_count + 1 >= :max_attempts
-                     THEN '{FAILED}' ELSE '{PENDING}' END"""
-        # Leases are renewed while handlers run (outbox_admin.lease), so an expired one means its
-        # dispatcher stopped renewing: it died, hung, or could not reach the database.
-        expired_message = (
-            "'lease expired: dispatcher ' || coalesce(e.locked_by, '?') || "
-            "' stopped renewing it before finishing (it crashed, hung or lost the database)'"
-        )
-        history_columns = "event_id, from_status, to_status, at, actor, attempt, error_message"
-        # The SET clauses both dialects share: an outcome ``c`` (finish), an expired lease (recover).
-        finish_set = f"""UPDATE {ev} AS e SET
-                status = c.outcome,
-                retry_count = e.retry_count + c.failed,
-                error_message = CASE WHEN c.failed = 1 THEN c.message ELSE e.error_message END,
-                processed_at = CASE WHEN c.outcome = '{COMPLETED}' THEN {now} ELSE e.processed_at END,
-                available_at = CASE WHEN c.delay IS NULL THEN e.available_at ELSE {due} END,
-                locked_by = NULL,
-                locked_until = NULL"""
-        finish_guard = f"""e.id = c.event_id AND e.retry_count = c.attempt
-              AND e.status = '{PROCESSING}' AND e.locked_by = :name"""
-
-        def expire_set(status_sql: str) -> str:
-            return f"""UPDATE {ev} AS e SET
-                status = {status_sql},
-                retry_count = e.retry_count + 1,
-                error_message = {expired_message},
-                available_at = {now},
-                locked_by = NULL,
-                locked_until = NULL"""
-
-        if self.postgres:
-            new_status = new_status.replace(":max_attempts", "CAST(:max_attempts AS integer)")
-            # A materialized CTE runs once: as a subquery PostgreSQL may rescan it per row, and
-            # SKIP LOCKED would then hand out a fresh batch on each rescan. Rows are found by
-            # ``id = ANY(array)``, which always reads the primary key: a join would let the planner
-            # pick a hash join over a scan of the whole table when its statistics are stale.
-            claim = f"""
-            WITH due AS MATERIALIZED ({{due_events}}
-                FOR UPDATE OF candidate SKIP LOCKED
-            ), claimed AS (
-                UPDATE {ev} AS e SET status = '{PROCESSING}', locked_by = :name, locked_until = {lease_until}
-                WHERE e.id = ANY(ARRAY(SELECT id FROM due)) AND e.status = '{PENDING}'
-                RETURNING {", ".join(f"e.{c}" for c in claimed_columns.split(", "))}
-            ), recorded AS (
-                INSERT INTO {tr} ({history_columns})
-                SELECT id, '{PENDING}', '{PROCESSING}', {now}, :name, retry_count + 1, NULL FROM claimed
-            )
-            SELECT {claimed_columns} FROM claimed"""
-            renew = f"""
-            UPDATE {ev} AS e SET locked_until = {lease_until}
-            WHERE e.id = ANY(ARRAY(SELECT json_array_elements_text(CAST(:ids AS json))))
-              AND e.status = '{PROCESSING}' AND e.locked_by = :name
-            RETURNING e.id"""
-            finish = f"""
-            WITH c AS (
-                SELECT value ->> 0 AS event_id, CAST(value ->> 1 AS integer) AS attempt,
-                       value ->> 2 AS outcome, CAST(value ->> 3 AS integer) AS failed,
-                       value ->> 4 AS message, CAST(value ->> 5 AS integer) AS step,
-                       CAST(value ->> 6 AS double precision) AS delay, CAST(value ->> 7 AS timestamptz) AS due
-                FROM json_array_elements(CAST(:outcomes AS json))
-            ), changed AS (
-                {finish_set}
-                FROM c
-                WHERE {finish_guard}
-                RETURNING e.id, c.outcome, c.step, c.message
-            ), recorded AS (
-                INSERT INTO {tr} ({history_columns})
-                SELECT id, '{PROCESSING}', outcome, {now}, :name, step, message FROM changed
-            )
-            SELECT id FROM changed"""
-            recover = f"""
-            WITH expired AS MATERIALIZED (
-                SELECT held.id FROM {ev} AS held
-                WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}
-                LIMIT :limit
-                FOR UPDATE OF held SKIP LOCKED
-            ), changed AS (
-                {expire_set(new_status)}
-                WHERE e.id = ANY(ARRAY(SELECT id FROM expired)) AND e.status = '{PROCESSING}'
-                RETURNING e.id, e.status, e.retry_count, e.error_message
-            ), recorded AS (
-                INSERT INTO {tr} ({history_columns})
-                SELECT id, '{PROCESSING}', status, {now}, :name, retry_count, error_message FROM changed
-            )
-            SELECT id, status, retry_count, error_message FROM changed"""
-            self.history = ""
-        else:
-            claim = f"""
-            UPDATE {ev} SET status = '{PROCESSING}', locked_by = :name, locked_until = {lease_until}
-            WHERE id IN ({{due_events}}) AND status = '{PENDING}'
-            RETURNING {claimed_columns}"""
-            renew = f"""
-            UPDATE {ev} SET locked_until = {lease_until}
-            WHERE id IN (SELECT value FROM json_each(:ids)) AND status = '{PROCESSING}' AND locked_by = :name
-            RETURNING id"""
-            finish = f"""
-            {finish_set}
-            FROM (
-                SELECT json_extract(value, '$[0]') AS event_id, json_extract(value, '$[1]') AS attempt,
-                       json_extract(value, '$[2]') AS outcome, json_extract(value, '$[3]') AS failed,
-                       json_extract(value, '$[4]') AS message, json_extract(value, '$[6]') AS delay,
-                       json_extract(value, '$[7]') AS due
-                FROM json_each(:outcomes)
-            ) AS c
-            WHERE {finish_guard}
-            RETURNING id"""
-            recover = f"""
-            {expire_set(new_status)}
-            WHERE e.id IN (
-                SELECT held.id FROM {ev} AS held
-                WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}
-                LIMIT :limit
-            ) AND e.status = '{PROCESSING}'
-            RETURNING id, status, retry_count, error_message"""
-            # The history rows of any write: (event id, from, to, attempt, message) as one JSON array.
-            self.history = self._driver(f"""
-            INSERT INTO {tr} ({history_columns})
-            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-                   {now}, :name, json_extract(value, '$[3]'), json_extract(value, '$[4]')
-            FROM json_each(:rows)""")
-        self.claim = self._driver(claim.replace("{due_events}", due_events()))
-        self.claim_unblocked = self._driver(claim.replace("{due_events}", due_events(not_blocked)))
-        self.renew = self._driver(renew)
-        self.finish = self._driver(finish)
-        self.recover = self._driver(recover)
-
-    def _driver(self, sql: str) -> str:
-        """``:name`` parameters in the DBAPI's style (psycopg: ``%(name)s``; sqlite3 takes ``:name``)."""
-        if not self.postgres:
-            return sql
-        return _NAMED_PARAMETER.sub(r"%(\1)s", sql.replace("%", "%%"))
+        statements = dispatcher_sql(dialect, tables, ordering=ordering, clocked=clocked)
+        self.claim = statements.claim
+        self.claim_unblocked = statements.claim_unblocked
+        self.renew = statements.renew
+        self.finish = statements.finish
+        self.recover = statements.recover
+        self.history = statements.history or ""
 
     def bind_time(self, value: dt.datetime) -> Any:
         """A datetime as the driver should receive it (SQLite: UTCDateTime's text form)."""

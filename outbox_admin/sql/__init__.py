@@ -1,0 +1,86 @@
+"""The dispatcher's SQL, one module per dialect: ``postgres`` and ``sqlite``.
+
+Each module builds the same named statements (``DispatcherSql``) for a table set;
+``shared`` holds the fragments both write the same way (the SET clauses of a
+finish and of an expired lease). The dispatcher holds the logic and runs them; a
+third dialect is one more module here.
+
+Every hot statement is shaped so that its plan does not depend on the table's
+statistics (none yet, stale after a burst, fresh): rows are reached by primary
+key from the batch, or through the one partial index meant for them, and no
+predicate offers the planner an index that would make it walk every PENDING or
+PROCESSING row per element of a batch. ``tests/test_plans.py`` checks the plans
+in all three states on a new connection.
+
+Parameters are written ``:name``; ``driver_style`` turns them into the DBAPI's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..models import OutboxTables
+
+_NAMED_PARAMETER = re.compile(r":(\w+)")
+
+
+@dataclass(frozen=True)
+class DispatcherSql:
+    """The dispatcher's statements for one table set on one dialect, in the driver's parameter style."""
+
+    claim: str  # claim up to :limit due PENDING events, oldest first; returns CLAIMED_COLUMNS
+    claim_unblocked: str  # the same, leaving out events matching :blocked (open circuit breakers)
+    renew: str  # extend the lease of :ids still held by :name; returns their ids
+    finish: str  # write a batch's outcomes (:outcomes, JSON) guarded by holder and attempt; returns ids
+    recover: str  # expired leases back to PENDING (or FAILED); returns (id, status, retry_count, error_message)
+    history: str | None  # SQLite: history rows from :rows (JSON); PostgreSQL writes them in each statement
+
+
+CLAIMED_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "retry_count", "created_at")
+HISTORY_COLUMNS = "event_id, from_status, to_status, at, actor, attempt, error_message"
+
+
+def dispatcher_sql(dialect: Any, tables: OutboxTables, *, ordering: str | None, clocked: bool) -> DispatcherSql:
+    """The statements of ``dialect`` (a SQLAlchemy dialect) for ``tables``.
+
+    ``ordering="entity"`` adds the per-entity order condition to the claim;
+    ``clocked`` takes times as parameters (``:now``, ``:lease_until``, per-outcome
+    ``due``) instead of the database's clock, for tests that move time by hand.
+    """
+    quote = dialect.identifier_preparer
+    names = _Names(
+        events=quote.format_table(tables.events),
+        transitions=quote.format_table(tables.transitions),
+        due_index=quote.quote(f"ix_{tables.events.name}_due"),
+        leases_index=quote.quote(f"ix_{tables.events.name}_leases"),
+    )
+    if dialect.name == "postgresql":
+        from . import postgres
+
+        return postgres.dispatcher_sql(names, dialect, ordering=ordering, clocked=clocked)
+    if dialect.name == "sqlite":
+        from . import sqlite
+
+        return sqlite.dispatcher_sql(names, dialect, ordering=ordering, clocked=clocked)
+    from ..errors import ConfigurationError
+
+    raise ConfigurationError(f"the dispatcher supports PostgreSQL and SQLite, not {dialect.name}")
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Quoted names the statements use."""
+
+    events: str
+    transitions: str
+    due_index: str
+    leases_index: str
+
+
+def driver_style(sql: str, *, pyformat: bool) -> str:
+    """``:name`` parameters as the DBAPI wants them (psycopg: ``%(name)s``; sqlite3 takes ``:name``)."""
+    if not pyformat:
+        return sql
+    return _NAMED_PARAMETER.sub(r"%(\1)s", sql.replace("%", "%%"))

@@ -1,0 +1,126 @@
+"""The dispatcher's statements on PostgreSQL.
+
+Each is one autocommit statement: a data-modifying CTE changes the events and
+another inserts their history rows, so a claim, a finish or a recovery is one
+round trip with no BEGIN/COMMIT. A batch travels as one JSON parameter
+(``json_array_elements``), so the text is the same for 1 or 1,000 events.
+
+Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
+
+- The claim reads the partial index of due PENDING events in its own order
+  (``created_at, id, available_at``) under a LIMIT, the cheapest plan whatever the
+  statistics say; the CTE is MATERIALIZED so SKIP LOCKED runs once (as a subquery
+  PostgreSQL may rescan it, handing out a fresh batch per rescan). The UPDATE
+  then reaches the locked rows by ``id = ANY(ARRAY(...))`` on the primary key and
+  re-checks nothing indexable: the rows are locked by this statement, so they are
+  still PENDING.
+- The finish, the renewal and the recovery's UPDATE reach rows only through the
+  primary key. Their guards (``locked_by = :name``, the attempt) have no index,
+  and the status is not tested at all: ``locked_by`` is set on PROCESSING rows
+  only (every write that leaves PROCESSING clears it), so it implies the status.
+  A ``status = 'PROCESSING'`` test would let stale statistics ("nothing is
+  PROCESSING") pick the PROCESSING index and walk every held event once per
+  element of the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import literal_column
+
+from ..db import db_now, db_now_plus
+from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, DispatcherSql, _Names, driver_style
+from .shared import PENDING, PROCESSING, expire_set, finish_set, older_unfinished, out_of_attempts
+
+#: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
+#: [regular expression, org or null] (``outbox_admin.patterns.glob_for_postgres``).
+NOT_BLOCKED = """
+              AND NOT EXISTS (
+                  SELECT 1 FROM json_array_elements(CAST(:blocked AS json)) AS b
+                  WHERE candidate.event_type ~ (b.value ->> 0)
+                    AND (b.value ->> 1 IS NULL OR candidate.org_id = b.value ->> 1))"""
+
+#: The batch's ids as an array, for ``id = ANY(...)`` on the primary key.
+IDS = "ARRAY(SELECT json_array_elements_text(CAST(:ids AS json)))"
+
+#: One outcome per element: [event id, attempt, outcome, failed, message, step, delay, due].
+OUTCOMES = """
+                SELECT value ->> 0 AS event_id, CAST(value ->> 1 AS integer) AS attempt,
+                       value ->> 2 AS outcome, CAST(value ->> 3 AS integer) AS failed,
+                       value ->> 4 AS message, CAST(value ->> 5 AS integer) AS step,
+                       CAST(value ->> 6 AS double precision) AS delay, CAST(value ->> 7 AS timestamptz) AS due
+                FROM json_array_elements(CAST(:outcomes AS json))"""
+
+
+def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked: bool) -> DispatcherSql:
+    ev, tr = names.events, names.transitions
+    if clocked:
+        now, lease_until, due = "CAST(:now AS timestamptz)", "CAST(:lease_until AS timestamptz)", "c.due"
+    else:
+        now = str(db_now().compile(dialect=dialect))
+        lease_until = str(db_now_plus(literal_column(":lease_seconds")).compile(dialect=dialect))
+        due = str(db_now_plus(literal_column("c.delay")).compile(dialect=dialect))
+    order = older_unfinished(ev) if ordering == "entity" else ""
+    columns = ", ".join(CLAIMED_COLUMNS)
+    returning = ", ".join(f"e.{c}" for c in CLAIMED_COLUMNS)
+
+    def claim(extra: str) -> str:
+        return f"""
+            WITH due AS MATERIALIZED (
+                SELECT candidate.id FROM {ev} AS candidate
+                WHERE candidate.status = '{PENDING}' AND candidate.available_at <= {now}{order}{extra}
+                ORDER BY candidate.created_at, candidate.id, candidate.available_at
+                LIMIT :limit
+                FOR UPDATE OF candidate SKIP LOCKED
+            ), claimed AS (
+                UPDATE {ev} AS e SET status = '{PROCESSING}', locked_by = :name, locked_until = {lease_until}
+                WHERE e.id = ANY(ARRAY(SELECT id FROM due))
+                RETURNING {returning}
+            ), recorded AS (
+                INSERT INTO {tr} ({HISTORY_COLUMNS})
+                SELECT id, '{PENDING}', '{PROCESSING}', {now}, :name, retry_count + 1, NULL FROM claimed
+            )
+            SELECT {columns} FROM claimed"""
+
+    renew = f"""
+            UPDATE {ev} AS e SET locked_until = {lease_until}
+            WHERE e.id = ANY({IDS}) AND e.locked_by = :name
+            RETURNING e.id"""
+    finish = f"""
+            WITH c AS MATERIALIZED ({OUTCOMES}
+            ), changed AS (
+                {finish_set(ev, now=now, due=due)}
+                FROM c
+                WHERE e.id = ANY(ARRAY(SELECT event_id FROM c)) AND e.id = c.event_id
+                  AND e.retry_count = c.attempt AND e.locked_by = :name
+                RETURNING e.id, c.outcome, c.step, c.message
+            ), recorded AS (
+                INSERT INTO {tr} ({HISTORY_COLUMNS})
+                SELECT id, '{PROCESSING}', outcome, {now}, :name, step, message FROM changed
+            )
+            SELECT id FROM changed"""
+    status_after_expiry = out_of_attempts("CAST(:max_attempts AS integer)")
+    recover = f"""
+            WITH expired AS MATERIALIZED (
+                SELECT held.id FROM {ev} AS held
+                WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}
+                LIMIT :limit
+                FOR UPDATE OF held SKIP LOCKED
+            ), changed AS (
+                {expire_set(ev, status_after_expiry, now=now)}
+                WHERE e.id = ANY(ARRAY(SELECT id FROM expired))
+                RETURNING e.id, e.status, e.retry_count, e.error_message
+            ), recorded AS (
+                INSERT INTO {tr} ({HISTORY_COLUMNS})
+                SELECT id, '{PROCESSING}', status, {now}, :name, retry_count, error_message FROM changed
+            )
+            SELECT id, status, retry_count, error_message FROM changed"""
+    return DispatcherSql(
+        claim=driver_style(claim(""), pyformat=True),
+        claim_unblocked=driver_style(claim(NOT_BLOCKED), pyformat=True),
+        renew=driver_style(renew, pyformat=True),
+        finish=driver_style(finish, pyformat=True),
+        recover=driver_style(recover, pyformat=True),
+        history=None,
+    )

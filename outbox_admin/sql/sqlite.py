@@ -1,0 +1,99 @@
+"""The dispatcher's statements on SQLite.
+
+Each write is an ``UPDATE ... RETURNING`` followed by ``history`` (the transition
+rows from a JSON array), both in one ``BEGIN IMMEDIATE`` transaction. A batch
+travels as one JSON parameter (``json_each``).
+
+Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
+
+- The claim reads ``INDEXED BY`` the partial index of due PENDING events, in its
+  order, under a LIMIT: without statistics SQLite would otherwise pick the
+  (status, created_at, id) index and sort part of the order in a temporary B-tree.
+- The finish, the renewal and the recovery reach rows by primary key from the
+  batch. Their status guard is written ``+e.status``: the unary plus keeps SQLite
+  from using an index for it, which it otherwise does when statistics are missing
+  or stale, searching every PROCESSING row once per element of the outcome list
+  (a cost that grew with the square of the batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import literal_column
+
+from ..db import db_now, db_now_plus
+from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, DispatcherSql, _Names
+from .shared import PENDING, PROCESSING, expire_set, finish_set, older_unfinished, out_of_attempts
+
+#: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
+#: [GLOB pattern, org or null] (``outbox_admin.patterns.glob_for_sqlite``).
+NOT_BLOCKED = """
+              AND NOT EXISTS (
+                  SELECT 1 FROM json_each(:blocked) AS b
+                  WHERE candidate.event_type GLOB json_extract(b.value, '$[0]')
+                    AND (json_extract(b.value, '$[1]') IS NULL OR candidate.org_id = json_extract(b.value, '$[1]')))"""
+
+#: One outcome per element: [event id, attempt, outcome, failed, message, step, delay, due].
+OUTCOMES = """
+                SELECT json_extract(value, '$[0]') AS event_id, json_extract(value, '$[1]') AS attempt,
+                       json_extract(value, '$[2]') AS outcome, json_extract(value, '$[3]') AS failed,
+                       json_extract(value, '$[4]') AS message, json_extract(value, '$[6]') AS delay,
+                       json_extract(value, '$[7]') AS due
+                FROM json_each(:outcomes)"""
+
+
+def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked: bool) -> DispatcherSql:
+    ev, tr = names.events, names.transitions
+    if clocked:
+        now, lease_until, due = ":now", ":lease_until", "c.due"
+    else:
+        now = str(db_now().compile(dialect=dialect))
+        lease_until = str(db_now_plus(literal_column(":lease_seconds")).compile(dialect=dialect))
+        due = str(db_now_plus(literal_column("c.delay")).compile(dialect=dialect))
+    order = older_unfinished(ev) if ordering == "entity" else ""
+    columns = ", ".join(CLAIMED_COLUMNS)
+
+    def claim(extra: str) -> str:
+        return f"""
+            UPDATE {ev} AS e SET status = '{PROCESSING}', locked_by = :name, locked_until = {lease_until}
+            WHERE e.id IN (
+                SELECT candidate.id FROM {ev} AS candidate INDEXED BY {names.due_index}
+                WHERE candidate.status = '{PENDING}' AND candidate.available_at <= {now}{order}{extra}
+                ORDER BY candidate.created_at, candidate.id, candidate.available_at
+                LIMIT :limit
+            ) AND +e.status = '{PENDING}'
+            RETURNING {columns}"""
+
+    renew = f"""
+            UPDATE {ev} AS e SET locked_until = {lease_until}
+            WHERE e.id IN (SELECT value FROM json_each(:ids)) AND +e.status = '{PROCESSING}' AND e.locked_by = :name
+            RETURNING id"""
+    finish = f"""
+            {finish_set(ev, now=now, due=due)}
+            FROM ({OUTCOMES}
+            ) AS c
+            WHERE e.id = c.event_id AND e.retry_count = c.attempt
+              AND +e.status = '{PROCESSING}' AND e.locked_by = :name
+            RETURNING id"""
+    recover = f"""
+            {expire_set(ev, out_of_attempts(":max_attempts"), now=now)}
+            WHERE e.id IN (
+                SELECT held.id FROM {ev} AS held INDEXED BY {names.leases_index}
+                WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}
+                LIMIT :limit
+            ) AND +e.status = '{PROCESSING}'
+            RETURNING id, status, retry_count, error_message"""
+    history = f"""
+            INSERT INTO {tr} ({HISTORY_COLUMNS})
+            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                   {now}, :name, json_extract(value, '$[3]'), json_extract(value, '$[4]')
+            FROM json_each(:rows)"""
+    return DispatcherSql(
+        claim=claim(""),
+        claim_unblocked=claim(NOT_BLOCKED),
+        renew=renew,
+        finish=finish,
+        recover=recover,
+        history=history,
+    )

@@ -1,0 +1,183 @@
+"""The plans of the dispatcher's hot statements, with no, stale and fresh statistics, on a new connection.
+
+A plan that depends on statistics is fast in a benchmark that ran ANALYZE and slow
+in production: a new outbox has no statistics, and after a burst they say nearly
+every event is COMPLETED. Each test builds one of the three states on its own
+database (autovacuum off for it, so the state stays what the test made), then
+EXPLAINs every statement with a 500-event batch and checks the access paths:
+events are reached through the partial index meant for them or by primary key
+from the batch, never by a scan of the table, and a batch is never walked once
+per row.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from outbox_admin import Dispatcher, make_engine, publish_outbox_event
+from outbox_admin.admin import discard, requeue
+from outbox_admin.dispatcher import _Statements
+from outbox_admin.models import DEFAULT_TABLES
+
+EV = DEFAULT_TABLES.events
+STATES = ["no statistics", "stale statistics", "fresh statistics"]
+STATEMENTS = ["claim", "claim_unblocked", "finish", "renew", "recover"]
+BATCH = 500
+HELD = [f"h{i:09d}" for i in range(BATCH)]  # the PROCESSING events held by dispatcher "d"
+
+
+def _load(conn: Any, postgres: bool, status: str, count: int, first: int, prefix: str) -> None:
+    held = status == "PROCESSING"
+    if postgres:
+        conn.exec_driver_sql(
+            f"""INSERT INTO "OutboxEvent" (id, org_id, event_type, entity_type, entity_id, payload, status,
+                    retry_count, created_at, available_at, locked_by, locked_until)
+                SELECT '{prefix}' || lpad(g::text, 9, '0'), 'org', 'PROJECT.CREATED', 'Project', g::text, '{{}}',
+                       '{status}', 0, now() - interval '1 hour' + g * interval '1 ms', now() - interval '1 hour',
+                       {"'d'" if held else "NULL"}, {"now() + interval '1 hour'" if held else "NULL"}
+                FROM generate_series({first}, {first + count - 1}) AS g"""
+        )
+        return
+    conn.exec_driver_sql(
+        f"""WITH RECURSIVE g(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM g WHERE i < {first + count - 1})
+            INSERT INTO "OutboxEvent" (id, org_id, event_type, entity_type, entity_id, payload, status,
+                retry_count, created_at, available_at, locked_by, locked_until)
+            SELECT printf('{prefix}%09d', i), 'org', 'PROJECT.CREATED', 'Project', i, '{{}}', '{status}', 0,
+                   printf('2026-01-01 00:00:%02d.%06d', i / 1000000, i % 1000000), '2000-01-01 00:00:00.000000',
+                   {"'d'" if held else "NULL"}, {"'2999-01-01 00:00:00.000000'" if held else "NULL"}
+            FROM g"""
+    )
+
+
+def build_state(url: str, state: str) -> None:
+    """The outbox in ``state``: 5,000 due PENDING events and 500 held PROCESSING ones (plus history for stale)."""
+    engine = make_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    analyze = 'ANALYZE "OutboxEvent"' if postgres else "ANALYZE"
+    with engine.begin() as conn:
+        if postgres:
+            conn.exec_driver_sql('ALTER TABLE "OutboxEvent" SET (autovacuum_enabled = false)')
+        if state == "stale statistics":  # steady state: everything done, and the statistics say so
+            _load(conn, postgres, "COMPLETED", 30_000, 0, "c")
+    if state == "stale statistics":
+        with engine.begin() as conn:
+            conn.exec_driver_sql(analyze)
+    with engine.begin() as conn:  # then a burst arrives
+        _load(conn, postgres, "PENDING", 5_000, 0, "p")
+        _load(conn, postgres, "PROCESSING", BATCH, 0, "h")
+    if state == "fresh statistics":
+        with engine.begin() as conn:
+            conn.exec_driver_sql(analyze)
+    engine.dispose()
+
+
+def parameters(which: str, postgres: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": BATCH, "name": "d", "lease_seconds": 60, "max_attempts": 5}
+    if which == "finish":
+        params["outcomes"] = json.dumps([[i, 0, "COMPLETED", 0, None, 1, None, None] for i in HELD])
+    elif which == "renew":
+        params["ids"] = json.dumps(HELD)
+    elif which == "claim_unblocked":
+        params["blocked"] = json.dumps([["^BUDGET\\..*$" if postgres else "BUDGET.*", None]])
+    return params
+
+
+def plans(url: str) -> dict[str, Any]:
+    """Each statement's plan, on a connection of a new engine (nothing prepared before)."""
+    engine = make_engine(url)
+    statements = _Statements(engine.dialect, DEFAULT_TABLES, ordering=None, clocked=False)
+    found: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for which in STATEMENTS:
+            sql = getattr(statements, which)
+            params = parameters(which, statements.postgres)
+            if statements.postgres:
+                found[which] = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()[0]["Plan"]
+            else:
+                found[which] = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+        conn.rollback()
+    engine.dispose()
+    return found
+
+
+def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [plan]
+    for child in plan.get("Plans", []):
+        out.extend(nodes(child))
+    return out
+
+
+def indexes(on_events: list[dict[str, Any]], alias: str) -> set[str]:
+    """The indexes through which ``alias`` is read (an index scan, or a bitmap heap scan's index scans)."""
+    names: set[str] = set()
+    for node in on_events:
+        if node.get("Alias") == alias:
+            names.update(n["Index Name"] for n in nodes(node) if "Index Name" in n)
+    return names
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state", STATES)
+def test_postgres_plans(postgres_url: str, state: str) -> None:
+    build_state(postgres_url, state)
+    for which, plan in plans(postgres_url).items():
+        every = nodes(plan)
+        on_events = [n for n in every if n.get("Relation Name") == "OutboxEvent"]
+        assert on_events, which
+        assert not [n for n in on_events if n["Node Type"] == "Seq Scan"], f"{which} scans the events table ({state})"
+        assert indexes(on_events, "e") == {"pk_OutboxEvent"}, (which, state)
+        if which.startswith("claim"):
+            assert indexes(on_events, "candidate") == {"ix_OutboxEvent_due"}, (which, state)
+        for loop in (n for n in every if n["Node Type"] == "Nested Loop"):
+            inner = loop["Plans"][1]
+            batch_inner = inner["Node Type"] in ("Function Scan", "CTE Scan") and inner.get("Alias") != "b"
+            assert not batch_inner, f"{which} walks the batch once per row ({state})"
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_sqlite_plans(sqlite_url: str, state: str) -> None:
+    build_state(sqlite_url, state)
+    for which, plan in plans(sqlite_url).items():
+        text = "\n".join(plan)
+        assert "TEMP B-TREE" not in text, (which, state, plan)
+        for line in plan:
+            if line.startswith("SCAN ") and not line.startswith(("SCAN json_each", "SCAN b ")):
+                assert "USING INDEX ix_OutboxEvent_due" in line, f"{which} scans events: {line} ({state})"
+        assert "SEARCH e USING INDEX sqlite_autoindex_OutboxEvent_1 (id=?)" in text, (which, state, plan)
+        assert not [line for line in plan if line.startswith("SEARCH e ") and "autoindex" not in line], (which, plan)
+        if which == "finish":  # the outcome list is the outer loop, read once
+            assert plan[0].startswith("SCAN json_each"), plan
+        if which == "recover":
+            assert any(line.startswith("SEARCH held USING INDEX ix_OutboxEvent_leases") for line in plan), plan
+
+
+def test_locked_by_is_set_on_processing_events_only(engine: Engine) -> None:
+    """The finish and the renewal guard by ``locked_by`` alone (no status test, see outbox_admin.sql):
+    every write that takes an event out of PROCESSING clears it."""
+    with engine.begin() as conn:
+        ids = [
+            publish_outbox_event(conn, org_id="o", event_type="PROJECT.CREATED", entity_type="P", entity_id=str(i)).id
+            for i in range(12)
+        ]
+
+    def flaky(event: Any) -> None:
+        if event.entity_id in ("0", "1", "2"):
+            raise ValueError("no")
+
+    Dispatcher(engine, [flaky], max_attempts=1, breaker=None).dispatch_once()
+    requeue(engine, ids[:2], actor="t")
+    discard(engine, ids[2:3], actor="t")
+    stuck = Dispatcher(engine, [], lease_seconds=0.001, name="gone")
+    stuck._claim()  # claimed, then the dispatcher "dies": the lease expires
+    Dispatcher(engine, [], name="rescuer").recover_expired_leases()
+    with engine.connect() as conn:
+        wrong = conn.execute(
+            select(func.count()).where(EV.c.locked_by.is_not(None), EV.c.status != "PROCESSING")
+        ).scalar_one()
+        held = conn.execute(select(func.count()).where(EV.c.status == "PROCESSING")).scalar_one()
+    assert wrong == 0
+    assert held == 0
