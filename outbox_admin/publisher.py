@@ -49,15 +49,15 @@ from sqlalchemy.orm import Session, class_mapper, scoped_session
 from sqlalchemy.orm.attributes import instance_state, manager_of_class
 
 from .coltypes import UTCDateTime
-from .db import db_now
 from .errors import InvalidEventError, NotInTransactionError, UnknownEventTypeError
 from .event_types import EventTypeRegistry, default_registry
 from .ids import new_event_id
 from .models import DEFAULT_TABLES, EventStatus, OutboxEvent, OutboxTables
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES, INT64_MAX, INT64_MIN, encode_payload
-from .wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
+from .sql import PUBLISHED_COLUMNS, PublishSql, publish_sql
+from .sql import PUBLISHER_ACTOR as PUBLISHER_ACTOR  # the history's actor for publishes; kept importable here
+from .wakeup import WakeSignal, wake_signal
 
-PUBLISHER_ACTOR = "publisher"
 PENDING = EventStatus.PENDING.value
 MAX_FIELD_LENGTH = 255
 #: Events per write statement; in an ``outbox_batch`` also the buffer's size before it is written anyway.
@@ -390,78 +390,12 @@ def _connection_of(tx: object) -> Connection:
 # but nothing is compiled per call. Every event of a write travels in one JSON array
 # parameter, so the text is the same for one event or thousands.
 
-_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "idempotency_key")
-
-
-@dataclass(frozen=True)
-class _PublishSql:
-    """The statements of one table set on one dialect."""
-
-    insert: str  # PostgreSQL: events + history + pg_notify, returning (count, stamp); SQLite: the events
-    insert_keyed: str  # the same, skipping taken idempotency keys, returning (id, created_at, available_at)
-    history: str | None  # SQLite: the first history rows, from a JSON array of ids
-    # SQLite, one event (the usual transaction): plain parameters, cheaper there than parsing a
-    # JSON array (measured: 0.13 ms less per transaction). PostgreSQL showed no gain.
-    insert_one: str | None
-    history_one: str | None
+_COLUMNS = PUBLISHED_COLUMNS
 
 
 @functools.lru_cache(maxsize=64)
-def _publish_sql(tables: OutboxTables, dialect: Dialect) -> _PublishSql:
-    quote = dialect.identifier_preparer
-    events, transitions = quote.format_table(tables.events), quote.format_table(tables.transitions)
-    columns = ", ".join(quote.quote(c) for c in _COLUMNS)
-    conflict_target = f"({quote.quote('org_id')}, {quote.quote('idempotency_key')})"
-    if dialect.name == "postgresql":  # the partial unique index of migration 0003
-        conflict_target += " WHERE idempotency_key IS NOT NULL"
-    conflict = f" ON CONFLICT {conflict_target} DO NOTHING"
-    history_columns = "event_id, from_status, to_status, at, actor, attempt"
-    if dialect.name == "postgresql":
-        # One statement: the events, their history rows (a data-modifying CTE) and the NOTIFY that
-        # wakes other processes after the commit.
-        now = str(db_now().compile(dialect=dialect))
-        source = ", ".join(
-            f"CAST(value ->> {i} AS jsonb)" if c == "payload" else f"value ->> {i}" for i, c in enumerate(_COLUMNS)
-        )
-        template = (
-            f"WITH new AS (INSERT INTO {events} ({columns}, status, retry_count, created_at, available_at) "
-            f"SELECT {source}, '{PENDING}', 0, {now}, {now} "
-            "FROM json_array_elements(CAST(%(events)s AS json)){conflict} RETURNING id, created_at, available_at), "
-            f"history AS (INSERT INTO {transitions} ({history_columns}) "
-            f"SELECT id, NULL, '{PENDING}', created_at, '{PUBLISHER_ACTOR}', 0 FROM new) "
-            "SELECT {result}, (SELECT pg_notify('" + NOTIFY_CHANNEL + "', '')) FROM new"
-        )
-        return _PublishSql(
-            insert=template.format(conflict="", result="count(*), min(created_at)"),
-            insert_keyed=template.format(conflict=conflict, result="id, created_at, available_at"),
-            history=None,
-            insert_one=None,
-            history_one=None,
-        )
-    # SQLite: the stamp is a parameter (the database's clock is this machine's clock), so the
-    # events and their history rows take two statements and nothing is read back.
-    source = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_COLUMNS)))
-    insert = (
-        f"INSERT INTO {events} ({columns}, status, retry_count, created_at, available_at) "
-        f"SELECT {source}, '{PENDING}', 0, :at, :at FROM json_each(:events) WHERE true"
-    )
-    one = ", ".join(f":{c}" for c in _COLUMNS)
-    return _PublishSql(
-        insert=insert,
-        insert_keyed=f"{insert}{conflict} RETURNING id",
-        history=(
-            f"INSERT INTO {transitions} ({history_columns}) "
-            f"SELECT value, NULL, '{PENDING}', :at, '{PUBLISHER_ACTOR}', 0 FROM json_each(:ids)"
-        ),
-        insert_one=(
-            f"INSERT INTO {events} ({columns}, status, retry_count, created_at, available_at) "
-            f"VALUES ({one}, '{PENDING}', 0, :at, :at)"
-        ),
-        history_one=(
-            f"INSERT INTO {transitions} ({history_columns}) "
-            f"VALUES (:id, NULL, '{PENDING}', :at, '{PUBLISHER_ACTOR}', 0)"
-        ),
-    )
+def _publish_sql(tables: OutboxTables, dialect: Dialect) -> PublishSql:
+    return publish_sql(dialect, tables)
 
 
 _UTC = UTCDateTime()

@@ -13,6 +13,7 @@ per row.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -155,6 +156,11 @@ def test_sqlite_plans(sqlite_url: str, state: str) -> None:
             assert any(line.startswith("SEARCH held USING INDEX ix_OutboxEvent_leases") for line in plan), plan
 
 
+def count(engine: Engine, condition: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(condition)).scalar_one())
+
+
 def test_locked_by_is_set_on_processing_events_only(engine: Engine) -> None:
     """The finish and the renewal guard by ``locked_by`` alone (no status test, see outbox_admin.sql):
     every write that takes an event out of PROCESSING clears it."""
@@ -173,7 +179,11 @@ def test_locked_by_is_set_on_processing_events_only(engine: Engine) -> None:
     discard(engine, ids[2:3], actor="t")
     stuck = Dispatcher(engine, [], lease_seconds=0.001, name="gone")
     stuck._claim()  # claimed, then the dispatcher "dies": the lease expires
-    Dispatcher(engine, [], name="rescuer").recover_expired_leases()
+    rescuer = Dispatcher(engine, [], name="rescuer")
+    deadline = time.monotonic() + 10
+    while count(engine, EV.c.status == "PROCESSING"):  # the 1 ms lease runs out within a tick or two
+        assert time.monotonic() < deadline, "the expired leases were never recovered"
+        rescuer.recover_expired_leases()
     with engine.connect() as conn:
         wrong = conn.execute(
             select(func.count()).where(EV.c.locked_by.is_not(None), EV.c.status != "PROCESSING")

@@ -1,6 +1,7 @@
-"""The dispatcher's SQL, one module per dialect: ``postgres`` and ``sqlite``.
+"""The library's hot SQL, one module per dialect: ``postgres`` and ``sqlite``.
 
-Each module builds the same named statements (``DispatcherSql``) for a table set;
+Each module builds the same named statements for a table set — the dispatcher's
+(``DispatcherSql``) and the publisher's (``PublishSql``);
 ``shared`` holds the fragments both write the same way (the SET clauses of a
 finish and of an expired lease). The dispatcher holds the logic and runs them; a
 third dialect is one more module here.
@@ -38,8 +39,49 @@ class DispatcherSql:
     history: str | None  # SQLite: history rows from :rows (JSON); PostgreSQL writes them in each statement
 
 
+@dataclass(frozen=True)
+class PublishSql:
+    """The publisher's statements for one table set on one dialect, in the driver's parameter style."""
+
+    insert: str  # PostgreSQL: events + history + pg_notify from :events (JSON), returning (count, stamp)
+    insert_keyed: str  # the same, skipping taken idempotency keys, returning the ids written (and stamps)
+    history: str | None  # SQLite: the first history rows, from :ids (JSON) at :at
+    # SQLite, one event (the usual transaction): plain parameters, cheaper there than parsing a
+    # JSON array (measured: 0.13 ms less per transaction). PostgreSQL showed no gain.
+    insert_one: str | None
+    history_one: str | None
+
+
+#: What a published event's statement carries for each event, in this order.
+PUBLISHED_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "idempotency_key")
+PUBLISHER_ACTOR = "publisher"
+
 CLAIMED_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "retry_count", "created_at")
 HISTORY_COLUMNS = "event_id, from_status, to_status, at, actor, attempt, error_message"
+
+
+def publish_sql(dialect: Any, tables: OutboxTables) -> PublishSql:
+    """The publisher's statements of ``dialect`` for ``tables``."""
+    names = _names(dialect, tables)
+    if dialect.name == "postgresql":
+        from . import postgres
+
+        return postgres.publish_sql(names, dialect)
+    from . import sqlite
+
+    return sqlite.publish_sql(names, dialect)
+
+
+def _names(dialect: Any, tables: OutboxTables) -> _Names:
+    quote = dialect.identifier_preparer
+    return _Names(
+        events=quote.format_table(tables.events),
+        transitions=quote.format_table(tables.transitions),
+        due_index=quote.quote(f"ix_{tables.events.name}_due"),
+        leases_index=quote.quote(f"ix_{tables.events.name}_leases"),
+        published_columns=", ".join(quote.quote(c) for c in PUBLISHED_COLUMNS),
+        idempotency_target=f"({quote.quote('org_id')}, {quote.quote('idempotency_key')})",
+    )
 
 
 def dispatcher_sql(dialect: Any, tables: OutboxTables, *, ordering: str | None, clocked: bool) -> DispatcherSql:
@@ -49,13 +91,7 @@ def dispatcher_sql(dialect: Any, tables: OutboxTables, *, ordering: str | None, 
     ``clocked`` takes times as parameters (``:now``, ``:lease_until``, per-outcome
     ``due``) instead of the database's clock, for tests that move time by hand.
     """
-    quote = dialect.identifier_preparer
-    names = _Names(
-        events=quote.format_table(tables.events),
-        transitions=quote.format_table(tables.transitions),
-        due_index=quote.quote(f"ix_{tables.events.name}_due"),
-        leases_index=quote.quote(f"ix_{tables.events.name}_leases"),
-    )
+    names = _names(dialect, tables)
     if dialect.name == "postgresql":
         from . import postgres
 
@@ -77,6 +113,8 @@ class _Names:
     transitions: str
     due_index: str
     leases_index: str
+    published_columns: str  # the PUBLISHED_COLUMNS, quoted
+    idempotency_target: str  # (org_id, idempotency_key), quoted
 
 
 def driver_style(sql: str, *, pyformat: bool) -> str:

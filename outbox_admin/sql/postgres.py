@@ -30,7 +30,17 @@ from typing import Any
 from sqlalchemy import literal_column
 
 from ..db import db_now, db_now_plus
-from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, DispatcherSql, _Names, driver_style
+from ..wakeup import NOTIFY_CHANNEL
+from . import (
+    CLAIMED_COLUMNS,
+    HISTORY_COLUMNS,
+    PUBLISHED_COLUMNS,
+    PUBLISHER_ACTOR,
+    DispatcherSql,
+    PublishSql,
+    _Names,
+    driver_style,
+)
 from .shared import PENDING, PROCESSING, expire_set, finish_set, older_unfinished, out_of_attempts
 
 #: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
@@ -123,4 +133,34 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
         finish=driver_style(finish, pyformat=True),
         recover=driver_style(recover, pyformat=True),
         history=None,
+    )
+
+
+def publish_sql(names: _Names, dialect: Any) -> PublishSql:
+    """One statement per write: the events, their first history rows (a data-modifying CTE) and the
+    NOTIFY that wakes other processes once the transaction commits. Only the partial unique index of
+    migration 0003 holds idempotency keys, hence the conflict target's WHERE."""
+    now = str(db_now().compile(dialect=dialect))
+    source = ", ".join(
+        f"CAST(value ->> {i} AS jsonb)" if c == "payload" else f"value ->> {i}" for i, c in enumerate(PUBLISHED_COLUMNS)
+    )
+    history_columns = "event_id, from_status, to_status, at, actor, attempt"
+    conflict = f" ON CONFLICT {names.idempotency_target} WHERE idempotency_key IS NOT NULL DO NOTHING"
+
+    def insert(conflict: str, result: str) -> str:
+        return (
+            f"WITH new AS (INSERT INTO {names.events} ({names.published_columns}, status, retry_count, created_at, "
+            f"available_at) SELECT {source}, '{PENDING}', 0, {now}, {now} "
+            f"FROM json_array_elements(CAST(:events AS json)){conflict} RETURNING id, created_at, available_at), "
+            f"history AS (INSERT INTO {names.transitions} ({history_columns}) "
+            f"SELECT id, NULL, '{PENDING}', created_at, '{PUBLISHER_ACTOR}', 0 FROM new) "
+            f"SELECT {result}, (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) FROM new"
+        )
+
+    return PublishSql(
+        insert=driver_style(insert("", "count(*), min(created_at)"), pyformat=True),
+        insert_keyed=driver_style(insert(conflict, "id, created_at, available_at"), pyformat=True),
+        history=None,
+        insert_one=None,
+        history_one=None,
     )

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import literal_column
 
 from ..db import db_now, db_now_plus
-from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, DispatcherSql, _Names
+from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, PUBLISHED_COLUMNS, PUBLISHER_ACTOR, DispatcherSql, PublishSql, _Names
 from .shared import PENDING, PROCESSING, expire_set, finish_set, older_unfinished, out_of_attempts
 
 #: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
@@ -96,4 +96,27 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
         finish=finish,
         recover=recover,
         history=history,
+    )
+
+
+def publish_sql(names: _Names, dialect: Any) -> PublishSql:
+    """The stamp is a parameter (SQLite's clock is this machine's clock), so the events and their
+    first history rows take two statements and nothing is read back."""
+    source = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(PUBLISHED_COLUMNS)))
+    target = f"INSERT INTO {names.events} ({names.published_columns}, status, retry_count, created_at, available_at)"
+    insert = f"{target} SELECT {source}, '{PENDING}', 0, :at, :at FROM json_each(:events) WHERE true"
+    history_columns = "event_id, from_status, to_status, at, actor, attempt"
+    one = ", ".join(f":{c}" for c in PUBLISHED_COLUMNS)
+    return PublishSql(
+        insert=insert,
+        insert_keyed=f"{insert} ON CONFLICT {names.idempotency_target} DO NOTHING RETURNING id",
+        history=(
+            f"INSERT INTO {names.transitions} ({history_columns}) "
+            f"SELECT value, NULL, '{PENDING}', :at, '{PUBLISHER_ACTOR}', 0 FROM json_each(:ids)"
+        ),
+        insert_one=f"{target} VALUES ({one}, '{PENDING}', 0, :at, :at)",
+        history_one=(
+            f"INSERT INTO {names.transitions} ({history_columns}) "
+            f"VALUES (:id, NULL, '{PENDING}', :at, '{PUBLISHER_ACTOR}', 0)"
+        ),
     )
