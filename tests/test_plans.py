@@ -13,6 +13,7 @@ per row.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -87,22 +88,53 @@ def parameters(which: str, postgres: bool) -> dict[str, Any]:
     return params
 
 
-def plans(url: str) -> dict[str, Any]:
-    """Each statement's plan, on a connection of a new engine (nothing prepared before)."""
+def plans(url: str, *, generic: bool = False) -> dict[str, Any]:
+    """Each statement's plan, on a connection of a new engine (nothing prepared before).
+
+    ``generic``: PostgreSQL's plan for the prepared statement, made without the values
+    (what psycopg's server-side prepare gets after a few runs).
+    """
     engine = make_engine(url)
     statements = _Statements(engine.dialect, DEFAULT_TABLES, ordering=None, clocked=False)
     found: dict[str, Any] = {}
     with engine.connect() as conn:
+        if generic:
+            conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
         for which in STATEMENTS:
             sql = getattr(statements, which)
             params = parameters(which, statements.postgres)
-            if statements.postgres:
+            if statements.postgres and generic:
+                found[which] = generic_plan(conn, which, sql, params)
+            elif statements.postgres:
                 found[which] = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()[0]["Plan"]
             else:
                 found[which] = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
         conn.rollback()
     engine.dispose()
     return found
+
+
+def generic_plan(conn: Any, which: str, sql: str, params: dict[str, Any]) -> Any:
+    """The plan of ``sql`` as a named prepared statement planned without its values (PostgreSQL 15 has no
+    ``EXPLAIN (GENERIC_PLAN)``): PREPARE with ``$n`` placeholders, then EXPLAIN EXECUTE."""
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", placeholder, sql).replace("%%", "%")
+    conn.exec_driver_sql(f"PREPARE plan_{which} AS {body}")
+    arguments = ", ".join(literal(params[name]) for name in names)  # literals: typed by the PREPARE
+    plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) EXECUTE plan_{which}({arguments})").scalar_one()
+    return plan[0]["Plan"]
+
+
+def literal(value: Any) -> str:
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''").replace("%", "%%") + "'"
 
 
 def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -122,10 +154,11 @@ def indexes(on_events: list[dict[str, Any]], alias: str) -> set[str]:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
 @pytest.mark.parametrize("state", STATES)
-def test_postgres_plans(postgres_url: str, state: str) -> None:
+def test_postgres_plans(postgres_url: str, state: str, generic: bool) -> None:
     build_state(postgres_url, state)
-    for which, plan in plans(postgres_url).items():
+    for which, plan in plans(postgres_url, generic=generic).items():
         every = nodes(plan)
         on_events = [n for n in every if n.get("Relation Name") == "OutboxEvent"]
         assert on_events, which
