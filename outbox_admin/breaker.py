@@ -142,6 +142,8 @@ class CircuitBreaker:
         A ``probe`` answer moves the breaker to half-open: until that call's result is
         reported, further calls are skipped, so only one event is risked.
         """
+        if self._state == "closed":  # the usual case, once per delivery: no lock (a stale read is harmless)
+            return "call"
         with self._lock:
             state = self._effective_state()
             if state == "closed":
@@ -152,6 +154,8 @@ class CircuitBreaker:
             return "skip"
 
     def succeeded(self) -> None:
+        if self._state == "closed" and not self._streak:  # nothing to reset: no lock per delivery
+            return
         with self._lock:
             was = self._state
             self._state, self._open_for = "closed", self.policy.open_seconds
