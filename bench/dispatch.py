@@ -61,6 +61,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -223,7 +224,7 @@ class _Sync:
     def __init__(self, ready: Any, start: Any, results: Any) -> None:
         self.ready, self.start, self.results = ready, start, results
 
-    def go(self, run: Any, engine: Engine) -> int:
+    def go(self, run: Any, engine: Engine | None = None) -> int:
         """Say ready, wait for "go", run, report (count, finish time) to the parent."""
         self.ready.release()
         self.start.wait()
@@ -231,29 +232,33 @@ class _Sync:
             done = run()
         finally:
             finished = time.monotonic()
-            engine.dispose()
+            if engine is not None:
+                engine.dispose()
         self.results.put((done, finished))
         return done
 
 
-def _worker(kind: str, url: str, arg: Any, sync: _Sync) -> None:
-    if kind == "library":
-        _library(sync, url, arg)
-    elif kind == "original":
-        _original(sync, url, arg)
-    else:
-        _raw(sync, url)
+#: A worker: ``kind(sync, url, arg)`` connects, then ``sync.go(...)`` (a module-level function, so spawn can find it).
+Worker = Callable[[_Sync, str, Any], object]
+_KINDS: dict[str, Worker] = {}
 
 
-def _child(kind: str, url: str, arg: Any, ready: Any, start: Any, results: Any) -> None:
+def _worker(kind: str | Worker, url: str, arg: Any, sync: _Sync) -> None:
+    target = _KINDS[kind] if isinstance(kind, str) else kind
+    target(sync, url, arg)
+
+
+def _child(kind: str | Worker, url: str, arg: Any, ready: Any, start: Any, results: Any) -> None:
     _worker(kind, url, arg, _Sync(ready, start, results))
 
 
-def run_workers(kind: str, url: str, arg: Any, workers: int, *, threads: bool = False) -> tuple[int, float]:
+def run_workers(kind: str | Worker, url: str, arg: Any, workers: int, *, threads: bool = False) -> tuple[int, float]:
     """Start ``workers`` processes (or threads), let them connect, then time them from "go" to the last finish.
 
-    Threads are for ``--smoke`` only: no interpreter start per worker, so the check stays fast.
+    ``kind`` is ``"library"``, ``"original"``, ``"raw"`` or a worker function. Threads are
+    for ``--smoke`` only: no interpreter start per worker, so the check stays fast.
     """
+    label = kind if isinstance(kind, str) else kind.__name__
     if threads:
         sync = _Sync(threading.Semaphore(0), threading.Event(), queue.Queue())
         runners: list[Any] = [threading.Thread(target=_worker, args=(kind, url, arg, sync)) for _ in range(workers)]
@@ -266,20 +271,42 @@ def run_workers(kind: str, url: str, arg: Any, workers: int, *, threads: bool = 
         ]
     for runner in runners:
         runner.start()
-    deadline = time.monotonic() + 120
-    for _ in runners:
-        while not sync.ready.acquire(timeout=0.2):
-            if time.monotonic() > deadline or not all(r.is_alive() for r in runners):
-                raise RuntimeError(f"a {kind} worker did not start")
-    began = time.monotonic()
-    sync.start.set()
-    outcomes = [sync.results.get(timeout=3600) for _ in runners]
+    try:
+        deadline = time.monotonic() + 120
+        for _ in runners:
+            while not sync.ready.acquire(timeout=0.2):
+                if time.monotonic() > deadline or not all(r.is_alive() for r in runners):
+                    raise RuntimeError(f"a {label} worker did not start")
+        began = time.monotonic()
+        sync.start.set()
+        outcomes = []
+        deadline = time.monotonic() + 3600
+        while len(outcomes) < len(runners):
+            try:
+                outcomes.append(sync.results.get(timeout=0.5))
+            except queue.Empty:
+                finished = sum(not r.is_alive() for r in runners)
+                if finished > len(outcomes) or time.monotonic() > deadline:
+                    time.sleep(0.5)  # a result may still be on its way through the queue's pipe
+                    if sync.results.empty():
+                        raise RuntimeError(f"a {label} worker ended without reporting") from None
+    except BaseException:
+        for runner in runners:
+            if isinstance(runner, mp.process.BaseProcess):
+                runner.terminate()  # ours, by handle: a worker that still waits for "go" would wait forever
+        sync.start.set()  # threads cannot be stopped: let them run out
+        raise
+    finally:
+        for runner in runners:
+            runner.join(timeout=60)
     for runner in runners:
-        runner.join(timeout=60)
         if getattr(runner, "exitcode", 0) != 0:
-            raise RuntimeError(f"a {kind} process failed (exit code {runner.exitcode})")
+            raise RuntimeError(f"a {label} process failed (exit code {runner.exitcode})")
     done = sum(n for n, _ in outcomes)
     return done, max(t for _, t in outcomes) - began
+
+
+_KINDS.update(library=_library, original=_original, raw=lambda sync, url, _arg: _raw(sync, url))
 
 
 # -- the benchmark ------------------------------------------------------------------------
