@@ -356,7 +356,8 @@ def prepare(engine: Engine, state: str, events: int, completed: int) -> int:
     return already
 
 
-def _counts(engine: Engine) -> dict[str, int]:
+def status_counts(engine: Engine) -> dict[str, int]:
+    """Events per status."""
     with engine.connect() as conn:
         rows = conn.execute(select(EVENTS.c.status, func.count()).group_by(EVENTS.c.status)).all()
     return {status: int(n) for status, n in rows}
@@ -375,7 +376,7 @@ def measure(
         done, seconds = run_workers(kind, url, arg, processes, threads=args.smoke)
         engine = make_engine(url)
         try:
-            counts = _counts(engine)
+            counts = status_counts(engine)
         finally:
             engine.dispose()
     if kind != "original" and (done != events or counts.get("PENDING", 0)):

@@ -84,7 +84,7 @@ from .common import (
     repeats,
     run_main,
 )
-from .dispatch import OUTBOX_TABLES, _counts, run_workers
+from .dispatch import OUTBOX_TABLES, run_workers, status_counts
 
 ENTRYPOINT = "bench.noop"
 WARMUP = 3
@@ -103,7 +103,7 @@ def _require_pgqueuer() -> None:
 
 
 def _dsn(url: str) -> str:
-    """A libpq URL for psycopg from a SQLAlchemy one."""
+    """A libpq URL (for psycopg and asyncpg) from a SQLAlchemy one."""
     from sqlalchemy.engine import make_url
 
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -259,7 +259,7 @@ def measure_throughput(
             done, seconds = run_workers("library", url, batch, processes, threads=smoke)
             engine = make_engine(url)
             try:
-                counts = _counts(engine)
+                counts = status_counts(engine)
             finally:
                 engine.dispose()
             if done != events or counts.get("COMPLETED", 0) != events:
