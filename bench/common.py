@@ -125,6 +125,102 @@ def temp_database(backend: str, *, postgres_url: str = PG_ADMIN_URL, migrate: bo
         admin.dispose()
 
 
+class DatabaseTemplate:
+    """A migrated database that is never used itself, only copied: ``with template.clone() as url: ...``.
+
+    Each copy is a new database (PostgreSQL ``CREATE DATABASE ... TEMPLATE``, a file copy
+    on SQLite) that no connection has touched and that never saw ``ANALYZE``: what
+    ``init_db`` gives a user, in a fraction of a second.
+    """
+
+    def __init__(self, backend: str, url: str, postgres_url: str) -> None:
+        self.backend, self.url, self.postgres_url = backend, url, postgres_url
+
+    @contextmanager
+    def clone(self) -> Iterator[str]:
+        if self.backend == "sqlite":
+            source = Path(make_url(self.url).database or "")
+            folder = tempfile.mkdtemp(prefix="outbox-bench-")
+            target = Path(folder) / "bench.db"
+            shutil.copyfile(source, target)
+            try:
+                yield f"sqlite:///{target}"
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            return
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        template = make_url(self.url).database
+        admin = create_engine(_sqlalchemy_url(self.postgres_url), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+            try:
+                yield make_url(self.url).set(database=name).render_as_string(hide_password=False)
+            finally:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+
+
+@contextmanager
+def database_template(
+    backend: str, *, postgres_url: str = PG_ADMIN_URL, setup: Callable[[str], None] | None = None
+) -> Iterator[DatabaseTemplate]:
+    """A migrated template (then ``setup(url)``, if given) to clone per sample; dropped afterwards."""
+    with temp_database(backend, postgres_url=postgres_url) as url:
+        if setup is not None:
+            setup(url)
+        if backend == "sqlite":
+            engine = make_engine(url)
+            try:
+                _sqlite_maintenance(engine, "PRAGMA wal_checkpoint(TRUNCATE)")  # the copy is the main file alone
+            finally:
+                engine.dispose()
+        yield DatabaseTemplate(backend, url, postgres_url)
+
+
+def pin_statistics(engine: Any, tables: Sequence[str]) -> None:
+    """No autovacuum on ``tables`` (PostgreSQL), so their statistics stay what the benchmark made them.
+
+    Autovacuum visits a new database at some moment within a minute and would
+    ``ANALYZE`` a freshly loaded table during some samples and not others; with it
+    off, "never analyzed" and "analyzed before the burst" hold for the whole drain.
+    (A burst smaller than a tenth of the table would not trigger one anyway.)
+    SQLite has no automatic ``ANALYZE``: nothing to do.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.begin() as conn:
+        for table in tables:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table} SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+            )
+
+
+def analyzed_tables(engine: Any, tables: Sequence[str]) -> int:
+    """How many of ``tables`` have planner statistics (PostgreSQL ``pg_stats``, SQLite ``sqlite_stat1``)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            names = [t.strip('"') for t in tables]
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT count(DISTINCT tablename) FROM pg_stats WHERE tablename = ANY(%(names)s)",
+                    {"names": names},
+                ).scalar_one()
+            )
+        exists = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").first()
+        if exists is None:
+            return 0
+        names = [t.strip('"') for t in tables]
+        marks = ",".join("?" * len(names))
+        return int(
+            conn.exec_driver_sql(
+                f"SELECT count(DISTINCT tbl) FROM sqlite_stat1 WHERE tbl IN ({marks})", tuple(names)
+            ).scalar_one()
+        )
+
+
 def _migrate(url: str) -> None:
     engine = make_engine(url)
     try:
@@ -145,7 +241,13 @@ def reset_outbox(engine: Any) -> None:
 
 
 def vacuum_analyze(engine: Any) -> None:
-    """Fresh statistics after bulk loading, as autovacuum would eventually give."""
+    """Fresh statistics after bulk loading, as autovacuum would eventually give.
+
+    The library never runs this. ``bench.dispatch`` runs it only where a state asks
+    for it (the table as autovacuum leaves it before a burst, or the old lab state);
+    ``bench.memory`` and ``bench.scale`` run it because they measure memory and read
+    queries on a settled table, not the dispatcher's first plans.
+    """
     if engine.dialect.name == "postgresql":
         with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
             conn.exec_driver_sql('VACUUM ANALYZE "OutboxEvent"')

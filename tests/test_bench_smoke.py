@@ -37,6 +37,40 @@ def test_smoke_mode_runs_and_writes_its_json(name: str, backend: str, request: p
     assert data["targets"] and all({"name", "value", "op", "threshold", "met"} <= set(t) for t in data["targets"])
 
 
+def test_peers_smoke_measures_both_libraries(postgres_databases: object, tmp_path: Path) -> None:
+    """``bench.peers --smoke``: ours and pgqueuer, throughput and wake latency, on the test server."""
+    for module in ("pgqueuer", "asyncpg"):
+        # An optional extra (bench, in dev), not a service: skipped, also under OUTBOX_REQUIRE_SERVICES.
+        pytest.importorskip(module, reason=f"{module} is not installed: pip install -e '.[bench]'")
+    bench = importlib.import_module("bench.peers")
+    out = tmp_path / "peers.json"
+    returned = bench.main(["--smoke", "--quiet", "--json", str(out), "--postgres-url", PG_ADMIN_URL])
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "peers" == returned["benchmark"]
+    cases = {row["case"] for row in data["results"]}
+    assert {"wake latency, other process: ours", "wake latency, other process: pgqueuer"} <= cases
+    assert any(c.startswith("throughput: ours") for c in cases)
+    assert any(c.startswith("throughput: pgqueuer") for c in cases)
+    assert all(row["value"] > 0 for row in data["results"])
+    assert {t["name"] for t in data["targets"]} >= {"ours b500 x2 / pgqueuer best"}
+
+
+def test_dispatch_smoke_covers_every_state(tmp_path: Path) -> None:
+    """Every state of ``bench.dispatch`` is measured, each with the library and the raw loop."""
+    from bench.dispatch import STATES, variants_for
+
+    for backend in ("sqlite", "postgres"):
+        for smoke in (True, False):
+            cases = [case for case, *_ in variants_for(backend, 1.0, smoke=smoke)]
+            assert len(cases) == len(set(cases))
+            for state in STATES:
+                assert f"{state}: library b500 x1" in cases
+                assert f"{state}: raw SQL limit x1" in cases
+    full = [case for case, *_ in variants_for("postgres", 1.0)]
+    assert {f"after steady state: library b{b} x1" for b in (50, 200, 500, 1000)} <= set(full)
+    assert all(f"{state}: library b500 x2" in full for state in STATES)
+
+
 def test_seed_writes_realistic_rows(sqlite_url: str) -> None:
     from sqlalchemy import func, select
 
