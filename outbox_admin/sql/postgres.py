@@ -27,9 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import literal_column
-
-from ..db import db_now, db_now_plus
+from ..db import db_now
 from ..wakeup import NOTIFY_CHANNEL
 from . import (
     CLAIMED_COLUMNS,
@@ -41,7 +39,7 @@ from . import (
     _Names,
     driver_style,
 )
-from .shared import PENDING, PROCESSING, expire_set, finish_set, older_unfinished, out_of_attempts
+from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
 
 #: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
 #: [regular expression, org or null] (``outbox_admin.patterns.glob_for_postgres``).
@@ -65,12 +63,7 @@ OUTCOMES = """
 
 def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked: bool) -> DispatcherSql:
     ev, tr = names.events, names.transitions
-    if clocked:
-        now, lease_until, due = "CAST(:now AS timestamptz)", "CAST(:lease_until AS timestamptz)", "c.due"
-    else:
-        now = str(db_now().compile(dialect=dialect))
-        lease_until = str(db_now_plus(literal_column(":lease_seconds")).compile(dialect=dialect))
-        due = str(db_now_plus(literal_column("c.delay")).compile(dialect=dialect))
+    now, lease_until, due = clock(dialect, clocked=clocked, time_param="CAST({} AS timestamptz)")
     order = older_unfinished(ev) if ordering == "entity" else ""
     columns = ", ".join(CLAIMED_COLUMNS)
     returning = ", ".join(f"e.{c}" for c in CLAIMED_COLUMNS)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import literal_column
+
+from ..db import db_now, db_now_plus
 from ..models import EventStatus
 
 PENDING = EventStatus.PENDING.value
@@ -55,3 +60,19 @@ def older_unfinished(events: str) -> str:
                     AND older.status IN ('{PENDING}', '{PROCESSING}')
                     AND (older.created_at < candidate.created_at
                          OR (older.created_at = candidate.created_at AND older.id < candidate.id)))"""
+
+
+def clock(dialect: Any, *, clocked: bool, time_param: str = "{}") -> tuple[str, str, str]:
+    """SQL for now, the new lease's end and an outcome's due time (``c.delay`` seconds from now).
+
+    The database's clock, or with ``clocked`` (tests that move time by hand) the
+    parameters ``:now`` and ``:lease_until`` and the outcome's own ``c.due``;
+    ``time_param`` wraps a time parameter (PostgreSQL casts it to timestamptz).
+    """
+    if clocked:
+        return time_param.format(":now"), time_param.format(":lease_until"), "c.due"
+    return (
+        str(db_now().compile(dialect=dialect)),
+        str(db_now_plus(literal_column(":lease_seconds")).compile(dialect=dialect)),
+        str(db_now_plus(literal_column("c.delay")).compile(dialect=dialect)),
+    )

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import literal_column
-
-from ..db import db_now, db_now_plus
 from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, PUBLISHED_COLUMNS, PUBLISHER_ACTOR, DispatcherSql, PublishSql, _Names
-from .shared import PENDING, PROCESSING, expire_set, finish_set, older_unfinished, out_of_attempts
+from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
 
 #: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
 #: [GLOB pattern, org or null] (``outbox_admin.patterns.glob_for_sqlite``).
@@ -45,12 +42,7 @@ OUTCOMES = """
 
 def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked: bool) -> DispatcherSql:
     ev, tr = names.events, names.transitions
-    if clocked:
-        now, lease_until, due = ":now", ":lease_until", "c.due"
-    else:
-        now = str(db_now().compile(dialect=dialect))
-        lease_until = str(db_now_plus(literal_column(":lease_seconds")).compile(dialect=dialect))
-        due = str(db_now_plus(literal_column("c.delay")).compile(dialect=dialect))
+    now, lease_until, due = clock(dialect, clocked=clocked)
     order = older_unfinished(ev) if ordering == "entity" else ""
     columns = ", ".join(CLAIMED_COLUMNS)
 
