@@ -8,7 +8,8 @@ One tick (``dispatch_once``) is the original's 30-second cron made safe:
    one statement (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``
    on PostgreSQL; the same inside ``BEGIN IMMEDIATE`` on SQLite), marking them
    PROCESSING with a lease;
-3. run the handlers with no transaction open;
+3. run the handlers with no transaction open (their circuit breakers decide
+   which are called; the batch's lease is renewed meanwhile);
 4. in one short transaction: COMPLETED, or back to PENDING with backoff, or
    FAILED; set-based, one statement per outcome group. Every write is guarded by
    the claim (``locked_by`` and the attempt number), so a dispatcher whose lease
@@ -18,8 +19,9 @@ Times (due, lease expiry, processed_at) come from the database's clock, so
 dispatchers on hosts with skewed clocks agree; tests may inject a clock.
 Every status change also writes an ``OutboxEventTransition`` row.
 
-The three statements (claim, finish, recover) are SQL text built once per
-dispatcher (``_Statements``), so a tick costs no statement building or compiling;
+The statements (claim, finish, recover, lease renewal) are SQL text from
+``outbox_admin.sql`` (one module per dialect), built once per dispatcher
+(``_Statements``), so a tick costs no statement building or compiling;
 a batch's outcomes travel as one JSON document, so the text is the same for 1 or
 500 events (the driver keeps the claim prepared; the finish is planned per run,
 see ``_planned_per_execution``). A drain
@@ -35,7 +37,6 @@ import json
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -688,9 +689,6 @@ class _Outcome:
     delay: float | None  # seconds until due again; None keeps available_at (completed)
     released: bool = False
     waiting: bool = False  # put back for an open breaker: no attempt spent
-
-
-_NAMED_PARAMETER = re.compile(r":(\w+)")
 
 
 class _Statements:
