@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,34 +44,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A dashboard server on a free port and a temporary SQLite database: (base URL, database URL)."""
+@contextmanager
+def running_dashboard(tmp_path: Path, *, project_config: bool) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """A dashboard server on a free port and a temporary SQLite database: (base URL, database URL, process).
+
+    ``project_config``: started from the checkout, as the quick start does, so the project's
+    ``.streamlit/config.toml`` is what configures it; otherwise from a temporary folder with
+    the same settings given as flags.
+    """
     url = f"sqlite:///{tmp_path / 'browser.db'}"
     port = free_port()
     env = {**os.environ, "OUTBOX_DATABASE_URL": url, "OUTBOX_INTERVAL_SECONDS": "3600"}
     for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY"):
         env.pop(name, None)
+    for name in [n for n in env if n.startswith("STREAMLIT_")]:
+        env.pop(name)
+    flags = ["--server.port", str(port), "--server.fileWatcherType", "none"]
+    if not project_config:
+        flags += ["--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     log = (tmp_path / "streamlit.log").open("w")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "dashboard.py"),
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=tmp_path,
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard.py"), *flags],
+        cwd=ROOT if project_config else tmp_path,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -89,7 +84,7 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
                 log.flush()
                 pytest.fail(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        yield base, url
+        yield base, url, server
     finally:
         server.terminate()
         try:
@@ -98,6 +93,12 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
             server.kill()
             server.wait()
         log.close()
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    with running_dashboard(tmp_path, project_config=False) as (base, url, _):
+        yield base, url
 
 
 @pytest.fixture
@@ -159,3 +160,24 @@ def test_publish_tick_and_see_it_completed_in_a_real_browser(dashboard, browser_
         "overview.png",
         "publish.png",
     ]
+
+
+def test_quiet_and_local_by_default(tmp_path: Path, browser_page) -> None:
+    """Started as the quick start does: every page load stays on this server (no usage statistics, no
+    icon fonts from the internet), no Deploy button, and the server listens on 127.0.0.1 only."""
+    import psutil
+
+    page = browser_page
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    with running_dashboard(tmp_path, project_config=True) as (base, _url, server):
+        for path, heading in (("", "Overview"), ("events", "Events"), ("failures", "Failures"), ("publish", "Publish")):
+            open_page(page, base, path, heading)
+        page.get_by_role("heading", name="Publish").first.wait_for(timeout=30_000)
+        assert page.get_by_text("Deploy", exact=True).count() == 0
+        listening = {
+            c.laddr.ip for c in psutil.Process(server.pid).net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+        }
+    local = ("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:")
+    assert requests and not [u for u in requests if not u.startswith(local)], "a page load left this server"
+    assert listening == {"127.0.0.1"}, listening

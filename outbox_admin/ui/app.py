@@ -54,7 +54,7 @@ def gate(settings: DashboardSettings) -> bool:
 
 def start() -> Context | None:
     """Everything before a page: config, gate, context, sidebar. None while the gate is locked."""
-    st.set_page_config(page_title="outbox_admin", page_icon=":material/outbox:", layout="wide")
+    st.set_page_config(page_title="outbox_admin", page_icon="📤", layout="wide")
     settings = DashboardSettings.from_env()
     if not gate(settings):
         return None
