@@ -38,6 +38,7 @@ from sqlalchemy.types import Text
 
 from .errors import FilterError
 from .models import EventStatus, OutboxTables
+from .payload import text_fault
 
 STATUSES = tuple(s.value for s in EventStatus)
 MAX_SEARCH_LENGTH = 200
@@ -126,13 +127,9 @@ def check_text(name: str, value: object, *, limit: int = MAX_TEXT_LENGTH) -> str
         raise FilterError(name, f"must be text, not {type(value).__name__}")
     if len(value) > limit:
         raise FilterError(name, f"is {len(value):,} characters, over the limit of {limit:,}")
-    if "\x00" in value:
-        raise FilterError(name, "contains a NUL character")
-    if not value.isascii():  # O(1) for ASCII text, which cannot hold a surrogate
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise FilterError(name, "contains a lone surrogate (not valid UTF-8 text)") from None
+    fault = text_fault(value)
+    if fault is not None:
+        raise FilterError(name, fault)
     return str(value)
 
 

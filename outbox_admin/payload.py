@@ -262,18 +262,32 @@ class _Walk:
 
     @staticmethod
     def text(text: str, path: _Path) -> str:
-        # PostgreSQL's jsonb cannot hold NUL, and lone surrogates cannot be encoded as UTF-8:
-        # refuse both on every database so a payload means the same everywhere.
-        if "\x00" in text:
+        fault = text_fault(text)
+        if fault == NUL:
             raise PayloadError(
                 _path_text(path), "text contains a NUL character (\\u0000), which JSON columns cannot store"
             )
-        if not text.isascii():  # O(1): ASCII text cannot hold a surrogate
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise PayloadError(_path_text(path), "text contains a lone surrogate and is not valid UTF-8") from None
+        if fault is not None:
+            raise PayloadError(_path_text(path), "text contains a lone surrogate and is not valid UTF-8")
         return str(text)
+
+
+NUL = "contains a NUL character"
+SURROGATE = "contains a lone surrogate (not valid UTF-8 text)"
+
+
+def text_fault(text: str) -> str | None:
+    """Why no database can store ``text`` (``NUL`` or ``SURROGATE``), or None; the one check for payload
+    texts, event fields and filters. PostgreSQL cannot hold NUL in text or jsonb, and a lone surrogate
+    (undecodable bytes kept by ``surrogateescape``, or ``\\ud800`` in JSON) is not UTF-8. O(1) for ASCII."""
+    if "\x00" in text:
+        return NUL
+    if not text.isascii():  # ASCII text cannot hold a surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return SURROGATE
+    return None
 
 
 def normalize_payload(

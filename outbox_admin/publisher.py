@@ -53,7 +53,7 @@ from .errors import InvalidEventError, NotInTransactionError, UnknownEventTypeEr
 from .event_types import EventTypeRegistry, default_registry
 from .ids import new_event_id
 from .models import DEFAULT_TABLES, EventStatus, OutboxEvent, OutboxTables
-from .payload import DEFAULT_MAX_PAYLOAD_BYTES, INT64_MAX, INT64_MIN, encode_payload
+from .payload import DEFAULT_MAX_PAYLOAD_BYTES, INT64_MAX, INT64_MIN, encode_payload, text_fault
 from .sql import PUBLISHED_COLUMNS, PublishSql, publish_sql
 from .sql import PUBLISHER_ACTOR as PUBLISHER_ACTOR  # the history's actor for publishes; kept importable here
 from .wakeup import WakeSignal, wake_signal
@@ -265,13 +265,9 @@ def _text_field(name: str, value: object, *, allow_int: bool = True) -> str:
         raise InvalidEventError(name, f"is {len(text)} characters, over the limit of {MAX_FIELD_LENGTH}")
     if not text.strip():
         raise InvalidEventError(name, "must not be empty")
-    if "\x00" in text:
-        raise InvalidEventError(name, "contains a NUL character")
-    if not text.isascii():  # O(1) for ASCII text, which cannot hold a surrogate
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidEventError(name, "contains a lone surrogate and is not valid UTF-8 text") from None
+    fault = text_fault(text)
+    if fault is not None:
+        raise InvalidEventError(name, fault)
     return text
 
 
