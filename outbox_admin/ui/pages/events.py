@@ -1,0 +1,214 @@
+"""The Events page: filters kept in the link, the table, one event's detail, actions and exports."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from ... import analytics, charts, demo
+from ...display import visible, visible_json
+from ...errors import OutboxError
+from ...event_types import registered_event_types
+from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query
+from .. import components, sidebar
+from ..context import Context, current
+from . import actions
+
+PAGE_SIZE = 50
+EXPORT_LIMIT = 10_000
+
+
+def _filter_form(ctx: Context) -> EventFilter:
+    """Filters kept in the URL query string, so a view can be shared as a link."""
+    try:
+        current_filter = filter_from_query(st.query_params.to_dict())
+    except OutboxError as exc:
+        st.error(f"Ignoring the filter in the link: {components.literal(exc)}")
+        current_filter = EventFilter()
+    with st.form("filters"):
+        first, second, third = st.columns(3)
+        statuses = first.multiselect("Status", list(STATUSES), default=list(current_filter.status or ()))
+        demo.ensure_demo_event_types()
+        # The registry is the closed set of types, so no scan of the table is needed for the picker.
+        known_types = sorted(set(registered_event_types()) | set(current_filter.event_type or ()))
+        types = second.multiselect("Event type", known_types, default=list(current_filter.event_type or ()))
+        known_orgs = sorted(set(analytics.distinct_values(ctx.engine, "org_id")) | set(current_filter.org_id or ()))
+        orgs = third.multiselect("Org", known_orgs, default=list(current_filter.org_id or ()), format_func=visible)
+        first, second, third, fourth = st.columns([1, 1, 1, 2])
+        entity_default = (current_filter.entity_type or "") + (
+            f"/{current_filter.entity_id}" if current_filter.entity_id else ""
+        )
+        entity = first.text_input("Entity", value=entity_default, placeholder="Project/42")
+        since = second.text_input(
+            "Since (UTC)",
+            value=current_filter.since.isoformat() if current_filter.since else "",
+            placeholder="2026-11-27T10:00",
+        )
+        until = third.text_input(
+            "Until (UTC)",
+            value=current_filter.until.isoformat() if current_filter.until else "",
+            placeholder="2026-11-27T12:00",
+        )
+        search = fourth.text_input("Search ids and errors", value=current_filter.search or "")
+        applied = st.form_submit_button("Apply filters")
+    if applied:
+        try:
+            chosen = EventFilter.build(
+                status=statuses or None,
+                event_type=types or None,
+                org_id=orgs or None,
+                entity=entity or None,
+                since=since or None,
+                until=until or None,
+                search=search or None,
+                error_group=current_filter.error_group,
+            )
+        except OutboxError as exc:
+            st.error(components.literal(exc))
+            return current_filter
+        st.query_params.from_dict(filter_to_query(chosen))
+        st.session_state["events_page"] = 0
+        return chosen
+    return current_filter
+
+
+def events() -> None:
+    ctx = current()
+    st.title("Events")
+    components.flash()
+    flt = _filter_form(ctx)
+    frozen = bool(st.session_state.get(SELECTION_KEY))
+
+    # The table refreshes live, except while rows are selected: then it holds still.
+    @st.fragment(run_every=None if frozen else sidebar.refresh_interval(ctx))
+    def table() -> None:
+        total = analytics.count_events(ctx.engine, flt)
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(st.session_state.get("events_page", 0), pages - 1)
+        frame = analytics.events_frame(ctx.engine, flt, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
+        left, middle, right = st.columns([3, 1, 1])
+        left.caption(
+            f"{total:,} events match; page {page + 1} of {pages}, newest first"
+            + (" (refresh paused while rows are selected)" if frozen else "")
+        )
+        if middle.button("Previous", disabled=page == 0, width="stretch"):
+            st.session_state["events_page"] = page - 1
+            st.rerun(scope="app")
+        if right.button("Next", disabled=page >= pages - 1, width="stretch"):
+            st.session_state["events_page"] = page + 1
+            st.rerun(scope="app")
+        selected_ids = _event_table(frame)
+        if selected_ids != st.session_state.get(SELECTION_KEY, []):
+            st.session_state[SELECTION_KEY] = selected_ids
+            components.keep_flash()
+            st.rerun(scope="app")  # redraw the page: details, actions and the refresh rule follow the selection
+        if selected_ids:
+            st.caption(f"Selected: {components.literals(selected_ids[:10])}{' ...' if len(selected_ids) > 10 else ''}")
+            if len(selected_ids) == 1:
+                _event_detail(ctx, selected_ids[0])
+        _bulk_actions(ctx, flt, selected_ids, total)
+
+    table()
+    _export(ctx, flt)
+
+
+SELECTION_KEY = "events_selection"
+
+
+def _event_table(frame: pd.DataFrame) -> list[str]:
+    """The page of events with row selection; returns the selected event ids.
+
+    Streamlit's selection is by row position and survives a data refresh, so
+    positions are turned into ids at once, and the table's key changes with the
+    rows it shows: new rows mean a fresh, empty selection, never a wrong one.
+    """
+    shown = frame.assign(entity=frame["entity_type"] + "/" + frame["entity_id"])[
+        ["status", "created_at", "event_type", "entity", "org_id", "retry_count", "error_message", "id"]
+    ]
+    key = components.table_key("events_table", frame["id"])
+    selection = st.dataframe(
+        components.styled(components.data(shown)),
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="multi-row",
+        key=key,
+        column_config={
+            "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "retry_count": st.column_config.NumberColumn("retries"),
+        },
+    )
+    rows = list(selection.selection.rows) if selection is not None else []
+    return [frame["id"].iloc[r] for r in rows if r < len(frame)]
+
+
+def _event_detail(ctx: Context, event_id: str) -> None:
+    event = analytics.get_event(ctx.engine, event_id)
+    if event is None:
+        st.warning("That event no longer exists (purged).")
+        return
+    st.subheader(components.literal(f"{event['event_type']} {event['entity_type']}/{event['entity_id']}"))
+    st.markdown(
+        f"Status {components.badge(event['status'])} — attempts {event['retry_count']} — org "
+        f"{components.literal(event['org_id'])} — id {components.literal(event['id'])}"
+    )
+    left, right = st.columns([1, 1])
+    with left:
+        st.caption("Payload")
+        # As text, not st.json: the same escapes as everywhere (a bidi override in a value would
+        # reorder what the viewer shows), and still valid JSON to copy.
+        st.code(visible_json(event["payload"], indent=2), language="json")
+        fields = {k: v for k, v in event.items() if k != "payload"}
+        st.caption("Fields")
+        st.dataframe(
+            pd.DataFrame({"field": list(fields), "value": [visible(v) for v in fields.values()]}),
+            hide_index=True,
+            width="stretch",
+        )
+    with right:
+        timeline = analytics.transitions_frame(ctx.engine, event_id)
+        st.plotly_chart(
+            charts.timeline_figure(components.for_chart(timeline, ["actor", "error_message"])), width="stretch"
+        )
+        st.dataframe(
+            components.styled(
+                components.data(timeline[["at", "from_status", "to_status", "attempt", "actor", "error_message"]])
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+
+
+def _bulk_actions(ctx: Context, flt: EventFilter, selected_ids: list[str], total: int) -> None:
+    if ctx.readonly:
+        return
+    st.subheader("Actions")
+    first, second, third, fourth = st.columns(4)
+    if first.button("Requeue selected", disabled=not selected_ids, width="stretch"):
+        actions.request("requeue", event_ids=tuple(selected_ids), status=None)
+    if second.button("Discard selected", disabled=not selected_ids, width="stretch"):
+        actions.request("discard", event_ids=tuple(selected_ids), status=None)
+    if third.button("Requeue all FAILED matching", disabled=total == 0, width="stretch"):
+        actions.request("requeue", filters=flt.with_(status=None), status="FAILED")
+    if fourth.button("Discard all FAILED matching", disabled=total == 0, width="stretch"):
+        actions.request("discard", filters=flt.with_(status=None), status="FAILED")
+    actions.pending_dialog()
+
+
+def _export(ctx: Context, flt: EventFilter) -> None:
+    """Downloads built only when clicked (a callable), so the page never pays for them."""
+    with st.expander("Export this view"):
+        st.caption(f"Up to {EXPORT_LIMIT:,} events of the current filter, newest first.")
+        left, right = st.columns(2)
+        left.download_button(
+            "CSV",
+            lambda: analytics.export_events(ctx.engine, flt, "csv", limit=EXPORT_LIMIT),
+            "outbox-events.csv",
+            "text/csv",
+        )
+        right.download_button(
+            "JSON",
+            lambda: analytics.export_events(ctx.engine, flt, "json", limit=EXPORT_LIMIT),
+            "outbox-events.json",
+            "application/json",
+        )

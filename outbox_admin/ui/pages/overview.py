@@ -1,0 +1,96 @@
+"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from ... import analytics, charts, demo
+from .. import components, sidebar
+from ..context import Context, current
+
+WINDOWS = {
+    "15 minutes": dt.timedelta(minutes=15),
+    "1 hour": dt.timedelta(hours=1),
+    "24 hours": dt.timedelta(days=1),
+    "7 days": dt.timedelta(days=7),
+}
+
+
+def _since(label: str) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) - WINDOWS[label]
+
+
+def overview() -> None:
+    ctx = current()
+    st.title("Overview")
+    components.flash()
+    if not analytics.has_events(ctx.engine):
+        _empty_state(ctx)
+        return
+    window = st.segmented_control("Window", list(WINDOWS), default="1 hour", key="overview_window") or "1 hour"
+
+    @st.fragment(run_every=sidebar.refresh_interval(ctx))
+    def live_numbers() -> None:
+        since = _since(window)
+        counts = analytics.status_counts(ctx.engine)
+        columns = st.columns(len(counts))
+        for column, (status, count) in zip(columns, zip(counts["status"], counts["count"], strict=True), strict=True):
+            column.metric(status.title(), f"{count:,}")
+        latency = analytics.latency_stats(ctx.engine, since=since, by_type=False)
+        overall = latency.iloc[0]
+        left, right, third = st.columns(3)
+        left.metric(f"Latency p50 ({window})", _seconds(overall["p50"]))
+        right.metric(f"Latency p95 ({window})", _seconds(overall["p95"]))
+        third.metric(f"Completed ({window})", f"{int(overall['events']):,}")
+        bucket = (
+            "1min"
+            if WINDOWS[window] <= dt.timedelta(hours=1)
+            else ("10min" if WINDOWS[window] <= dt.timedelta(days=1) else "1h")
+        )
+        first, second = st.columns([2, 1])
+        first.plotly_chart(
+            charts.throughput_figure(
+                analytics.throughput(ctx.engine, bucket, since=since), title=f"Events per {bucket}"
+            ),
+            width="stretch",
+        )
+        second.plotly_chart(charts.status_figure(counts), width="stretch")
+        first, second = st.columns(2)
+        first.plotly_chart(
+            charts.retry_histogram_figure(analytics.retry_histogram(ctx.engine, totals=counts)), width="stretch"
+        )
+        second.plotly_chart(
+            charts.error_groups_figure(
+                components.for_chart(analytics.error_summary(ctx.engine, since=since, limit=10), ["error_group"])
+            ),
+            width="stretch",
+        )
+
+    live_numbers()
+
+
+def _seconds(value: Any) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _empty_state(ctx: Context) -> None:
+    st.info(
+        "Application code writes each event into the outbox table in the same transaction as its change, "
+        "so an event exists only if the change committed. A dispatcher then delivers every event at least "
+        "once, retrying failures and parking poison events as FAILED for a person to requeue."
+    )
+    if ctx.readonly:
+        st.caption("This dashboard is read-only.")
+        return
+    if st.button("Load demo data", type="primary"):
+        bar = st.progress(0.0, text="Running demo mutations...")
+        demo.load_demo_data(ctx.engine, progress=lambda done, total: bar.progress(done / total))
+        bar.empty()
+        components.flash("Demo data loaded: projects created, updated and archived, some deliveries failed.")
+        st.rerun()
