@@ -10,6 +10,10 @@ would touch and a sample of their ids.
 
 Discarding moves an event to ``DISCARDED`` rather than deleting it, so the audit
 trail stays; ``purge`` deletes old finished events in small batches.
+
+Each action also corrects the rollup (``outbox_admin.stats``) in its transaction: an
+event leaving COMPLETED, FAILED or DISCARDED is taken out of its count, one entering
+DISCARDED counted in, a purged one taken out.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, delete, desc, func, insert, literal, select, update
 
+from . import stats
 from .db import db_now, db_now_plus, read_connection, write_transaction
 from .errors import AdminActionError
 from .filters import EventFilter, as_filter, prepare_connection
@@ -155,6 +160,7 @@ def _move(
     tables: OutboxTables,
     check_ids: bool,
     force: bool,
+    reset_attempts: bool = False,
 ) -> int:
     ev, tr = tables.events, tables.transitions
     who = actor_name(actor)
@@ -171,6 +177,13 @@ def _move(
             )
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
+                # The rollup counts the rows as they were (retry count included), hence before the reset.
+                if old != to_status and old in stats.COUNTED:
+                    stats.record(conn, chunk, sign=-1, status=old, writer=stats.ADMIN_WRITER, tables=tables)
+                if old != to_status and to_status in stats.COUNTED:
+                    stats.record(conn, chunk, sign=1, status=to_status, writer=stats.ADMIN_WRITER, tables=tables)
+                if reset_attempts:
+                    conn.execute(update(ev).where(ev.c.id.in_(chunk)).values(retry_count=0))
                 source = select(
                     ev.c.id, literal(old), literal(to_status), db_now(), literal(who), ev.c.retry_count, literal(note)
                 ).where(ev.c.id.in_(chunk))
@@ -223,10 +236,19 @@ def requeue(
     statuses = _statuses_for("requeue", status, force)
     flt = _scope(event_ids, filters, {**loose, "event_type": event_type, "org_id": org_id, "error_group": error_group})
     values: dict[str, Any] = {"status": PENDING, "available_at": db_now(), "locked_by": None, "locked_until": None}
-    if reset_attempts:
-        values["retry_count"] = 0
     return _move(
-        engine, "requeue", flt, statuses, PENDING, values, actor, None, tables, check_ids=status is None, force=force
+        engine,
+        "requeue",
+        flt,
+        statuses,
+        PENDING,
+        values,
+        actor,
+        None,
+        tables,
+        check_ids=status is None,
+        force=force,
+        reset_attempts=reset_attempts,
     )
 
 
@@ -305,11 +327,14 @@ def purge(
                 break
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
+                stats.record(conn, chunk, sign=-1, writer=stats.PURGE_WRITER, tables=tables)  # rows still locked
                 transitions += conn.execute(delete(tr).where(tr.c.event_id.in_(chunk))).rowcount or 0
                 events += conn.execute(delete(ev).where(ev.c.id.in_(chunk), ev.c.status.in_(wanted))).rowcount or 0
         batches += 1
         if progress is not None:
             progress(events)
+    if events:
+        stats.compact(engine, tables)
     return PurgeResult(events, transitions, batches)
 
 

@@ -60,6 +60,7 @@ from .lease import LeaseKeeper
 from .models import DEFAULT_TABLES, EventStatus, OutboxTables
 from .patterns import glob_for_postgres, glob_for_sqlite
 from .sql import dispatcher_sql
+from .stats import COMPACT_EVERY_SECONDS, compact_in
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,9 @@ class Dispatcher:
         # Expired leases are rare: within a drain, look for them at most this often.
         self.recover_every_seconds = min(5.0, self.lease_seconds / 2)
         self._next_recovery = 0.0
+        # The rollup's old minute rows are folded into hours and days this often (outbox_admin.stats).
+        self.compact_every_seconds = COMPACT_EVERY_SECONDS
+        self._next_compaction = 0.0
         self._lease_keeper = LeaseKeeper(self._renew_leases, interval=self.lease_seconds / 3, name=self.name)
         # Outcomes of a batch whose finish could not be written (the database went away): written first
         # at the next tick, their leases renewed meanwhile, so they are recorded as what they were.
@@ -323,6 +327,9 @@ class Dispatcher:
         if time.monotonic() >= self._next_recovery:
             report.recovered = self.recover_expired_leases(conn)
             self._next_recovery = time.monotonic() + self.recover_every_seconds
+        if time.monotonic() >= self._next_compaction:
+            self._next_compaction = time.monotonic() + self.compact_every_seconds
+            self.compact_stats(conn)
         events, undecodable = ([], {}) if self.stopping else self._claim(conn)
         report.claimed = len(events)
         if events:
@@ -384,9 +391,25 @@ class Dispatcher:
                     if rows:
                         history = [(r[0], PROCESSING, r[1], r[2], r[3]) for r in rows]
                         c.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
+                    failed = [r[0] for r in rows if r[1] == FAILED]
+                    if failed:
+                        c.exec_driver_sql(sql.count, {"ids": json.dumps(failed), "name": self.name})
         for row in rows:
             log.warning("recovered event %s from an expired lease; now %s", row[0], row[1])
         return len(rows)
+
+    def compact_stats(self, conn: Connection | None = None) -> None:
+        """Fold the rollup's old rows (``outbox_admin.stats.compact``); a failure is logged, not raised:
+        the rollup stays right uncompacted, only slower to read."""
+        try:
+            with self._connection(conn) as c:
+                if self._postgres:
+                    compact_in(c, self.tables)
+                else:
+                    with c.begin():
+                        compact_in(c, self.tables)
+        except DBAPIError as exc:
+            log.warning("dispatcher %s could not compact the rollup: %s", self.name, _first_line(exc))
 
     def _renew_leases(self, ids: list[str]) -> int:
         """Extend the lease of ``ids`` still held by this dispatcher (the heartbeat); returns how many are."""
@@ -652,6 +675,9 @@ class Dispatcher:
             history = [(o.event.id, PROCESSING, o.status, o.step, o.message) for o in outcomes if o.event.id in written]
             if history:
                 conn.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
+            finished = [o.event.id for o in outcomes if o.event.id in written and o.status in (COMPLETED, FAILED)]
+            if finished:
+                conn.exec_driver_sql(sql.count, {"ids": json.dumps(finished), "name": self.name})
         return written
 
 
@@ -712,6 +738,7 @@ class _Statements:
         self.finish = statements.finish
         self.recover = statements.recover
         self.history = statements.history or ""
+        self.count = statements.count or ""
 
     def bind_time(self, value: dt.datetime) -> Any:
         """A datetime as the driver should receive it (SQLite: UTCDateTime's text form)."""

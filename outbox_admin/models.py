@@ -17,10 +17,12 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -44,6 +46,11 @@ NAMING_CONVENTION = {
 MANUAL_ACTOR_PREFIX = "admin:"
 #: The SQL literal that selects them (also the predicate of a partial index on the history).
 MANUAL_ACTOR_PATTERN = "'admin:%'"
+
+#: The rollup's latency histogram (``outbox_admin.stats``): buckets at 1 ms times powers of the square root of 2.
+STATS_LATENCY_BUCKETS = 54
+#: Its retry-count buckets per status: 0, 1, ... and the last for "that many or more".
+STATS_RETRY_BUCKETS = 11
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -149,9 +156,40 @@ def _define_tables(
     return events, transitions
 
 
+def _define_stats(metadata: MetaData, name: str, schema: str | None) -> Table:
+    """The rollup that the Overview sums instead of the events (``outbox_admin.stats`` says why and who writes it).
+
+    One row per (period of ``created_at``, its span in seconds, event type, writer): how many
+    of the events created then are now COMPLETED, FAILED or DISCARDED, the latency histogram
+    (``l00``...) and latency sum of the COMPLETED ones, and each status by retry count
+    (``c00``..., ``f00``..., ``d00``...). Fixed columns, not a row per bucket: a window's
+    percentiles are one ``SUM`` per column over a few thousand rows.
+    """
+    counters = [
+        "completed",
+        "failed",
+        "discarded",
+        *(f"l{k:02d}" for k in range(STATS_LATENCY_BUCKETS)),
+        *(f"{s}{k:02d}" for s in "cfd" for k in range(STATS_RETRY_BUCKETS)),
+    ]
+    return Table(
+        name,
+        metadata,
+        Column("period", UTCDateTime, nullable=False),
+        Column("span", Integer, nullable=False),
+        Column("event_type", String(255), nullable=False),
+        Column("writer", String(255), nullable=False),
+        Column("latency_sum", Float, nullable=False, server_default="0"),
+        *(Column(c, Integer, nullable=False, server_default="0") for c in counters),
+        PrimaryKeyConstraint("period", "span", "event_type", "writer", name=f"pk_{name}"),
+        schema=schema,
+    )
+
+
 @dataclass(frozen=True)
 class OutboxTables:
-    """The two outbox tables as SQLAlchemy Core ``Table`` objects.
+    """The outbox tables as SQLAlchemy Core ``Table`` objects: the events, their history and the
+    rollup (``stats``, named ``<events>Stats``).
 
     ``OutboxTables.named(events="app_outbox", transitions="app_outbox_history")``
     makes a set with other names (validated as plain identifiers) in its own
@@ -161,6 +199,7 @@ class OutboxTables:
 
     events: Table
     transitions: Table
+    stats: Table
 
     @property
     def version_table(self) -> str:
@@ -182,16 +221,25 @@ class OutboxTables:
         schema: str | None = None,
     ) -> OutboxTables:
         transitions = transitions or f"{events}Transition"
-        for kind, name in (("table name", events), ("table name", transitions), ("schema name", schema)):
+        stats = f"{events}Stats"
+        for kind, name in (
+            ("table name", events),
+            ("table name", transitions),
+            ("table name", stats),
+            ("schema name", schema),
+        ):
             _check_identifier(kind, name)
         if events == transitions:
             raise ConfigurationError("the events and transitions tables need different names")
         metadata = MetaData(naming_convention=NAMING_CONVENTION)
-        return cls(*_define_tables(metadata, events, transitions, schema))
+        return cls(*_define_tables(metadata, events, transitions, schema), _define_stats(metadata, stats, schema))
 
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
-DEFAULT_TABLES = OutboxTables(*_define_tables(metadata, "OutboxEvent", "OutboxEventTransition", None))
+DEFAULT_TABLES = OutboxTables(
+    *_define_tables(metadata, "OutboxEvent", "OutboxEventTransition", None),
+    _define_stats(metadata, "OutboxEventStats", None),
+)
 
 
 class Base(DeclarativeBase):

@@ -37,6 +37,9 @@ class DispatcherSql:
     finish: str  # write a batch's outcomes (:outcomes, JSON) guarded by holder and attempt; returns ids
     recover: str  # expired leases back to PENDING (or FAILED); returns (id, status, retry_count, error_message)
     history: str | None  # SQLite: history rows from :rows (JSON); PostgreSQL writes them in each statement
+    # SQLite: count the events of :ids (JSON) that became COMPLETED or FAILED into the rollup
+    # (outbox_admin.stats), after a finish or a recovery; PostgreSQL counts them in those statements.
+    count: str | None
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ def _names(dialect: Any, tables: OutboxTables) -> _Names:
     return _Names(
         events=quote.format_table(tables.events),
         transitions=quote.format_table(tables.transitions),
+        stats=quote.format_table(tables.stats),
         due_index=quote.quote(f"ix_{tables.events.name}_due"),
         leases_index=quote.quote(f"ix_{tables.events.name}_leases"),
         published_columns=", ".join(quote.quote(c) for c in PUBLISHED_COLUMNS),
@@ -111,6 +115,7 @@ class _Names:
 
     events: str
     transitions: str
+    stats: str
     due_index: str
     leases_index: str
     published_columns: str  # the PUBLISHED_COLUMNS, quoted

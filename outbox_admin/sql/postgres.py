@@ -14,6 +14,10 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   then reaches the locked rows by ``id = ANY(ARRAY(...))`` on the primary key and
   re-checks nothing indexable: the rows are locked by this statement, so they are
   still PENDING.
+- The finish and the recovery also count the events that became COMPLETED or
+  FAILED into the rollup (``outbox_admin.stats``), from their own RETURNING rows: an
+  upsert of this dispatcher's own rows (keyed by its name), so dispatchers side by
+  side never wait for each other there.
 - The finish, the renewal and the recovery's UPDATE reach rows only through the
   primary key. Their guards (``locked_by = :name``, the attempt) have no index,
   and the status is not tested at all: ``locked_by`` is set on PROCESSING rows
@@ -39,7 +43,18 @@ from . import (
     _Names,
     driver_style,
 )
-from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
+from .rollup import latency_sql, upsert_sql
+from .shared import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    clock,
+    expire_set,
+    finish_set,
+    older_unfinished,
+    out_of_attempts,
+)
 
 #: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
 #: [regular expression, org or null] (``outbox_admin.patterns.glob_for_postgres``).
@@ -59,6 +74,16 @@ OUTCOMES = """
                        value ->> 4 AS message, CAST(value ->> 5 AS integer) AS step,
                        CAST(value ->> 6 AS double precision) AS delay, CAST(value ->> 7 AS timestamptz) AS due
                 FROM json_array_elements(CAST(:outcomes AS json))"""
+
+
+def _counted(names: _Names, status: str) -> str:
+    """A CTE body counting the rows of ``changed`` whose ``status`` became COMPLETED or FAILED."""
+    source = (
+        f"SELECT created_at, event_type, CAST(:name AS varchar) AS writer, {status} AS status, retry_count, "
+        f"{latency_sql('postgresql', 'created_at', 'processed_at')} AS latency, 1 AS sign "
+        f"FROM changed WHERE {status} IN ('{COMPLETED}', '{FAILED}')"
+    )
+    return upsert_sql("postgresql", names.stats, source)
 
 
 def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked: bool) -> DispatcherSql:
@@ -97,10 +122,13 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 FROM c
                 WHERE e.id = ANY(ARRAY(SELECT event_id FROM c)) AND e.id = c.event_id
                   AND e.retry_count = c.attempt AND e.locked_by = :name
-                RETURNING e.id, c.outcome, c.step, c.message
+                RETURNING e.id, c.outcome, c.step, c.message, e.event_type, e.created_at, e.processed_at,
+                          e.retry_count
             ), recorded AS (
                 INSERT INTO {tr} ({HISTORY_COLUMNS})
                 SELECT id, '{PROCESSING}', outcome, {now}, :name, step, message FROM changed
+            ), counted AS (
+                {_counted(names, "outcome")}
             )
             SELECT id FROM changed"""
     status_after_expiry = out_of_attempts("CAST(:max_attempts AS integer)")
@@ -113,10 +141,12 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
             ), changed AS (
                 {expire_set(ev, status_after_expiry, now=now)}
                 WHERE e.id = ANY(ARRAY(SELECT id FROM expired))
-                RETURNING e.id, e.status, e.retry_count, e.error_message
+                RETURNING e.id, e.status, e.retry_count, e.error_message, e.event_type, e.created_at, e.processed_at
             ), recorded AS (
                 INSERT INTO {tr} ({HISTORY_COLUMNS})
                 SELECT id, '{PROCESSING}', status, {now}, :name, retry_count, error_message FROM changed
+            ), counted AS (
+                {_counted(names, "status")}
             )
             SELECT id, status, retry_count, error_message FROM changed"""
     return DispatcherSql(
@@ -126,6 +156,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
         finish=driver_style(finish, pyformat=True),
         recover=driver_style(recover, pyformat=True),
         history=None,
+        count=None,
     )
 
 

@@ -9,6 +9,9 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
 - The claim reads ``INDEXED BY`` the partial index of due PENDING events, in its
   order, under a LIMIT: without statistics SQLite would otherwise pick the
   (status, created_at, id) index and sort part of the order in a temporary B-tree.
+- ``count`` adds the events of a finish or a recovery that became COMPLETED or
+  FAILED to the rollup (``outbox_admin.stats``), in the same transaction, reading
+  them by primary key from ``:ids``.
 - The finish, the renewal and the recovery reach rows by primary key from the
   batch. Their status guard is written ``+e.status``: the unary plus keeps SQLite
   from using an index for it, which it otherwise does when statistics are missing
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, PUBLISHED_COLUMNS, PUBLISHER_ACTOR, DispatcherSql, PublishSql, _Names
+from .rollup import events_source, upsert_sql
 from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
 
 #: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
@@ -88,7 +92,14 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
         finish=finish,
         recover=recover,
         history=history,
+        count=record_sql_for(names),
     )
+
+
+def record_sql_for(names: _Names) -> str:
+    """The rollup count of the events in ``:ids`` (JSON), as their own status, by writer ``:name``."""
+    source = events_source("sqlite", names.events, ids=":ids", status=None, sign="1", writer=":name")
+    return upsert_sql("sqlite", names.stats, source)
 
 
 def publish_sql(names: _Names, dialect: Any) -> PublishSql:
