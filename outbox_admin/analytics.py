@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -24,7 +25,14 @@ from sqlalchemy.types import Float
 from .db import read_connection
 from .errors import FilterError
 from .filters import EventFilter, as_filter, check_text, normalized_error, prepare_connection
-from .models import DEFAULT_TABLES, MANUAL_ACTOR_PATTERN, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
+from .models import (
+    DEFAULT_TABLES,
+    MANUAL_ACTOR_PATTERN,
+    MANUAL_ACTOR_PREFIX,
+    STATS_RETRY_BUCKETS,
+    EventStatus,
+    OutboxTables,
+)
 
 MAX_PAGE = 10_000
 EVENT_COLUMNS = [
@@ -67,22 +75,12 @@ class seconds_between(FunctionElement[float]):
 
 
 @compiles(seconds_between, "postgresql")
-def _seconds_pg(element: seconds_between, compiler: Any, **kw: Any) -> str:
-    start, end = (compiler.process(c, **kw) for c in element.clauses)
-    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
-
-
 @compiles(seconds_between, "sqlite")
-def _seconds_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
+def _seconds(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    from .sql.rollup import latency_sql  # the rollup's latencies are computed with the very same SQL
+
     start, end = (compiler.process(c, **kw) for c in element.clauses)
-    # Whole seconds from the 'YYYY-MM-DD HH:MM:SS' part, the fraction from the '.ffffff' text after it:
-    # julianday() and strftime() round to milliseconds (59.9996 becomes the next second) and
-    # julianday's floating point day number loses more.
-    return (
-        f"((CAST(strftime('%s', substr({end}, 1, 19)) AS INTEGER)"
-        f" - CAST(strftime('%s', substr({start}, 1, 19)) AS INTEGER))"
-        f" + (CAST(substr({end}, 20) AS REAL) - CAST(substr({start}, 20) AS REAL)))"
-    )
+    return latency_sql(compiler.dialect.name, start, end)
 
 
 @contextmanager
@@ -597,3 +595,208 @@ def failure_breakdown(
     frame = frame.astype({"events": "int64", "retried": "int64", "failed": "int64"})
     frame["failed_share"] = (frame["failed"] / frame["events"]).astype("float64")
     return frame
+
+
+# -- from the rollup (outbox_admin.stats): the Overview's numbers, in time independent of the events' number --
+
+
+@dataclass(frozen=True)
+class RollupTotals:
+    """Every event, from the rollup (COMPLETED, FAILED, DISCARDED) and live counts (PENDING, PROCESSING).
+
+    ``counts`` has the columns of ``status_counts``, ``retries`` those of ``retry_histogram``
+    (its last retry count means "that many or more": ``stats.STATS_RETRY_BUCKETS``).
+    """
+
+    counts: pd.DataFrame
+    retries: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class RollupWindow:
+    """The events created since ``since`` (the window's start as the rollup counts it, see
+    ``stats.aligned_since``), per chart bucket and in total. ``throughput`` has the columns of
+    ``throughput``, but by creation time: of the events published in a bucket, how many
+    are now COMPLETED and FAILED. Latencies come from the histogram (``stats.percentile``)."""
+
+    since: dt.datetime
+    bucket: str
+    completed: int
+    failed: int
+    discarded: int
+    latency_mean: float | None
+    latency_p50: float | None
+    latency_p95: float | None
+    throughput: pd.DataFrame
+
+
+def _driver_sql(engine: Engine, sql: str) -> str:
+    from .sql import driver_style
+
+    return driver_style(sql, pyformat=engine.dialect.name == "postgresql")
+
+
+def _bound_time(engine: Engine, value: dt.datetime) -> Any:
+    """A time parameter for the rollup's driver-level statements (SQLite: UTCDateTime's stored text)."""
+    from .coltypes import UTCDateTime
+
+    bound = UTCDateTime().process_bind_param(value, engine.dialect)
+    if engine.dialect.name == "sqlite" and bound is not None:
+        return bound.isoformat(sep=" ", timespec="microseconds")
+    return bound
+
+
+def rollup_totals(engine: Engine, *, tables: OutboxTables = DEFAULT_TABLES) -> RollupTotals:
+    """Counts per status and the retry histogram of all events, without reading every event."""
+    from . import stats
+    from .sql import rollup
+
+    with _reading(engine) as conn:
+        sums = conn.exec_driver_sql(_driver_sql(engine, rollup.totals_sql(engine.dialect, tables))).one()
+        live = conn.exec_driver_sql(_driver_sql(engine, rollup.unfinished_totals_sql(engine.dialect, tables))).all()
+    found: dict[str, int] = {status: int(sums[i] or 0) for i, status in enumerate(stats.COUNTED)}
+    retries: list[tuple[int, str, int]] = []
+    offset = len(stats.COUNTED)
+    for status in stats.COUNTED:
+        for k in range(STATS_RETRY_BUCKETS):
+            count = int(sums[offset] or 0)
+            offset += 1
+            if count:
+                retries.append((k, status, count))
+    for status, retry_count, count in live:
+        found[status] = found.get(status, 0) + int(count)
+        retries.append((int(retry_count), str(status), int(count)))
+    order = [s.value for s in EventStatus]
+    counts = pd.DataFrame({"status": order, "count": [found.get(s, 0) for s in order]})
+    frame = _frame(sorted(retries), ["retry_count", "status", "count"])
+    return RollupTotals(counts, frame.astype({"retry_count": "int64", "count": "int64"}))
+
+
+def rollup_window(
+    engine: Engine,
+    since: dt.datetime,
+    bucket: str = "1min",
+    *,
+    now: dt.datetime | None = None,
+    tables: OutboxTables = DEFAULT_TABLES,
+) -> RollupWindow:
+    """The events created since ``since``: counts, latency and per-bucket throughput, from the rollup.
+
+    The window starts at ``stats.aligned_since(since)``; ``bucket`` (``"1min"``, ``"10min"``,
+    ``"1h"``, whole minutes) grows to an hour or a day when the window is aligned to one.
+    """
+    from . import stats
+    from .sql import rollup
+
+    now = now or dt.datetime.now(dt.UTC)
+    start = stats.aligned_since(since, now)
+    try:
+        seconds = int(pd.Timedelta(bucket).total_seconds())
+    except ValueError:
+        raise FilterError("bucket", f"{bucket!r} is not a duration such as '1min', '10min' or '1h'") from None
+    if seconds < 60 or seconds % 60:
+        raise FilterError("bucket", "must be a whole number of minutes")
+    unit = stats.alignment(since, now)
+    seconds = max(seconds, unit) // unit * unit
+    params = {"since": _bound_time(engine, start)}
+    with _reading(engine) as conn:
+        rows = conn.exec_driver_sql(_driver_sql(engine, rollup.window_sql(engine.dialect, tables, seconds)), params)
+        done = [tuple(r) for r in rows]
+        live = conn.exec_driver_sql(
+            _driver_sql(engine, rollup.unfinished_window_sql(engine.dialect, tables, seconds)), params
+        ).all()
+    sums = [sum(int(r[i] or 0) for r in done) for i in (1, 2, 3)]
+    latency_sum = sum(float(r[4] or 0.0) for r in done)
+    histogram = [sum(int(r[5 + k] or 0) for r in done) for k in range(len(stats.LATENCY_COLUMNS))]
+    published: dict[Any, int] = {}
+    chart: dict[Any, list[int]] = {}
+    for r in done:
+        key = pd.Timestamp(r[0], tz="UTC") if not isinstance(r[0], dt.datetime) else pd.Timestamp(r[0])
+        chart[key] = [int(r[1] or 0), int(r[2] or 0)]
+        published[key] = published.get(key, 0) + int(r[1] or 0) + int(r[2] or 0) + int(r[3] or 0)
+    for _status, at, count in live:
+        key = pd.Timestamp(at, tz="UTC") if not isinstance(at, dt.datetime) else pd.Timestamp(at)
+        published[key] = published.get(key, 0) + int(count)
+    keys = sorted(published)
+    throughput = pd.DataFrame(
+        {
+            "bucket": pd.to_datetime(keys, utc=True),
+            "published": [published[k] for k in keys],
+            "completed": [chart.get(k, [0, 0])[0] for k in keys],
+            "failed": [chart.get(k, [0, 0])[1] for k in keys],
+        }
+    ).astype({"published": "int64", "completed": "int64", "failed": "int64"})
+    completed = sums[0]
+    return RollupWindow(
+        since=start,
+        bucket=_bucket_label(seconds),
+        completed=completed,
+        failed=sums[1],
+        discarded=sums[2],
+        latency_mean=latency_sum / completed if completed > 0 else None,
+        latency_p50=stats.percentile(histogram, 0.5),
+        latency_p95=stats.percentile(histogram, 0.95),
+        throughput=throughput,
+    )
+
+
+def _bucket_label(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 60}min"
+
+
+def newest_errors_since(
+    engine: Engine, since: dt.datetime, newest: int, *, tables: OutboxTables = DEFAULT_TABLES
+) -> dt.datetime:
+    """``since``, or later: the creation time of the ``newest``-th newest event with an error created
+    since then, so ``error_summary(since=...)`` over it groups at most about ``newest`` events
+    (read backwards through the partial index of events with an error)."""
+    limit, _ = _page(newest, 0)
+    ev = tables.events
+    stmt = (
+        select(ev.c.created_at)
+        .where(ev.c.error_message.is_not(None), ev.c.created_at >= since)
+        .order_by(desc(ev.c.created_at))
+        .limit(1)
+        .offset(limit - 1)
+    )
+    with _reading(engine) as conn:
+        found = conn.execute(stmt).scalar_one_or_none()
+    return since if found is None else max(since, found)
+
+
+#: At most this many events with an error are grouped for the Overview's error chart.
+OVERVIEW_ERRORS = 10_000
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Everything the Overview shows for a window, computed at ``at``."""
+
+    at: dt.datetime
+    totals: RollupTotals
+    window: RollupWindow
+    errors: pd.DataFrame  # error_summary's top 10 groups of the events created since errors_since
+    errors_since: dt.datetime  # the window's start, or later when it holds more than OVERVIEW_ERRORS errors
+
+
+def overview_bucket(window: dt.timedelta) -> str:
+    """The chart bucket for a window: minutes up to an hour, 10 minutes up to a day, else hours."""
+    if window <= dt.timedelta(hours=1):
+        return "1min"
+    return "10min" if window <= dt.timedelta(days=1) else "1h"
+
+
+def overview(
+    engine: Engine, window: dt.timedelta, *, now: dt.datetime | None = None, tables: OutboxTables = DEFAULT_TABLES
+) -> Overview:
+    """The Overview's numbers for the events created in the last ``window``: a handful of small
+    reads (the rollup, the unfinished events, the newest errors), whatever the outbox's size."""
+    now = now or dt.datetime.now(dt.UTC)
+    numbers = rollup_window(engine, now - window, overview_bucket(window), now=now, tables=tables)
+    errors_since = newest_errors_since(engine, numbers.since, OVERVIEW_ERRORS, tables=tables)
+    errors = error_summary(engine, since=errors_since, limit=10, tables=tables)
+    return Overview(now, rollup_totals(engine, tables=tables), numbers, errors, errors_since)

@@ -12,18 +12,20 @@ per row.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 
 from outbox_admin import Dispatcher, make_engine, publish_outbox_event
 from outbox_admin.admin import discard, requeue
 from outbox_admin.dispatcher import _Statements
 from outbox_admin.models import DEFAULT_TABLES
+from outbox_admin.stats import COUNTER_COLUMNS
 
 EV = DEFAULT_TABLES.events
 STATES = ["no statistics", "stale statistics", "fresh statistics"]
@@ -224,3 +226,123 @@ def test_locked_by_is_set_on_processing_events_only(engine: Engine) -> None:
         held = conn.execute(select(func.count()).where(EV.c.status == "PROCESSING")).scalar_one()
     assert wrong == 0
     assert held == 0
+
+
+# -- the rollup's statements (outbox_admin.stats, outbox_admin.sql.rollup) ------------------------
+
+ROLLUP_ROWS = 5_000  # about four days of minute rows of one type
+
+
+def build_rollup_state(url: str, state: str) -> None:
+    """``build_state`` plus a rollup of ``ROLLUP_ROWS`` rows and events with errors (the Overview's reads)."""
+    build_state(url, state)
+    engine = make_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(DEFAULT_TABLES.stats),
+            [
+                {"period": start + dt.timedelta(minutes=i), "span": 60, "event_type": "PROJECT.CREATED", "writer": "d"}
+                | {c: 1 for c in COUNTER_COLUMNS}
+                for i in range(ROLLUP_ROWS)
+            ],
+        )
+        conn.execute(EV.update().where(EV.c.status == "COMPLETED", EV.c.id.like("c%1")).values(error_message="boom 42"))
+    if state == "fresh statistics":
+        with engine.begin() as conn:
+            conn.exec_driver_sql('ANALYZE "OutboxEventStats"' if postgres else "ANALYZE")
+    engine.dispose()
+
+
+def rollup_statements(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The rollup's statements with parameters, in the driver's style; the newest-errors read compiled."""
+    from outbox_admin.analytics import _bound_time
+    from outbox_admin.sql import driver_style, rollup
+
+    dialect, postgres = engine.dialect, engine.dialect.name == "postgresql"
+    since = _bound_time(engine, dt.datetime(2026, 1, 3, tzinfo=dt.UTC))
+    ids = json.dumps([f"c{i:09d}" for i in range(BATCH)])
+    found = {
+        "window, minutes": (rollup.window_sql(dialect, DEFAULT_TABLES, 60), {"since": since}),
+        "window, hours": (rollup.window_sql(dialect, DEFAULT_TABLES, 3600), {"since": since}),
+        "totals": (rollup.totals_sql(dialect, DEFAULT_TABLES), {}),
+        "unfinished window": (rollup.unfinished_window_sql(dialect, DEFAULT_TABLES, 60), {"since": since}),
+        "unfinished totals": (rollup.unfinished_totals_sql(dialect, DEFAULT_TABLES), {}),
+        "record": (
+            rollup.record_sql(dialect, DEFAULT_TABLES, as_status=False),
+            {"ids": ids, "sign": -1, "writer": "a"},
+        ),
+        "record as": (
+            rollup.record_sql(dialect, DEFAULT_TABLES, as_status=True),
+            {"ids": ids, "sign": -1, "writer": "a", "status": "FAILED"},
+        ),
+        "compact": (rollup.compact_sql(dialect, DEFAULT_TABLES, 3600)[0], {"cutoff": since}),
+    }
+    if not postgres:
+        statements = _Statements(dialect, DEFAULT_TABLES, ordering=None, clocked=False)
+        found["dispatcher count"] = (statements.count, {"ids": ids, "name": "d"})
+    found = {k: (driver_style(sql, pyformat=postgres), p) for k, (sql, p) in found.items()}
+    newest = (
+        select(EV.c.created_at)
+        .where(EV.c.error_message.is_not(None), EV.c.created_at >= dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+        .order_by(EV.c.created_at.desc())
+        .limit(1)
+        .offset(9_999)
+    )
+    compiled = newest.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+    found["newest errors"] = (str(compiled).replace("%", "%%") if postgres else str(compiled), {})
+    return found
+
+
+def rollup_plans(url: str) -> dict[str, Any]:
+    engine = make_engine(url)
+    found: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for which, (sql, params) in rollup_statements(engine).items():
+            if engine.dialect.name == "postgresql":
+                found[which] = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()[0]["Plan"]
+            else:
+                found[which] = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+        conn.rollback()
+    engine.dispose()
+    return found
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state", STATES)
+def test_postgres_rollup_plans(postgres_url: str, state: str) -> None:
+    """The Overview's reads and the rollup's writes never scan the events: unfinished events through the
+    status index, counted ones by primary key, the newest errors through the partial index of errors."""
+    build_rollup_state(postgres_url, state)
+    for which, plan in rollup_plans(postgres_url).items():
+        every = nodes(plan)
+        on_events = [n for n in every if n.get("Relation Name") == "OutboxEvent"]
+        # Here every event is unfinished but the 30,000 of the stale state: with statistics that say so, a
+        # scan of the table is the right plan for the unfinished ones, and the planner may choose it.
+        informed = state == "fresh statistics" and which.startswith("unfinished")
+        scans = [n for n in on_events if n["Node Type"] == "Seq Scan"]
+        assert informed or not scans, f"{which} scans the events ({state})"
+        assert not [n for n in every if n["Node Type"].startswith("Gather")], f"{which} runs in parallel ({state})"
+        if which.startswith("record"):
+            assert indexes(on_events, "e") == {"pk_OutboxEvent"}, (which, state)
+        if which.startswith("unfinished"):
+            assert on_events, (which, state)
+        if which == "newest errors":
+            assert {n["Index Name"] for n in every if "Index Name" in n} == {"ix_OutboxEvent_errors"}, (which, state)
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_sqlite_rollup_plans(sqlite_url: str, state: str) -> None:
+    build_rollup_state(sqlite_url, state)
+    for which, plan in rollup_plans(sqlite_url).items():
+        for line in plan:
+            if line.split(" ")[:2] in (["SCAN", "OutboxEvent"], ["SCAN", "e"]):
+                assert "USING" in line and "INDEX" in line, f"{which} scans the events: {line} ({state})"
+        text = "\n".join(plan)
+        if which.startswith("record") or which == "dispatcher count":
+            assert "SEARCH e USING INDEX sqlite_autoindex_OutboxEvent_1 (id=?)" in text, (which, state, plan)
+        if which.startswith("unfinished"):
+            assert "OutboxEvent USING" in text and "INDEX" in text, (which, state, plan)
+        if which == "newest errors":
+            assert "ix_OutboxEvent_errors" in text, (which, state, plan)

@@ -1,15 +1,23 @@
-"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live."""
+"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live.
+
+Its numbers come from the rollup (``analytics.overview``, ``outbox_admin.stats``), so a
+refresh costs the same at 7 days as at 15 minutes, and are shared by every tab for a
+few seconds (``CACHE_SECONDS``); a refresh slower than its interval backs off
+(``ui.refresh``).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import pandas as pd
 import streamlit as st
+from sqlalchemy import Engine
 
 from ... import analytics, charts, demo
-from .. import components, sidebar
+from .. import components, refresh, sidebar
 from ..context import Context, current
 
 WINDOWS = {
@@ -20,8 +28,15 @@ WINDOWS = {
 }
 
 
-def _since(label: str) -> dt.datetime:
-    return dt.datetime.now(dt.UTC) - WINDOWS[label]
+#: How long the Overview's numbers are reused, across refreshes and browser tabs, per window: a long
+#: window's numbers move slowly, and each computation costs the same for every tab.
+CACHE_SECONDS = {"15 minutes": 2, "1 hour": 2, "24 hours": 10, "7 days": 30}
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=600)
+def _numbers(_engine: Engine, url: str, window: str, slot: int) -> analytics.Overview:
+    """The window's numbers, shared by every tab on ``url`` for the ``slot`` (``CACHE_SECONDS``)."""
+    return analytics.overview(_engine, WINDOWS[window])
 
 
 def overview() -> None:
@@ -32,51 +47,65 @@ def overview() -> None:
         _empty_state(ctx)
         return
     window = st.segmented_control("Window", list(WINDOWS), default="1 hour", key="overview_window") or "1 hour"
+    base = sidebar.refresh_interval(ctx)
+    every = refresh.interval(base, "overview")
 
-    @st.fragment(run_every=sidebar.refresh_interval(ctx))
+    @st.fragment(run_every=every)
     def live_numbers() -> None:
-        since = _since(window)
-        counts = analytics.status_counts(ctx.engine)
+        started = time.perf_counter()
+        numbers = _numbers(ctx.engine, ctx.url, window, int(time.time() // CACHE_SECONDS[window]))
+        counts = numbers.totals.counts
         columns = st.columns(len(counts))
         for column, (status, count) in zip(columns, zip(counts["status"], counts["count"], strict=True), strict=True):
             column.metric(status.title(), f"{count:,}")
-        latency = analytics.latency_stats(ctx.engine, since=since, by_type=False)
-        overall = latency.iloc[0]
+        stats = numbers.window
         left, right, third = st.columns(3)
-        left.metric(f"Latency p50 ({window})", _seconds(overall["p50"]))
-        right.metric(f"Latency p95 ({window})", _seconds(overall["p95"]))
-        third.metric(f"Completed ({window})", f"{int(overall['events']):,}")
-        bucket = (
-            "1min"
-            if WINDOWS[window] <= dt.timedelta(hours=1)
-            else ("10min" if WINDOWS[window] <= dt.timedelta(days=1) else "1h")
-        )
+        left.metric(f"Latency p50 ({window})", _seconds(stats.latency_p50, approximate=True))
+        right.metric(f"Latency p95 ({window})", _seconds(stats.latency_p95, approximate=True))
+        third.metric(f"Completed ({window})", f"{stats.completed:,}")
+        st.caption(_about(numbers, window, every, base))
         first, second = st.columns([2, 1])
         first.plotly_chart(
-            charts.throughput_figure(
-                analytics.throughput(ctx.engine, bucket, since=since), title=f"Events per {bucket}"
-            ),
+            charts.throughput_figure(stats.throughput, title=f"Events published per {stats.bucket}, and now done"),
             width="stretch",
         )
         second.plotly_chart(charts.status_figure(counts), width="stretch")
         first, second = st.columns(2)
-        first.plotly_chart(
-            charts.retry_histogram_figure(analytics.retry_histogram(ctx.engine, totals=counts)), width="stretch"
-        )
+        first.plotly_chart(charts.retry_histogram_figure(numbers.totals.retries), width="stretch")
         second.plotly_chart(
-            charts.error_groups_figure(
-                components.for_chart(analytics.error_summary(ctx.engine, since=since, limit=10), ["error_group"])
-            ),
-            width="stretch",
+            charts.error_groups_figure(components.for_chart(numbers.errors, ["error_group"])), width="stretch"
         )
+        refresh.rendered(base, "overview", time.perf_counter() - started, every)
 
     live_numbers()
 
 
-def _seconds(value: Any) -> str:
+def _about(numbers: analytics.Overview, window: str, every: float | None, base: float | None) -> str:
+    """What the numbers cover and how fresh they are, in one line."""
+    stats = numbers.window
+    since = stats.since.strftime("%Y-%m-%d %H:%M UTC")
+    whole = "" if stats.since.minute or WINDOWS[window] <= dt.timedelta(days=1) else ", from a whole hour"
+    parts = [
+        f"Events created since {since}{whole}; counts for all events as of {numbers.at:%H:%M:%S} UTC "
+        f"(shared by every tab for {CACHE_SECONDS[window]} s)",
+        "latencies (≈) from a histogram, within a few per cent",
+    ]
+    if numbers.errors_since > stats.since:
+        parts.append(
+            f"error groups of the newest {analytics.OVERVIEW_ERRORS:,} errors, since "
+            f"{numbers.errors_since:%Y-%m-%d %H:%M} UTC"
+        )
+    if every is not None and base is not None and every > base:
+        last = refresh.last_render("overview") or 0.0
+        parts.append(f"refreshing every {every:g} s instead of {base:g} s: the last refresh took {last:.1f} s")
+    return "; ".join(parts) + "."
+
+
+def _seconds(value: Any, *, approximate: bool = False) -> str:
     if value is None or pd.isna(value):
         return "—"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+    text = f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+    return f"≈ {text}" if approximate else text
 
 
 def _empty_state(ctx: Context) -> None:
