@@ -10,7 +10,8 @@ history rows take seconds, not minutes.
 
 What the rows look like (deterministic for a given ``n``; the mix is a parameter):
 
-- statuses: by default 88% COMPLETED, 6% PENDING, 3% FAILED, 3% PROCESSING;
+- statuses: by default 88% COMPLETED, 6% PENDING, 3% FAILED, 3% PROCESSING; the newest
+  ``backlog`` events (default none) are PENDING, never attempted, as after a burst;
 - event types PROJECT.CREATED (30%), PROJECT.UPDATED (60%), PROJECT.ARCHIVED (10%),
   on about ``n / 4`` projects, in 8 orgs of very different sizes;
 - ``created_at`` spread evenly over ``span_seconds`` (a day) ending now;
@@ -20,7 +21,9 @@ What the rows look like (deterministic for a given ``n``; the mix is a parameter
   PROCESSING events hold a lease (``locked_by``, ``locked_until``);
 - history rows that match: ``None -> PENDING``, then per failed attempt
   ``PENDING -> PROCESSING`` and ``PROCESSING -> PENDING`` (or ``FAILED``), then
-  the last claim and, for COMPLETED, ``PROCESSING -> COMPLETED``.
+  the last claim and, for COMPLETED, ``PROCESSING -> COMPLETED``;
+- the rollup of the new COMPLETED and FAILED events (``outbox_admin.stats``), as the
+  dispatcher would have written it, compacted.
 
 ``seed(engine, n, mix={"PENDING": 1}, retry_fraction=0)`` gives a plain backlog
 of due events, as the dispatch benchmark uses.
@@ -39,9 +42,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from outbox_admin import init_db, make_engine
+from outbox_admin import init_db, make_engine, stats
 from outbox_admin.config import DEFAULT_MAX_ATTEMPTS
 from outbox_admin.models import DEFAULT_TABLES, OutboxTables
+from outbox_admin.sql import rollup
 
 DEFAULT_MIX: Mapping[str, float] = {"COMPLETED": 0.88, "PENDING": 0.06, "FAILED": 0.03, "PROCESSING": 0.03}
 STATUSES = ("COMPLETED", "PENDING", "FAILED", "PROCESSING")
@@ -135,9 +139,11 @@ def _events_sql(d: _Dialect, events: str) -> str:
         CASE WHEN status = 'PROCESSING' THEN {ts("t + 2 * retries + 60")} END
     FROM (
         SELECT i, t, h2, {d.millis_hex()} AS h, {ts("t")} AS created,
-            CASE WHEN h1 < :c1 THEN 'COMPLETED' WHEN h1 < :c2 THEN 'PENDING'
+            CASE WHEN i >= :backlog_from THEN 'PENDING'
+                 WHEN h1 < :c1 THEN 'COMPLETED' WHEN h1 < :c2 THEN 'PENDING'
                  WHEN h1 < :c3 THEN 'FAILED' ELSE 'PROCESSING' END AS status,
-            CASE WHEN h1 >= :c2 AND h1 < :c3 THEN :max_attempts
+            CASE WHEN i >= :backlog_from THEN 0
+                 WHEN h1 >= :c2 AND h1 < :c3 THEN :max_attempts
                  WHEN h2 < :retry_below THEN 1 + (i % 3) ELSE 0 END AS retries,
             CASE WHEN i % 10 < 3 THEN 'PROJECT.CREATED' WHEN i % 10 < 9 THEN 'PROJECT.UPDATED'
                  ELSE 'PROJECT.ARCHIVED' END AS event_type,
@@ -197,6 +203,15 @@ def _transitions_sql(d: _Dialect, events: str, transitions: str, max_attempts: i
     """
 
 
+def _rollup_sql(conn: Connection, tables: OutboxTables) -> str:
+    """The rollup rows of this run's events (its ids carry the run at position 25), as the
+    dispatcher counts them."""
+    name = conn.dialect.name
+    events, table = rollup.names(conn.dialect, tables)
+    source = rollup.events_source(name, events, ids=None, status=None, sign="1", writer=f"'{SEED_ACTOR}'")
+    return rollup.upsert_sql(name, table, f"{source} AND substr(e.id, 25, 4) = :run")
+
+
 def _thresholds(mix: Mapping[str, float]) -> tuple[int, int, int]:
     """Cumulative shares of COMPLETED, PENDING, FAILED as thresholds on a 32-bit hash."""
     unknown = set(mix) - set(STATUSES)
@@ -226,6 +241,7 @@ def seed(
     tables: OutboxTables = DEFAULT_TABLES,
     history: bool = True,
     rebuild_indexes: bool = True,
+    backlog: int = 0,
 ) -> int:
     """Insert ``n`` events (and their history) in one transaction; returns ``n``.
 
@@ -253,6 +269,7 @@ def seed(
         "retry_below": round(retry_fraction * 2**32),
         "latency_scale": 1.95 / 2**32,  # processed 50 ms to 2 s after creation
         "projects": max(1, n // 4),
+        "backlog_from": n - max(0, min(backlog, n)),
         "run": f"{random.getrandbits(16):04x}",  # keeps ids unique when seeding the same database twice
     }
     d = _Dialect(engine.dialect.name)
@@ -264,6 +281,8 @@ def seed(
             _execute(conn, _events_sql(d, events), params)
             if history:
                 _execute(conn, _transitions_sql(d, events, transitions, max_attempts), {"run": params["run"]})
+        _execute(conn, _rollup_sql(conn, tables), {"run": params["run"]})
+        stats.compact_in(conn, tables)
     return n
 
 
