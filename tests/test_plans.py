@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
-from outbox_admin import Dispatcher, make_engine, publish_outbox_event
+from outbox_admin import Dispatcher, analytics, make_engine, publish_outbox_event
 from outbox_admin.admin import discard, requeue
 from outbox_admin.dispatcher import _Statements
 from outbox_admin.models import DEFAULT_TABLES
@@ -290,8 +290,10 @@ def rollup_statements(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]:
         .limit(1)
         .offset(9_999)
     )
-    compiled = newest.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-    found["newest errors"] = (str(compiled).replace("%", "%%") if postgres else str(compiled), {})
+    orgs = analytics.distinct_values_statement("org_id")
+    for name, stmt in (("newest errors", newest), ("distinct orgs", orgs)):
+        compiled = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        found[name] = (compiled.replace("%", "%%") if postgres else compiled, {})
     return found
 
 
@@ -330,6 +332,8 @@ def test_postgres_rollup_plans(postgres_url: str, state: str) -> None:
             assert on_events, (which, state)
         if which == "newest errors":
             assert {n["Index Name"] for n in every if "Index Name" in n} == {"ix_OutboxEvent_errors"}, (which, state)
+        if which == "distinct orgs":  # one probe of the org index per value
+            assert {n["Index Name"] for n in every if "Index Name" in n} == {"ix_OutboxEvent_org_time"}, (which, state)
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -346,3 +350,5 @@ def test_sqlite_rollup_plans(sqlite_url: str, state: str) -> None:
             assert "OutboxEvent USING" in text and "INDEX" in text, (which, state, plan)
         if which == "newest errors":
             assert "ix_OutboxEvent_errors" in text, (which, state, plan)
+        if which == "distinct orgs":
+            assert "ix_OutboxEvent_org_time" in text, (which, state, plan)

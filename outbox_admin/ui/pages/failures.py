@@ -37,7 +37,7 @@ def failures() -> None:
     group = groups["error_group"].iloc[rows[0]] if rows else None
     left, right = st.columns(2)
     left.plotly_chart(charts.error_groups_figure(components.for_chart(groups, ["error_group"])), width="stretch")
-    right.plotly_chart(charts.retry_histogram_figure(analytics.retry_histogram(ctx.engine)), width="stretch")
+    right.plotly_chart(charts.retry_histogram_figure(analytics.rollup_totals(ctx.engine).retries), width="stretch")
     if group is None:
         st.caption("Select a group to see its FAILED events and requeue them.")
         return

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import streamlit as st
 
 from ... import analytics, charts
-from .. import components, sidebar
+from .. import components, refresh, sidebar
 from ..context import current
 
 
@@ -18,8 +19,12 @@ def live() -> None:
         "Only manual actions", key="live_manual_only", help="Requeues and discards people made, with who made them."
     )
 
-    @st.fragment(run_every=sidebar.refresh_interval(ctx))
+    base = sidebar.refresh_interval(ctx)
+    every = refresh.interval(base, "live")
+
+    @st.fragment(run_every=every)
     def feed() -> None:
+        started = time.perf_counter()
         recent = analytics.transitions_frame(
             ctx.engine, since=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), limit=5000, manual_only=manual_only
         )
@@ -41,5 +46,6 @@ def live() -> None:
             ]
         ]
         st.dataframe(components.styled(components.data(shown)), hide_index=True, width="stretch")
+        refresh.rendered(base, "live", time.perf_counter() - started, every)
 
     feed()
