@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import pandas as pd
@@ -105,6 +106,82 @@ def _frame(rows: Any, columns: list[str], times: tuple[str, ...] = ()) -> pd.Dat
     return frame
 
 
+class unindexed(FunctionElement[Any]):
+    """``column`` in a form no index matches (``+column`` on SQLite, ``COALESCE(column, column)``
+    elsewhere), so ordering by it makes the database scan and sort instead of walking an index."""
+
+    inherit_cache = True
+
+
+@compiles(unindexed)
+def _unindexed_default(element: unindexed, compiler: Any, **kw: Any) -> str:
+    (column,) = list(element.clauses)
+    text = compiler.process(column, **kw)
+    return f"COALESCE({text}, {text})"
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element: unindexed, compiler: Any, **kw: Any) -> str:
+    (column,) = list(element.clauses)
+    return f"+{compiler.process(column, **kw)}"
+
+
+#: Filters an index serves newest first (status, org, entity, ids; time bounds): a page walks that index
+#: in order and stops when it is full.
+INDEXED_FILTERS = frozenset({"status", "org_id", "entity_type", "entity_id", "since", "until", "event_ids"})
+#: How many of the newest events a page under any other filter is first looked for among.
+FIRST_LOOK = 10_000
+#: ... or this many per row up to the page's end, when more (later pages); beyond the last, the scan.
+LOOK_PER_ROW = 20
+MAX_FIRST_LOOK = 100_000
+
+
+def _newest_rows(
+    conn: Connection, flt: EventFilter, columns: list[Any], limit: int, offset: int, tables: OutboxTables
+) -> tuple[list[Any], int | None]:
+    """A page of matching rows, newest first, and how many rows match when the read counted them.
+
+    Under a filter no index serves (a search, a type, an error group...), walking the time
+    index newest first reads one event per step and stops when the page is full: fast when
+    matches are common, but when few or none match it reads every event in index order, a
+    random read each (a search matching nothing in 1,000,000 events: 2 s). So the page is
+    first looked for among the newest ``FIRST_LOOK`` events (a bounded walk; exact whenever
+    the page fills there), and otherwise found by one scan of the table that sorts the
+    matches and counts them on the way (``count(*) OVER ()``), which the caller then need
+    not count again.
+    """
+    ev = tables.events
+    where = flt.clause(tables)
+    order = (desc(ev.c.created_at), desc(ev.c.id))
+
+    def page(*bound: Any) -> Any:
+        return select(*columns).where(where, *bound).order_by(*order).limit(limit).offset(offset)
+
+    used = {f.name for f in dataclass_fields(flt) if getattr(flt, f.name) is not None}
+    if used <= INDEXED_FILTERS:
+        return list(conn.execute(page()).all()), None
+    look = max(FIRST_LOOK, LOOK_PER_ROW * (offset + limit))
+    if look <= MAX_FIRST_LOOK:
+        newest = select(ev.c.created_at).order_by(*order).limit(1).offset(look - 1)
+        bound = conn.execute(newest).scalar_one_or_none()
+        if bound is None:  # fewer events than that: the walk is short anyway
+            return list(conn.execute(page()).all()), None
+        rows = list(conn.execute(page(ev.c.created_at >= bound)).all())
+        if len(rows) == limit:
+            return rows, None
+    scan = (
+        select(*columns, func.count().over().label("matching"))
+        .where(where)
+        .order_by(desc(unindexed(ev.c.created_at)), desc(unindexed(ev.c.id)))
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = list(conn.execute(scan).all())
+    if not rows:
+        return [], 0 if offset == 0 else None  # past the last match, the count is unknown
+    return [tuple(r)[:-1] for r in rows], int(rows[0][-1])
+
+
 def events_frame(
     engine: Engine,
     filters: EventFilter | None = None,
@@ -118,16 +195,50 @@ def events_frame(
     flt = as_filter(filters, **loose)
     limit, offset = _page(limit, offset)
     ev = tables.events
-    stmt = (
-        select(*(ev.c[name] for name in EVENT_COLUMNS))
-        .where(flt.clause(tables))
-        .order_by(desc(ev.c.created_at), desc(ev.c.id))
-        .limit(limit)
-        .offset(offset)
-    )
     with _reading(engine) as conn:
-        rows = conn.execute(stmt).all()
+        rows, _ = _newest_rows(conn, flt, [ev.c[name] for name in EVENT_COLUMNS], limit, offset, tables)
     return _frame(rows, EVENT_COLUMNS, ("created_at", "processed_at", "available_at", "locked_until"))
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    """A page of ``events_frame`` with how many events match, and which page it is (0-based)."""
+
+    frame: pd.DataFrame
+    total: int
+    page: int
+    pages: int
+
+
+def events_page(
+    engine: Engine,
+    filters: EventFilter | None = None,
+    *,
+    page: int = 0,
+    page_size: int = 50,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> EventsPage:
+    """Page ``page`` of the matching events (the last page when ``page`` is past it) and their count.
+
+    One read of the table, not two, when matches are rare (see ``_newest_rows``): the scan
+    that finds the page counts them.
+    """
+    flt = as_filter(filters, **loose)
+    size, _ = _page(page_size, 0)
+    ev = tables.events
+    columns = [ev.c[name] for name in EVENT_COLUMNS]
+    page = max(0, page)
+    with _reading(engine) as conn:
+        rows, total = _newest_rows(conn, flt, columns, size, page * size, tables)
+        if total is None:
+            total = int(conn.execute(select(func.count()).select_from(ev).where(flt.clause(tables))).scalar_one())
+        pages = max(1, -(-total // size))
+        if page >= pages:
+            page = pages - 1
+            rows, _ = _newest_rows(conn, flt, columns, size, page * size, tables)
+    frame = _frame(rows, EVENT_COLUMNS, ("created_at", "processed_at", "available_at", "locked_until"))
+    return EventsPage(frame, total, page, pages)
 
 
 def export_events(
@@ -175,10 +286,9 @@ def event_ids(
     """The ids of matching events, newest first (a sample for dry runs)."""
     flt = as_filter(filters, **loose)
     limit, _ = _page(limit, 0)
-    ev = tables.events
-    stmt = select(ev.c.id).where(flt.clause(tables)).order_by(desc(ev.c.created_at), desc(ev.c.id)).limit(limit)
     with _reading(engine) as conn:
-        return list(conn.execute(stmt).scalars())
+        rows, _ = _newest_rows(conn, flt, [tables.events.c.id], limit, 0, tables)
+    return [row[0] for row in rows]
 
 
 def get_event(engine: Engine, event_id: str, *, tables: OutboxTables = DEFAULT_TABLES) -> dict[str, Any] | None:

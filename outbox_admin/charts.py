@@ -28,31 +28,43 @@ def status_color(status: str | None) -> str:
     return STATUS_COLORS.get(status or "", "#bcbd22")
 
 
-def _layout(fig: go.Figure, title: str, x: str | None = None, y: str | None = None) -> go.Figure:
-    fig.update_layout(
-        title={"text": title},
-        xaxis_title=x,
-        yaxis_title=y,
-        template="plotly_white",
-        margin={"l": 40, "r": 20, "t": 50, "b": 40},
-        legend_title_text="",
-    )
+#: The plotly template of the figures. ``template=None`` leaves the figure to its viewer's theme: the
+#: dashboard's live pages pass it, Streamlit styles the charts itself, and validating a template
+#: costs about 10 ms per figure, two thirds of building it (measured for the Overview's four).
+DEFAULT_TEMPLATE = "plotly_white"
+
+
+def _layout(
+    fig: go.Figure, title: str, x: str | None = None, y: str | None = None, *, template: str | None = DEFAULT_TEMPLATE
+) -> go.Figure:
+    layout: dict[str, object] = {
+        "title": {"text": title},
+        "xaxis_title": x,
+        "yaxis_title": y,
+        "margin": {"l": 40, "r": 20, "t": 50, "b": 40},
+        "legend_title_text": "",
+    }
+    if template is not None:
+        layout["template"] = template
+    fig.update_layout(**layout)
     return fig
 
 
-def _empty(title: str, message: str = "No events yet") -> go.Figure:
+def _empty(title: str, message: str = "No events yet", *, template: str | None = DEFAULT_TEMPLATE) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, font={"size": 16, "color": "#7f7f7f"})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    return _layout(fig, title)
+    return _layout(fig, title, template=template)
 
 
-def status_figure(counts: pd.DataFrame, title: str = "Events by status") -> go.Figure:
+def status_figure(
+    counts: pd.DataFrame, title: str = "Events by status", *, template: str | None = DEFAULT_TEMPLATE
+) -> go.Figure:
     """A donut of ``status_counts``."""
     data = counts[counts["count"] > 0]
     if data.empty:
-        return _empty(title)
+        return _empty(title, template=template)
     fig = go.Figure(
         go.Pie(
             labels=data["status"],
@@ -63,31 +75,35 @@ def status_figure(counts: pd.DataFrame, title: str = "Events by status") -> go.F
             textinfo="label+value",
         )
     )
-    return _layout(fig, title)
+    return _layout(fig, title, template=template)
 
 
-def throughput_figure(frame: pd.DataFrame, title: str = "Events per minute") -> go.Figure:
+def throughput_figure(
+    frame: pd.DataFrame, title: str = "Events per minute", *, template: str | None = DEFAULT_TEMPLATE
+) -> go.Figure:
     """Grouped bars of published, completed and failed per bucket (``throughput``)."""
     if frame.empty:
-        return _empty(title)
+        return _empty(title, template=template)
     fig = go.Figure()
     for series in ("published", "completed", "failed"):
         fig.add_trace(go.Bar(x=frame["bucket"], y=frame[series], name=series, marker_color=SERIES_COLORS[series]))
     fig.update_layout(barmode="group", bargap=0.15)
-    return _layout(fig, title, "time (UTC)", "events")
+    return _layout(fig, title, "time (UTC)", "events", template=template)
 
 
-def retry_histogram_figure(frame: pd.DataFrame, title: str = "Retries per event") -> go.Figure:
+def retry_histogram_figure(
+    frame: pd.DataFrame, title: str = "Retries per event", *, template: str | None = DEFAULT_TEMPLATE
+) -> go.Figure:
     """Stacked bars of ``retry_histogram``: events per retry count, by status."""
     if frame.empty:
-        return _empty(title)
+        return _empty(title, template=template)
     fig = go.Figure()
     for status in [s for s in STATUS_ORDER if s in set(frame["status"])]:
         part = frame[frame["status"] == status]
         fig.add_trace(go.Bar(x=part["retry_count"], y=part["count"], name=status, marker_color=status_color(status)))
     fig.update_layout(barmode="stack")
     fig.update_xaxes(dtick=1)
-    return _layout(fig, title, "retry count", "events")
+    return _layout(fig, title, "retry count", "events", template=template)
 
 
 def _short_labels(texts: Iterable[str], width: int) -> list[str]:
@@ -104,10 +120,12 @@ def _short_labels(texts: Iterable[str], width: int) -> list[str]:
     return labels
 
 
-def error_groups_figure(frame: pd.DataFrame, top: int = 10, title: str = "Top error groups") -> go.Figure:
+def error_groups_figure(
+    frame: pd.DataFrame, top: int = 10, title: str = "Top error groups", *, template: str | None = DEFAULT_TEMPLATE
+) -> go.Figure:
     """Horizontal bars of the largest ``error_summary`` groups, split into FAILED and the rest."""
     if frame.empty:
-        return _empty(title, "No errors")
+        return _empty(title, "No errors", template=template)
     data = frame.head(top).iloc[::-1]
     labels = _short_labels(data["error_group"], 48)
     fig = go.Figure(
@@ -132,7 +150,7 @@ def error_groups_figure(frame: pd.DataFrame, top: int = 10, title: str = "Top er
     )
     fig.update_layout(barmode="stack")
     fig.update_yaxes(automargin=True)
-    return _layout(fig, title, "events", None)
+    return _layout(fig, title, "events", None, template=template)
 
 
 def latency_figure(stats: pd.DataFrame, title: str = "Latency, created to processed") -> go.Figure:

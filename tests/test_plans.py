@@ -291,7 +291,9 @@ def rollup_statements(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]:
         .offset(9_999)
     )
     orgs = analytics.distinct_values_statement("org_id")
-    for name, stmt in (("newest errors", newest), ("distinct orgs", orgs)):
+    # The newest events a page is first looked for among: FIRST_LOOK of a million; here a tenth of the table.
+    bound = select(EV.c.created_at).order_by(EV.c.created_at.desc(), EV.c.id.desc()).limit(1).offset(499)
+    for name, stmt in (("newest errors", newest), ("distinct orgs", orgs), ("newest bound", bound)):
         compiled = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
         found[name] = (compiled.replace("%", "%%") if postgres else compiled, {})
     return found
@@ -324,7 +326,10 @@ def test_postgres_rollup_plans(postgres_url: str, state: str) -> None:
         # scan of the table is the right plan for the unfinished ones, and the planner may choose it.
         informed = state == "fresh statistics" and which.startswith("unfinished")
         scans = [n for n in on_events if n["Node Type"] == "Seq Scan"]
-        assert informed or not scans, f"{which} scans the events ({state})"
+        # Never vacuumed nor analysed, PostgreSQL takes the new table for a few pages (it estimates 160
+        # events here): reading fewer than the look whole is right, and it reads the index on a big table.
+        smaller = which == "newest bound" and all(n["Plan Rows"] < 500 for n in scans)
+        assert informed or smaller or not scans, f"{which} scans the events ({state})"
         assert not [n for n in every if n["Node Type"].startswith("Gather")], f"{which} runs in parallel ({state})"
         if which.startswith("record"):
             assert indexes(on_events, "e") == {"pk_OutboxEvent"}, (which, state)
@@ -334,6 +339,8 @@ def test_postgres_rollup_plans(postgres_url: str, state: str) -> None:
             assert {n["Index Name"] for n in every if "Index Name" in n} == {"ix_OutboxEvent_errors"}, (which, state)
         if which == "distinct orgs":  # one probe of the org index per value
             assert {n["Index Name"] for n in every if "Index Name" in n} == {"ix_OutboxEvent_org_time"}, (which, state)
+        if which == "newest bound" and not smaller:  # where a page under a filter no index serves is looked for
+            assert {n["Index Name"] for n in every if "Index Name" in n} == {"ix_OutboxEvent_time"}, (which, state)
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -352,3 +359,5 @@ def test_sqlite_rollup_plans(sqlite_url: str, state: str) -> None:
             assert "ix_OutboxEvent_errors" in text, (which, state, plan)
         if which == "distinct orgs":
             assert "ix_OutboxEvent_org_time" in text, (which, state, plan)
+        if which == "newest bound":
+            assert "ix_OutboxEvent_time" in text and "TEMP B-TREE" not in text, (which, state, plan)

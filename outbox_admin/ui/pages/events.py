@@ -82,10 +82,8 @@ def events() -> None:
     # The table refreshes live, except while rows are selected: then it holds still.
     @st.fragment(run_every=None if frozen else sidebar.refresh_interval(ctx))
     def table() -> None:
-        total = analytics.count_events(ctx.engine, flt)
-        pages = max(1, -(-total // PAGE_SIZE))
-        page = min(st.session_state.get("events_page", 0), pages - 1)
-        frame = analytics.events_frame(ctx.engine, flt, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
+        found = analytics.events_page(ctx.engine, flt, page=st.session_state.get("events_page", 0), page_size=PAGE_SIZE)
+        frame, total, page, pages = found.frame, found.total, found.page, found.pages
         left, middle, right = st.columns([3, 1, 1])
         left.caption(
             f"{total:,} events match; page {page + 1} of {pages}, newest first"
