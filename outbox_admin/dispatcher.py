@@ -60,7 +60,7 @@ from .lease import LeaseKeeper
 from .models import DEFAULT_TABLES, EventStatus, OutboxTables
 from .patterns import glob_for_postgres, glob_for_sqlite
 from .sql import dispatcher_sql
-from .stats import COMPACT_EVERY_SECONDS, compact_in
+from .stats import COMPACT_EVERY_SECONDS, compact_in, summed
 
 log = logging.getLogger(__name__)
 
@@ -391,9 +391,9 @@ class Dispatcher:
                     if rows:
                         history = [(r[0], PROCESSING, r[1], r[2], r[3]) for r in rows]
                         c.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
-                    failed = [r[0] for r in rows if r[1] == FAILED]
-                    if failed:
-                        c.exec_driver_sql(sql.count, {"ids": json.dumps(failed), "name": self.name})
+                    counted = summed(((r[4], r[5], r[1], r[2], r[6]) for r in rows), self.name)
+                    if counted:
+                        c.exec_driver_sql(sql.count, counted)
         for row in rows:
             log.warning("recovered event %s from an expired lease; now %s", row[0], row[1])
         return len(rows)
@@ -671,13 +671,15 @@ class Dispatcher:
             with _planned_per_execution(conn):
                 return {r[0] for r in conn.exec_driver_sql(sql.finish, params)}
         with conn.begin():
-            written = {r[0] for r in conn.exec_driver_sql(sql.finish, params)}
+            rows = conn.exec_driver_sql(sql.finish, params).all()
+            written = {r[0] for r in rows}
             history = [(o.event.id, PROCESSING, o.status, o.step, o.message) for o in outcomes if o.event.id in written]
             if history:
                 conn.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
-            finished = [o.event.id for o in outcomes if o.event.id in written and o.status in (COMPLETED, FAILED)]
-            if finished:
-                conn.exec_driver_sql(sql.count, {"ids": json.dumps(finished), "name": self.name})
+            # (created_at, event_type, status, retry_count, processed_at) of each event finished
+            counted = summed((tuple(r[1:]) for r in rows), self.name)
+            if counted:
+                conn.exec_driver_sql(sql.count, counted)
         return written
 
 

@@ -52,10 +52,11 @@ per bucket: a row per bucket multiplied the rows a window sums by ten.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -74,8 +75,10 @@ HOUR_AFTER = dt.timedelta(hours=25)
 DAY_AFTER = dt.timedelta(days=8)
 COMPACT_EVERY_SECONDS = 600.0
 
-#: Lower bounds (seconds) of latency buckets 1, 2, ...: 1 ms times powers of the square root of 2.
-LATENCY_BOUNDS: tuple[float, ...] = tuple(0.001 * 2 ** (k / 2) for k in range(STATS_LATENCY_BUCKETS - 1))
+#: Lower bounds of latency buckets 1, 2, ... in whole microseconds (exact on both databases): 1 ms
+#: times powers of the square root of 2; and in seconds.
+LATENCY_BOUNDS_US: tuple[int, ...] = tuple(round(1000 * 2 ** (k / 2)) for k in range(STATS_LATENCY_BUCKETS - 1))
+LATENCY_BOUNDS: tuple[float, ...] = tuple(b / 1_000_000 for b in LATENCY_BOUNDS_US)
 LATENCY_COLUMNS = tuple(f"l{k:02d}" for k in range(STATS_LATENCY_BUCKETS))
 RETRY_COLUMNS = {status: tuple(f"{p}{k:02d}" for k in range(STATS_RETRY_BUCKETS)) for status, p in COUNTED.items()}
 #: Every column a write adds to: the three counts, the latency sum, the histogram, the retry counts.
@@ -121,6 +124,46 @@ def record(
     if status is not None:
         params["status"] = status
     _run(conn, rollup.record_sql(conn.dialect, tables, as_status=status is not None), params)
+
+
+def summed(events: Iterable[tuple[str, str, str, int, str | None]], writer: str) -> list[tuple[Any, ...]]:
+    """SQLite: the rollup rows of ``(created_at, event_type, status, retry_count, processed_at)`` rows
+    as stored (UTCDateTime text), each counted +1: ``(period, event_type, writer, *COUNTER_COLUMNS)``.
+
+    What ``sql.rollup.upsert_sql`` computes, computed here from the rows the finish returns
+    (the same whole minutes and microseconds, so the same buckets, as ``tests/test_stats.py``
+    checks); statuses not counted are skipped. About 0.5 ms per 500 events.
+    """
+    rows: dict[tuple[str, str], list[Any]] = {}
+    parsed: dict[str, dt.datetime] = {}  # a batch's events share their processed_at
+    micro = dt.timedelta(microseconds=1)
+    for created, event_type, status, retry_count, processed in events:
+        columns = _STATUS_COLUMNS.get(status)
+        if columns is None:
+            continue
+        key = (created[:16] + ":00.000000", event_type)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = [0] * len(COUNTER_COLUMNS)
+            row[_LATENCY_SUM] = 0.0
+        count, retries = columns
+        row[count] += 1
+        row[retries[retry_count if retry_count < STATS_RETRY_BUCKETS else -1]] += 1
+        if status == COMPLETED and processed is not None:
+            done = parsed.get(processed) or parsed.setdefault(processed, dt.datetime.fromisoformat(processed))
+            latency = done - dt.datetime.fromisoformat(created)
+            row[_LATENCY[bisect.bisect_right(LATENCY_BOUNDS_US, latency // micro)]] += 1
+            row[_LATENCY_SUM] += latency.total_seconds()
+    return [(period, event_type, writer, *values) for (period, event_type), values in rows.items()]
+
+
+_INDEX = {name: i for i, name in enumerate(COUNTER_COLUMNS)}
+_LATENCY_SUM = _INDEX["latency_sum"]
+_LATENCY = [_INDEX[c] for c in LATENCY_COLUMNS]
+#: Per counted status: its count's column and its retry-count columns, as indexes into COUNTER_COLUMNS.
+_STATUS_COLUMNS = {
+    status: (_INDEX[status.lower()], [_INDEX[c] for c in RETRY_COLUMNS[status]]) for status in COUNTED
+}
 
 
 # -- compaction and rebuild ------------------------------------------------------------------
@@ -238,9 +281,9 @@ def percentile(histogram: Sequence[int], q: float) -> float | None:
     return LATENCY_BOUNDS[-1]
 
 
-def bucket_of(seconds: float) -> int:
-    """The histogram bucket of a latency (what the SQL computes), for tests and checks."""
-    return sum(1 for bound in LATENCY_BOUNDS if seconds >= bound)
+def bucket_of(latency: dt.timedelta) -> int:
+    """The histogram bucket of a latency, as the SQL computes it (whole microseconds), for tests and checks."""
+    return bisect.bisect_right(LATENCY_BOUNDS_US, latency // dt.timedelta(microseconds=1))
 
 
 def retry_bucket(retry_count: int) -> int:

@@ -67,7 +67,7 @@ def counted_from_events(engine: Engine) -> Counter[tuple[Any, ...]]:
         found[(*key, status.lower())] += 1
         found[(*key, f"{stats.COUNTED[status]}{stats.retry_bucket(retries):02d}")] += 1
         if status == "COMPLETED":
-            found[(*key, f"l{stats.bucket_of((processed - created).total_seconds()):02d}")] += 1
+            found[(*key, f"l{stats.bucket_of(processed - created):02d}")] += 1
     return found
 
 
@@ -306,9 +306,9 @@ def test_percentile_lies_in_the_bucket_of_its_rank(histogram: list[int], q: floa
 
 def test_percentile_of_two_buckets_follows_the_ranks() -> None:
     histogram = [0] * 54
-    histogram[stats.bucket_of(0.010)] = 90
-    histogram[stats.bucket_of(2.5)] = 10
-    assert stats.bucket_of(0.010) != stats.bucket_of(2.5)
+    fast, slow = stats.bucket_of(dt.timedelta(milliseconds=10)), stats.bucket_of(dt.timedelta(seconds=2.5))
+    histogram[fast], histogram[slow] = 90, 10
+    assert fast != slow
     p50, p95 = stats.percentile(histogram, 0.5), stats.percentile(histogram, 0.95)
     assert p50 is not None and 0.010 / 2**0.5 <= p50 <= 0.010 * 2**0.5
     assert p95 is not None and 2.5 / 2**0.5 <= p95 <= 2.5 * 2**0.5

@@ -37,8 +37,8 @@ class DispatcherSql:
     finish: str  # write a batch's outcomes (:outcomes, JSON) guarded by holder and attempt; returns ids
     recover: str  # expired leases back to PENDING (or FAILED); returns (id, status, retry_count, error_message)
     history: str | None  # SQLite: history rows from :rows (JSON); PostgreSQL writes them in each statement
-    # SQLite: count the events of :ids (JSON) that became COMPLETED or FAILED into the rollup
-    # (outbox_admin.stats), after a finish or a recovery; PostgreSQL counts them in those statements.
+    # SQLite: add a row of sums (stats.summed; executemany) to the rollup (outbox_admin.stats) after a
+    # finish or a recovery; PostgreSQL counts in those statements themselves.
     count: str | None
 
 

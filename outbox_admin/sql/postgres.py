@@ -43,7 +43,7 @@ from . import (
     _Names,
     driver_style,
 )
-from .rollup import latency_sql, upsert_sql
+from .rollup import latency_us_sql, upsert_sql
 from .shared import (
     COMPLETED,
     FAILED,
@@ -80,7 +80,7 @@ def _counted(names: _Names, status: str) -> str:
     """A CTE body counting the rows of ``changed`` whose ``status`` became COMPLETED or FAILED."""
     source = (
         f"SELECT created_at, event_type, CAST(:name AS varchar) AS writer, {status} AS status, retry_count, "
-        f"{latency_sql('postgresql', 'created_at', 'processed_at')} AS latency, 1 AS sign "
+        f"{latency_us_sql('postgresql', 'created_at', 'processed_at')} AS latency, 1 AS sign "
         f"FROM changed WHERE {status} IN ('{COMPLETED}', '{FAILED}')"
     )
     return upsert_sql("postgresql", names.stats, source)

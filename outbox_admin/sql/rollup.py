@@ -27,7 +27,7 @@ from ..stats import (
     FAILED,
     HOUR,
     KEY_COLUMNS,
-    LATENCY_BOUNDS,
+    LATENCY_BOUNDS_US,
     LATENCY_COLUMNS,
     MINUTE,
     RETRY_COLUMNS,
@@ -61,12 +61,33 @@ def period_sql(dialect: str, column: str, span: int) -> str:
     return f"(substr({column}, 1, {length}) || '{zeros}')"
 
 
-def _latency_bucket_sql(dialect: str, seconds: str) -> str:
-    bounds = ", ".join(repr(b) for b in LATENCY_BOUNDS)
+def latency_us_sql(dialect: str, start: str, end: str) -> str:
+    """Whole microseconds from ``start`` to ``end``: exact integers on both databases, so the histogram
+    bucket of a latency is the same whoever computes it (``stats.bucket_of``)."""
     if dialect == "postgresql":
-        # width_bucket with an array: how many lower bounds are <= the value (0 below the first).
-        return f"width_bucket(CAST({seconds} AS double precision), CAST(ARRAY[{bounds}] AS double precision[]))"
-    return "(" + " + ".join(f"({seconds} >= {b!r})" for b in LATENCY_BOUNDS) + ")"
+        return f"CAST(EXTRACT(EPOCH FROM ({end} - {start})) * 1000000 AS bigint)"
+    return (
+        f"((CAST(strftime('%s', substr({end}, 1, 19)) AS INTEGER)"
+        f" - CAST(strftime('%s', substr({start}, 1, 19)) AS INTEGER)) * 1000000"
+        f" + (CAST(substr({end}, 21) AS INTEGER) - CAST(substr({start}, 21) AS INTEGER)))"
+    )
+
+
+def _latency_bucket_sql(dialect: str, micros: str) -> str:
+    """The histogram bucket of ``micros``: how many of ``LATENCY_BOUNDS_US`` are at most it."""
+    if dialect == "postgresql":
+        bounds = ", ".join(str(b) for b in LATENCY_BOUNDS_US)
+        return f"width_bucket({micros}, CAST(ARRAY[{bounds}] AS bigint[]))"
+    return _bisect(micros, 0, len(LATENCY_BOUNDS_US))
+
+
+def _bisect(micros: str, low: int, high: int) -> str:
+    """SQLite: nested CASEs that find the bucket in six comparisons, not fifty-three."""
+    if low == high:
+        return str(low)
+    middle = (low + high) // 2  # buckets low..middle are below LATENCY_BOUNDS_US[middle]
+    below, above = _bisect(micros, low, middle), _bisect(micros, middle + 1, high)
+    return f"CASE WHEN {micros} < {LATENCY_BOUNDS_US[middle]} THEN {below} ELSE {above} END"
 
 
 def _sum_where(condition: str) -> str:
@@ -78,8 +99,8 @@ def upsert_sql(dialect: str, stats: str, source: str) -> str:
 
     ``source`` is a SQL query with the columns ``created_at, event_type, writer, status,
     retry_count, latency, sign``: one row per event counted, ``sign`` +1 (it entered
-    ``status``) or -1 (it left it, or was deleted); ``latency`` in seconds (read for
-    COMPLETED only). Rows of other statuses add nothing. The events are first grouped by
+    ``status``) or -1 (it left it, or was deleted); ``latency`` in whole microseconds
+    (``latency_us_sql``; read for COMPLETED only). Rows of other statuses add nothing. The events are first grouped by
     everything a column depends on (a batch's 500 events make a few dozen groups), then
     each group lands in its columns; grouped per minute, type and writer, so the
     ``ON CONFLICT`` target is hit at most once per row inserted.
@@ -93,7 +114,7 @@ def upsert_sql(dialect: str, stats: str, source: str) -> str:
     each = (
         f"SELECT {period_sql(dialect, 'src.created_at', MINUTE)} AS period, src.event_type, src.writer, src.status, "
         f"CAST(src.sign AS integer) AS sign, "
-        f"CASE WHEN src.status = '{COMPLETED}' THEN CAST(src.latency AS double precision) END AS latency, "
+        f"CASE WHEN src.status = '{COMPLETED}' THEN src.latency / 1000000.0 END AS latency, "
         f"CASE WHEN src.status = '{COMPLETED}' THEN {_latency_bucket_sql(dialect, 'src.latency')} END AS lb, "
         f"{least}(src.retry_count, {last_retry}) AS rb "
         f"FROM (SELECT * FROM ({source}) AS raw {fence}) AS src "
@@ -125,6 +146,19 @@ def upsert_sql(dialect: str, stats: str, source: str) -> str:
     )
 
 
+def add_rows_sql(stats: str) -> str:
+    """SQLite: add one row of sums (``stats.summed``: period, event type, writer, then
+    ``COUNTER_COLUMNS``) to the rollup; run once per row (``executemany``), with plain
+    parameters: cheaper than reading them out of a JSON document, column by column."""
+    columns = ", ".join((*KEY_COLUMNS, *COUNTER_COLUMNS))
+    marks = ", ".join("?" for _ in COUNTER_COLUMNS)
+    updates = ", ".join(f"{c} = cur.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
+    return (
+        f"INSERT INTO {stats} AS cur ({columns}) VALUES (?, {MINUTE}, ?, ?, {marks}) "
+        f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}"
+    )
+
+
 def events_source(dialect: str, events: str, *, ids: str | None, status: str | None, sign: str, writer: str) -> str:
     """A ``source`` for ``upsert_sql`` read from the events table: the events whose ids are in the
     JSON array parameter ``ids`` (every counted event when None), each counted as ``status`` (a
@@ -143,7 +177,7 @@ def events_source(dialect: str, events: str, *, ids: str | None, status: str | N
     counted_as = "e.status" if status is None else status
     return (
         f"SELECT e.created_at, e.event_type, {writer} AS writer, {counted_as} AS status, e.retry_count, "
-        f"{latency_sql(dialect, 'e.created_at', 'e.processed_at')} AS latency, {sign} AS sign "
+        f"{latency_us_sql(dialect, 'e.created_at', 'e.processed_at')} AS latency, {sign} AS sign "
         f"FROM {events} AS e{where}"
     )
 

@@ -9,9 +9,10 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
 - The claim reads ``INDEXED BY`` the partial index of due PENDING events, in its
   order, under a LIMIT: without statistics SQLite would otherwise pick the
   (status, created_at, id) index and sort part of the order in a temporary B-tree.
-- ``count`` adds the events of a finish or a recovery that became COMPLETED or
-  FAILED to the rollup (``outbox_admin.stats``), in the same transaction, reading
-  them by primary key from ``:ids``.
+- ``count`` adds the rollup rows (``outbox_admin.stats``) of the events a finish or
+  a recovery made COMPLETED or FAILED, in the same transaction. The finish returns
+  what they need and the dispatcher sums them (``stats.summed``): reading the events
+  again and summing them in SQL cost 13% of dispatch throughput here, this 3%.
 - The finish, the renewal and the recovery reach rows by primary key from the
   batch. Their status guard is written ``+e.status``: the unary plus keeps SQLite
   from using an index for it, which it otherwise does when statistics are missing
@@ -24,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, PUBLISHED_COLUMNS, PUBLISHER_ACTOR, DispatcherSql, PublishSql, _Names
-from .rollup import events_source, upsert_sql
+from .rollup import add_rows_sql
 from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
 
 #: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
@@ -34,6 +35,9 @@ NOT_BLOCKED = """
                   SELECT 1 FROM json_each(:blocked) AS b
                   WHERE candidate.event_type GLOB json_extract(b.value, '$[0]')
                     AND (json_extract(b.value, '$[1]') IS NULL OR candidate.org_id = json_extract(b.value, '$[1]')))"""
+
+#: What the finish returns: the id, then what the rollup counts (``stats.summed``).
+COUNTED_RETURNING = "id, created_at, event_type, status, retry_count, processed_at"
 
 #: One outcome per element: [event id, attempt, outcome, failed, message, step, delay, due].
 OUTCOMES = """
@@ -71,7 +75,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
             ) AS c
             WHERE e.id = c.event_id AND e.retry_count = c.attempt
               AND +e.status = '{PROCESSING}' AND e.locked_by = :name
-            RETURNING id"""
+            RETURNING {COUNTED_RETURNING}"""
     recover = f"""
             {expire_set(ev, out_of_attempts(":max_attempts"), now=now)}
             WHERE e.id IN (
@@ -79,7 +83,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}
                 LIMIT :limit
             ) AND +e.status = '{PROCESSING}'
-            RETURNING id, status, retry_count, error_message"""
+            RETURNING id, status, retry_count, error_message, created_at, event_type, processed_at"""
     history = f"""
             INSERT INTO {tr} ({HISTORY_COLUMNS})
             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
@@ -92,14 +96,8 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
         finish=finish,
         recover=recover,
         history=history,
-        count=record_sql_for(names),
+        count=add_rows_sql(names.stats),
     )
-
-
-def record_sql_for(names: _Names) -> str:
-    """The rollup count of the events in ``:ids`` (JSON), as their own status, by writer ``:name``."""
-    source = events_source("sqlite", names.events, ids=":ids", status=None, sign="1", writer=":name")
-    return upsert_sql("sqlite", names.stats, source)
 
 
 def publish_sql(names: _Names, dialect: Any) -> PublishSql:
