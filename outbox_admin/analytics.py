@@ -12,16 +12,17 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, case, desc, func, literal, literal_column, or_, select
+from sqlalchemy import Connection, Engine, and_, case, desc, false, func, literal, literal_column, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Float
 
-from .db import read_connection
+from .db import db_now, read_connection
 from .errors import FilterError
 from .filters import EventFilter, as_filter, check_text, normalized_error, prepare_connection
 from .models import DEFAULT_TABLES, MANUAL_ACTOR_PATTERN, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
@@ -301,6 +302,8 @@ def error_summary(
     filters: EventFilter | None = None,
     *,
     limit: int = 50,
+    offset: int = 0,
+    order: Literal["events", "failed"] = "events",
     tables: OutboxTables = DEFAULT_TABLES,
     **loose: Any,
 ) -> pd.DataFrame:
@@ -309,10 +312,13 @@ def error_summary(
 
     Groups events by the normalised form of their current ``error_message``;
     ``failed`` counts those now FAILED (dead letters); first and last seen are the
-    events' creation times.
+    events' creation times. ``order="failed"`` puts the most dead letters first (then the most
+    events); ``limit``/``offset`` page through the groups (``count_error_groups`` says how many).
     """
     flt = as_filter(filters, **loose)
-    limit, _ = _page(limit, 0)
+    limit, offset = _page(limit, offset)
+    if order not in ("events", "failed"):
+        raise FilterError("order", "must be 'events' or 'failed'")
     ev = tables.events
     group = normalized_error(ev.c.error_message).label("error_group")
     if engine.dialect.name == "postgresql":
@@ -320,11 +326,13 @@ def error_summary(
     else:
         types = func.group_concat(ev.c.event_type.distinct())
     events = func.count().label("events")
+    failed = func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0)).label("failed")
+    ranking = (desc(failed), desc(events)) if order == "failed" else (desc(events),)
     groups = (
         select(
             group,
             events,
-            func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0)).label("failed"),
+            failed,
             func.min(ev.c.created_at).label("first_seen"),
             func.max(ev.c.created_at).label("last_seen"),
             types.label("event_types"),
@@ -332,8 +340,9 @@ def error_summary(
         )
         .where(and_(ev.c.error_message.is_not(None), flt.clause(tables)))
         .group_by(group)
-        .order_by(desc(events), group)
+        .order_by(*ranking, group)
         .limit(limit)
+        .offset(offset)
         .subquery("groups")
     )
     # The example's message comes from the example event itself (max() of the messages would
@@ -342,7 +351,10 @@ def error_summary(
     stmt = (
         select(*groups.c, example.c.error_message)
         .join_from(groups, example, example.c.id == groups.c.example_event_id)
-        .order_by(desc(groups.c.events), groups.c.error_group)
+        .order_by(
+            *((desc(groups.c.failed), desc(groups.c.events)) if order == "failed" else (desc(groups.c.events),)),
+            groups.c.error_group,
+        )
     )
     with _reading(engine) as conn:
         rows = conn.execute(stmt).all()
@@ -359,6 +371,79 @@ def error_summary(
     frame = _frame(rows, columns, ("first_seen", "last_seen"))
     frame["event_types"] = [",".join(sorted(set((v or "").split(",")))) for v in frame["event_types"]]
     return frame.astype({"events": "int64", "failed": "int64"})
+
+
+def count_error_groups(
+    engine: Engine, filters: EventFilter | None = None, *, tables: OutboxTables = DEFAULT_TABLES, **loose: Any
+) -> int:
+    """How many error groups ``error_summary`` has for these filters (for paging through them)."""
+    flt = as_filter(filters, **loose)
+    ev = tables.events
+    groups = (
+        select(normalized_error(ev.c.error_message).label("error_group"))
+        .where(and_(ev.c.error_message.is_not(None), flt.clause(tables)))
+        .group_by(normalized_error(ev.c.error_message))
+        .subquery("groups")
+    )
+    with _reading(engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(groups)).scalar_one())
+
+
+@dataclass(frozen=True)
+class ExpiredLeases:
+    """PROCESSING events whose lease ran out: their dispatcher stopped renewing it (it died, hung or
+    lost the database), and they wait for a recovery (a dispatcher's tick, or ``admin.recover_expired``).
+
+    ``by_dispatcher`` has ``dispatcher, events, oldest_expiry, newest_expiry`` (the one that held the most
+    first; ``dispatcher`` is the ``locked_by`` they still carry). ``checked_at`` is the database's clock
+    when they were counted, so ``oldest_seconds`` agrees with the dispatchers whatever this host's clock says.
+    """
+
+    count: int
+    oldest_expiry: dt.datetime | None
+    checked_at: dt.datetime
+    by_dispatcher: pd.DataFrame
+
+    @property
+    def oldest_seconds(self) -> float | None:
+        """Seconds since the oldest of these leases expired (None when there is none)."""
+        if self.oldest_expiry is None:
+            return None
+        return max(0.0, (self.checked_at - self.oldest_expiry).total_seconds())
+
+
+def expired_leases(
+    engine: Engine,
+    filters: EventFilter | None = None,
+    *,
+    limit: int = 100,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> ExpiredLeases:
+    """The PROCESSING events whose lease expired, summed up: how many, the oldest expiry, per dispatcher
+    (at most ``limit`` dispatchers; the count covers them all). Read through the partial index of leases."""
+    flt = as_filter(filters, **loose)
+    limit, _ = _page(limit, 0)
+    ev = tables.events
+    if not flt.allows_status(EventStatus.PROCESSING.value):
+        where: Any = false()
+    else:
+        where = flt.with_(lease_expired=True).clause(tables)
+    events = func.count()
+    stmt = (
+        select(ev.c.locked_by, events, func.min(ev.c.locked_until), func.max(ev.c.locked_until))
+        .where(where)
+        .group_by(ev.c.locked_by)
+        .order_by(desc(events), ev.c.locked_by)
+    )
+    with _reading(engine) as conn:
+        checked_at = conn.execute(select(db_now())).scalar_one()
+        rows = conn.execute(stmt).all()
+    count = sum(int(r[1]) for r in rows)
+    oldest = min((r[2] for r in rows if r[2] is not None), default=None)
+    columns = ["dispatcher", "events", "oldest_expiry", "newest_expiry"]
+    frame = _frame(rows[:limit], columns, ("oldest_expiry", "newest_expiry")).astype({"events": "int64"})
+    return ExpiredLeases(count, oldest, checked_at, frame)
 
 
 _TIME_UNITS = (("day", 86400, 10), ("hour", 3600, 13), ("minute", 60, 16), ("second", 1, 19))

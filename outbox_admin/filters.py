@@ -36,11 +36,13 @@ from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Text
 
+from .db import db_now
 from .errors import FilterError
 from .models import EventStatus, OutboxTables
 from .payload import text_fault
 
 STATUSES = tuple(s.value for s in EventStatus)
+PENDING, PROCESSING = EventStatus.PENDING.value, EventStatus.PROCESSING.value
 MAX_SEARCH_LENGTH = 200
 #: Any text given to a filter, before trimming or splitting (event types, orgs and ids are at most 255 stored).
 MAX_TEXT_LENGTH = 1_000
@@ -187,6 +189,25 @@ def parse_time(value: dt.datetime | dt.date | str | None, name: str) -> dt.datet
         raise FilterError(name, f"{value.isoformat()} is outside the years 1-9999 in UTC") from None
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_flag(value: bool | str | None, name: str) -> bool | None:
+    """``True``/``False`` from a bool or the text of a form, link or CLI (``true``/``false``, ``1``/``0``, ...)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = check_text(name, value, limit=10).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        if not text:
+            return None
+        raise FilterError(name, f"{value!r} is not true or false")
+    raise FilterError(name, f"must be true or false, not {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class EventFilter:
     """Which events an analytics query or an admin action covers; every field optional.
@@ -208,6 +229,8 @@ class EventFilter:
     search: str | None = None
     error_group: str | None = None
     event_ids: tuple[str, ...] | None = None
+    lease_expired: bool | None = None
+    scheduled: bool | None = None
 
     @classmethod
     def build(
@@ -222,6 +245,8 @@ class EventFilter:
         search: str | None = None,
         error_group: str | None = None,
         event_ids: Iterable[str] | None = None,
+        lease_expired: bool | str | None = None,
+        scheduled: bool | str | None = None,
     ) -> EventFilter:
         """Validate loose input (from a form, a URL or the CLI) into a filter; raises ``FilterError``."""
         statuses = _as_tuple("status", status)
@@ -272,6 +297,8 @@ class EventFilter:
             search,
             error_group or None,
             ids,
+            lease_expired=parse_flag(lease_expired, "lease_expired"),
+            scheduled=parse_flag(scheduled, "scheduled"),
         )
 
     def __post_init__(self) -> None:
@@ -307,12 +334,24 @@ class EventFilter:
             value = getattr(self, name)
             if value is not None and not isinstance(value, dt.datetime):
                 raise FilterError(name, f"expected a datetime, got {type(value).__name__}")
+        for name in ("lease_expired", "scheduled"):
+            flag = getattr(self, name)
+            if flag is not None and not isinstance(flag, bool):
+                raise FilterError(name, f"must be True, False or None, not {type(flag).__name__}")
 
     def with_(self, **changes: Any) -> EventFilter:
         return replace(self, **changes)
 
     def is_empty(self) -> bool:
         return all(getattr(self, f.name) is None for f in fields(self))
+
+    def allows_status(self, status: str) -> bool:
+        """Whether events in ``status`` can match at all (an action on them is pointless when not)."""
+        if self.status is not None and status not in self.status:
+            return False
+        if self.lease_expired and status != PROCESSING:
+            return False
+        return not (self.scheduled and status != PENDING)
 
     def conditions(self, tables: OutboxTables) -> list[ColumnElement[bool]]:
         """The SQL conditions on the events table (all bound parameters)."""
@@ -345,6 +384,16 @@ class EventFilter:
             )
         if self.error_group:
             where.append(normalized_error(ev.c.error_message) == self.error_group)
+        # The statuses as constants, not parameters: SQLite then reads the partial indexes made for them.
+        processing, pending = _sql_text(PROCESSING), _sql_text(PENDING)
+        if self.lease_expired:
+            where.append(and_(ev.c.status == processing, ev.c.locked_until < db_now()))
+        elif self.lease_expired is False:
+            where.append(or_(ev.c.status != processing, ev.c.locked_until.is_(None), ev.c.locked_until >= db_now()))
+        if self.scheduled:
+            where.append(and_(ev.c.status == pending, ev.c.available_at > db_now()))
+        elif self.scheduled is False:
+            where.append(or_(ev.c.status != pending, ev.c.available_at <= db_now()))
         return where
 
     def clause(self, tables: OutboxTables) -> ColumnElement[bool]:
@@ -372,6 +421,8 @@ QUERY_KEYS = {
     "until": "until",
     "search": "q",
     "error_group": "error",
+    "lease_expired": "lease_expired",
+    "scheduled": "scheduled",
 }
 
 
@@ -392,6 +443,10 @@ def filter_to_query(flt: EventFilter) -> dict[str, str]:
         query["q"] = flt.search
     if flt.error_group:
         query["error"] = flt.error_group
+    for field_name in ("lease_expired", "scheduled"):
+        flag = getattr(flt, field_name)
+        if flag is not None:
+            query[field_name] = "true" if flag else "false"
     return query
 
 
@@ -413,4 +468,6 @@ def filter_from_query(query: Any) -> EventFilter:
         until=get("until"),
         search=get("q"),
         error_group=get("error"),
+        lease_expired=get("lease_expired"),
+        scheduled=get("scheduled"),
     )

@@ -1,7 +1,8 @@
 """The library's hot SQL, one module per dialect: ``postgres`` and ``sqlite``.
 
 Each module builds the same named statements for a table set — the dispatcher's
-(``DispatcherSql``) and the publisher's (``PublishSql``);
+(``DispatcherSql``), the publisher's (``PublishSql``) and the few of a person's
+actions that must follow the dispatcher's rules (``AdminSql``);
 ``shared`` holds the fragments both write the same way (the SET clauses of a
 finish and of an expired lease). The dispatcher holds the logic and runs them; a
 third dialect is one more module here.
@@ -40,6 +41,15 @@ class DispatcherSql:
 
 
 @dataclass(frozen=True)
+class AdminSql:
+    """The statements of a person's actions (``outbox_admin.admin``) that must match the dispatcher's."""
+
+    recover: str  # the dispatcher's recovery of expired leases, on the events of :ids (JSON) only
+    history: str | None  # SQLite: history rows from :rows (JSON), as the dispatcher's
+    notify: str | None  # PostgreSQL: wake every dispatcher once the transaction commits
+
+
+@dataclass(frozen=True)
 class PublishSql:
     """The publisher's statements for one table set on one dialect, in the driver's parameter style."""
 
@@ -70,6 +80,18 @@ def publish_sql(dialect: Any, tables: OutboxTables) -> PublishSql:
     from . import sqlite
 
     return sqlite.publish_sql(names, dialect)
+
+
+def admin_sql(dialect: Any, tables: OutboxTables) -> AdminSql:
+    """The admin statements of ``dialect`` for ``tables`` (always on the database's clock)."""
+    names = _names(dialect, tables)
+    if dialect.name == "postgresql":
+        from . import postgres
+
+        return postgres.admin_sql(names, dialect)
+    from . import sqlite
+
+    return sqlite.admin_sql(names, dialect)
 
 
 def _names(dialect: Any, tables: OutboxTables) -> _Names:

@@ -34,6 +34,7 @@ from . import (
     HISTORY_COLUMNS,
     PUBLISHED_COLUMNS,
     PUBLISHER_ACTOR,
+    AdminSql,
     DispatcherSql,
     PublishSql,
     _Names,
@@ -103,12 +104,29 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 SELECT id, '{PROCESSING}', outcome, {now}, :name, step, message FROM changed
             )
             SELECT id FROM changed"""
+    recover = _recover(ev, tr, now, "\n                LIMIT :limit")
+    return DispatcherSql(
+        claim=driver_style(claim(""), pyformat=True),
+        claim_unblocked=driver_style(claim(NOT_BLOCKED), pyformat=True),
+        renew=driver_style(renew, pyformat=True),
+        finish=driver_style(finish, pyformat=True),
+        recover=driver_style(recover, pyformat=True),
+        history=None,
+    )
+
+
+def _recover(ev: str, tr: str, now: str, which: str) -> str:
+    """Expired leases back to PENDING (or FAILED), a failed attempt each, with their history rows.
+
+    ``which`` narrows the candidates: ``LIMIT :limit`` (the dispatcher) or the ids of ``:ids``
+    (a person's recovery, ``admin.recover_expired``). The lease is tested on the locked row
+    (READ COMMITTED re-checks it after the lock), so a lease renewed meanwhile is left alone.
+    """
     status_after_expiry = out_of_attempts("CAST(:max_attempts AS integer)")
-    recover = f"""
+    return f"""
             WITH expired AS MATERIALIZED (
                 SELECT held.id FROM {ev} AS held
-                WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}
-                LIMIT :limit
+                WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}{which}
                 FOR UPDATE OF held SKIP LOCKED
             ), changed AS (
                 {expire_set(ev, status_after_expiry, now=now)}
@@ -119,13 +137,17 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 SELECT id, '{PROCESSING}', status, {now}, :name, retry_count, error_message FROM changed
             )
             SELECT id, status, retry_count, error_message FROM changed"""
-    return DispatcherSql(
-        claim=driver_style(claim(""), pyformat=True),
-        claim_unblocked=driver_style(claim(NOT_BLOCKED), pyformat=True),
-        renew=driver_style(renew, pyformat=True),
-        finish=driver_style(finish, pyformat=True),
+
+
+def admin_sql(names: _Names, dialect: Any) -> AdminSql:
+    """A person's recovery: ``_recover`` on the ids of ``:ids`` (JSON), with the database's clock; and the
+    NOTIFY that wakes every dispatcher once the action's transaction commits."""
+    now = str(db_now().compile(dialect=dialect))
+    recover = _recover(names.events, names.transitions, now, f" AND held.id = ANY({IDS})")
+    return AdminSql(
         recover=driver_style(recover, pyformat=True),
         history=None,
+        notify=f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')",
     )
 
 

@@ -20,7 +20,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import CLAIMED_COLUMNS, HISTORY_COLUMNS, PUBLISHED_COLUMNS, PUBLISHER_ACTOR, DispatcherSql, PublishSql, _Names
+from . import (
+    CLAIMED_COLUMNS,
+    HISTORY_COLUMNS,
+    PUBLISHED_COLUMNS,
+    PUBLISHER_ACTOR,
+    AdminSql,
+    DispatcherSql,
+    PublishSql,
+    _Names,
+)
 from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
 
 #: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
@@ -76,11 +85,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 LIMIT :limit
             ) AND +e.status = '{PROCESSING}'
             RETURNING id, status, retry_count, error_message"""
-    history = f"""
-            INSERT INTO {tr} ({HISTORY_COLUMNS})
-            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-                   {now}, :name, json_extract(value, '$[3]'), json_extract(value, '$[4]')
-            FROM json_each(:rows)"""
+    history = _history(tr, now)
     return DispatcherSql(
         claim=claim(""),
         claim_unblocked=claim(NOT_BLOCKED),
@@ -89,6 +94,29 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
         recover=recover,
         history=history,
     )
+
+
+def _history(tr: str, now: str) -> str:
+    """History rows from :rows, a JSON array of [event id, from, to, attempt, message], by :name at now."""
+    return f"""
+            INSERT INTO {tr} ({HISTORY_COLUMNS})
+            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                   {now}, :name, json_extract(value, '$[3]'), json_extract(value, '$[4]')
+            FROM json_each(:rows)"""
+
+
+def admin_sql(names: _Names, dialect: Any) -> AdminSql:
+    """A person's recovery: the dispatcher's, on the events of ``:ids`` (JSON) only, by primary key (the
+    unary plus keeps SQLite off the status and lease indexes). The lease is tested in the UPDATE itself,
+    inside the write lock, so a lease renewed after a dry run is left alone."""
+    ev, tr = names.events, names.transitions
+    now, _, _ = clock(dialect, clocked=False)
+    recover = f"""
+            {expire_set(ev, out_of_attempts(":max_attempts"), now=now)}
+            WHERE e.id IN (SELECT value FROM json_each(:ids))
+              AND +e.status = '{PROCESSING}' AND +e.locked_until < {now}
+            RETURNING id, status, retry_count, error_message"""
+    return AdminSql(recover=recover, history=_history(tr, now), notify=None)
 
 
 def publish_sql(names: _Names, dialect: Any) -> PublishSql:
