@@ -412,6 +412,22 @@ class ExpiredLeases:
         return max(0.0, (self.checked_at - self.oldest_expiry).total_seconds())
 
 
+def _expired_leases_select(flt: EventFilter, tables: OutboxTables) -> Any:
+    """Per holder: count, oldest and newest expiry of the expired leases matching ``flt`` (its plan is tested)."""
+    ev = tables.events
+    if not flt.allows_status(EventStatus.PROCESSING.value):
+        where: Any = false()
+    else:
+        where = flt.with_(lease_expired=True).clause(tables)
+    events = func.count()
+    return (
+        select(ev.c.locked_by, events, func.min(ev.c.locked_until), func.max(ev.c.locked_until))
+        .where(where)
+        .group_by(ev.c.locked_by)
+        .order_by(desc(events), ev.c.locked_by)
+    )
+
+
 def expired_leases(
     engine: Engine,
     filters: EventFilter | None = None,
@@ -422,20 +438,8 @@ def expired_leases(
 ) -> ExpiredLeases:
     """The PROCESSING events whose lease expired, summed up: how many, the oldest expiry, per dispatcher
     (at most ``limit`` dispatchers; the count covers them all). Read through the partial index of leases."""
-    flt = as_filter(filters, **loose)
     limit, _ = _page(limit, 0)
-    ev = tables.events
-    if not flt.allows_status(EventStatus.PROCESSING.value):
-        where: Any = false()
-    else:
-        where = flt.with_(lease_expired=True).clause(tables)
-    events = func.count()
-    stmt = (
-        select(ev.c.locked_by, events, func.min(ev.c.locked_until), func.max(ev.c.locked_until))
-        .where(where)
-        .group_by(ev.c.locked_by)
-        .order_by(desc(events), ev.c.locked_by)
-    )
+    stmt = _expired_leases_select(as_filter(filters, **loose), tables)
     with _reading(engine) as conn:
         checked_at = conn.execute(select(db_now())).scalar_one()
         rows = conn.execute(stmt).all()

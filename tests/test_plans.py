@@ -224,3 +224,71 @@ def test_locked_by_is_set_on_processing_events_only(engine: Engine) -> None:
         held = conn.execute(select(func.count()).where(EV.c.status == "PROCESSING")).scalar_one()
     assert wrong == 0
     assert held == 0
+
+
+# --- a person's recovery and the expired-leases summary (the Overview reads it every refresh) ----------
+
+
+def admin_plans(url: str) -> dict[str, Any]:
+    """The plans of ``admin.recover_expired``'s statement (on a 500-event batch) and of the summary."""
+    from outbox_admin.analytics import _expired_leases_select
+    from outbox_admin.filters import EventFilter
+    from outbox_admin.sql import admin_sql
+
+    engine = make_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    summary = _expired_leases_select(EventFilter(), DEFAULT_TABLES).compile(dialect=engine.dialect)
+    assert not summary.params  # constants only: nothing to bind
+    statements = {
+        "recover": (admin_sql(engine.dialect, DEFAULT_TABLES).recover, {"ids": json.dumps(HELD), "name": "admin:t"}),
+        "summary": (str(summary), {}),
+    }
+    statements["recover"][1]["max_attempts"] = 5
+    found: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for which, (sql, params) in statements.items():
+            if postgres:
+                found[which] = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()[0]["Plan"]
+            else:
+                found[which] = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+        conn.rollback()
+    engine.dispose()
+    return found
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state", STATES)
+def test_postgres_admin_plans(postgres_url: str, state: str) -> None:
+    build_state(postgres_url, state)
+    found = admin_plans(postgres_url)
+    for which, plan in found.items():
+        every = nodes(plan)
+        on_events = [n for n in every if n.get("Relation Name") == "OutboxEvent"]
+        assert on_events and not [n for n in on_events if n["Node Type"] == "Seq Scan"], (which, state)
+        for loop in (n for n in every if n["Node Type"] == "Nested Loop"):
+            inner = loop["Plans"][1]
+            assert inner["Node Type"] not in ("Function Scan", "CTE Scan"), f"{which} walks the batch per row ({state})"
+    assert indexes([n for n in nodes(found["recover"]) if n.get("Relation Name") == "OutboxEvent"], "e") == {
+        "pk_OutboxEvent"
+    }
+    # Only PROCESSING events are read: through their partial index, or the (status, ...) index on that status.
+    reads = [n for n in nodes(found["summary"]) if "Index Name" in n]
+    assert reads and all(n["Index Name"] in ("ix_OutboxEvent_leases", "ix_OutboxEvent_status_time") for n in reads)
+    assert all(
+        "PROCESSING" in n.get("Index Cond", "") for n in reads if n["Index Name"] == "ix_OutboxEvent_status_time"
+    )
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_sqlite_admin_plans(sqlite_url: str, state: str) -> None:
+    build_state(sqlite_url, state)
+    found = admin_plans(sqlite_url)
+    recover = "\n".join(found["recover"])
+    assert "SEARCH e USING INDEX sqlite_autoindex_OutboxEvent_1 (id=?)" in recover, (state, found["recover"])
+    assert not [line for line in found["recover"] if line.startswith("SCAN ") and "json_each" not in line], recover
+    # Only PROCESSING events are read: through their partial index, or the (status, ...) index on that status.
+    [read] = [line for line in found["summary"] if line.startswith(("SEARCH", "SCAN"))]
+    assert read in (
+        "SEARCH OutboxEvent USING INDEX ix_OutboxEvent_leases (locked_until<?)",
+        "SEARCH OutboxEvent USING INDEX ix_OutboxEvent_status_time (status=?)",
+    ), (state, found["summary"])
