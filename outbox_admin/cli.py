@@ -381,6 +381,10 @@ SinceOpt = Annotated[str | None, typer.Option("--since", help="Created at or aft
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Created before (ISO 8601).")]
 SearchOpt = Annotated[str | None, typer.Option("--search", help="Text in the id, entity id or error message.")]
 ErrorGroupOpt = Annotated[str | None, typer.Option("--error-group", help="A normalised error message (see stats).")]
+LeaseExpiredOpt = Annotated[
+    bool, typer.Option("--lease-expired", help="Only PROCESSING events whose lease expired (stuck).")
+]
+ScheduledOpt = Annotated[bool, typer.Option("--scheduled", help="Only PENDING events waiting on a backoff.")]
 
 
 def _filters(
@@ -392,6 +396,8 @@ def _filters(
     until: Any = None,
     search: Any = None,
     error_group: Any = None,
+    lease_expired: bool = False,
+    scheduled: bool = False,
 ) -> Any:
     from .filters import EventFilter
 
@@ -404,6 +410,8 @@ def _filters(
         until=until,
         search=search,
         error_group=error_group,
+        lease_expired=lease_expired or None,
+        scheduled=scheduled or None,
     )
 
 
@@ -489,6 +497,8 @@ def events(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    lease_expired: LeaseExpiredOpt = False,
+    scheduled: ScheduledOpt = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     database_url: DatabaseUrl = None,
@@ -497,7 +507,7 @@ def events(
     """List events, newest first, with filters."""
     from . import analytics
 
-    flt = _filters(status, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(status, event_type, org, entity, since, until, search, error_group, lease_expired, scheduled)
     with _engine(database_url) as engine:
         frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
         total = analytics.count_events(engine, flt)
@@ -559,20 +569,25 @@ def _run_action(
         status = kwargs.pop("status")
         force = kwargs.get("force", False)
         plan = admin.plan_action(engine, action, ids or None, status=status, force=force, **flt_kwargs)  # type: ignore[arg-type]
+        name = action.replace("_", "-")  # as the command is spelled
         if dry_run:
             if json_output:
-                _dump({"action": action, "dry_run": True, "count": plan.count, "sample_ids": plan.sample_ids})
+                _dump({"action": name, "dry_run": True, "count": plan.count, "sample_ids": plan.sample_ids})
             else:
                 _say(
-                    f"{action} would move {plan.count} event(s) in {', '.join(plan.statuses)}; "
+                    f"{name} would move {plan.count} event(s) in {', '.join(plan.statuses)}; "
                     f"e.g. {', '.join(plan.sample_ids[:5]) or '-'}"
                 )
             return
-        moved = getattr(admin, action)(engine, ids or None, status=status, **flt_kwargs, **kwargs)
+        if action in ("retry_now", "recover"):  # their events are given by the action itself, not a status
+            run = admin.recover_expired if action == "recover" else admin.retry_now
+            moved = run(engine, ids or None, **flt_kwargs, **kwargs)
+        else:
+            moved = getattr(admin, action)(engine, ids or None, status=status, **flt_kwargs, **kwargs)
     if json_output:
-        _dump({"action": action, "moved": moved})
+        _dump({"action": name, "moved": moved})
     else:
-        _say(f"{action}: {moved} event(s) moved")
+        _say(f"{name}: {moved} event(s) moved")
 
 
 @_command()
@@ -644,6 +659,65 @@ def discard(
         filters=flt,
         status=",".join(status) if status else None,
         reason=reason,
+        actor=actor,
+    )
+
+
+@_command("retry-now")
+def retry_now(
+    event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    error_group: ErrorGroupOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
+    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Make PENDING events waiting on a backoff due now (all of them, the given ones, or those matching);
+    their attempts are kept."""
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    _run_action("retry_now", event_ids, dry_run, json_output, database_url, filters=flt, status=None, actor=actor)
+
+
+@_command()
+def recover(
+    event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts", min=1, help="As the dispatchers are configured (default: OUTBOX_MAX_ATTEMPTS, or 5)."
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
+    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Recover PROCESSING events whose lease expired, as a dispatcher's tick would: back to PENDING as a
+    failed attempt (FAILED when it was the last). Events with a live lease are never touched."""
+    from .config import Settings
+
+    flt = _filters(None, event_type, org, entity, since, until, search)
+    _run_action(
+        "recover",
+        event_ids,
+        dry_run,
+        json_output,
+        database_url,
+        filters=flt,
+        status=None,
+        max_attempts=max_attempts if max_attempts is not None else Settings.from_env().max_attempts,
         actor=actor,
     )
 
