@@ -156,7 +156,7 @@ def test_requeue_a_selected_failed_event(demo_engine) -> None:
 
 
 def test_requeue_a_whole_error_group_from_the_failures_page(demo_engine) -> None:
-    groups = analytics.error_summary(demo_engine, limit=50)
+    groups = analytics.error_summary(demo_engine, limit=50, order="failed")  # the page's order
     dead_group = groups[groups["failed"] > 0]["error_group"].iloc[0]
     at = page("failures").run()
     at.session_state[table_key("groups", groups["error_group"])] = {

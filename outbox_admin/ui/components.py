@@ -13,9 +13,11 @@ because Streamlit turns ``:smile:`` into an emoji even when its colons are escap
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import html
 import re
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +26,7 @@ import streamlit as st
 
 from ..charts import STATUS_COLORS, status_color
 from ..display import visible
+from ..filters import EventFilter, filter_to_query
 
 #: Streamlit's named markdown colours closest to the chart colours, for badges in text.
 BADGE_COLORS = {"PENDING": "orange", "PROCESSING": "blue", "COMPLETED": "green", "FAILED": "red", "DISCARDED": "gray"}
@@ -116,3 +119,51 @@ def flash(message: str | None = None, kind: str = "success") -> None:
 def keep_flash() -> None:
     """Call before ``st.rerun``: the message shown in this run is shown again after it."""
     st.session_state["_keep_flash"] = True
+
+
+def duration(seconds: float) -> str:
+    """A short, readable length of time: ``42 s``, ``12 min``, ``3.5 h``, ``2.0 d``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def schedule_note(status: Any, available_at: Any, locked_until: Any, now: dt.datetime) -> str:
+    """When an event moves next, for a table cell: ``in 42 s`` (PENDING on a backoff), ``now`` (PENDING,
+    due), ``lease expired 3 min ago`` (PROCESSING, stuck until recovered); else nothing."""
+    if status == "PENDING" and available_at is not None and not pd.isna(available_at):
+        wait = (available_at - now).total_seconds()
+        return f"in {duration(wait)}" if wait > 0 else "now"
+    if status == "PROCESSING" and locked_until is not None and not pd.isna(locked_until):
+        late = (now - locked_until).total_seconds()
+        return f"lease expired {duration(late)} ago" if late > 0 else ""
+    return ""
+
+
+def events_link(flt: EventFilter, label: str) -> str:
+    """Markdown linking to the Events page with ``flt`` in the query string (relative, so it works under
+    any base path). Every value is percent-encoded, so no stored text can end the link or add markup."""
+    query = urllib.parse.urlencode(filter_to_query(flt), quote_via=urllib.parse.quote)
+    return f"[{label}](events?{query})"
+
+
+def pager(key: str, total: int, size: int, noun: str = "events") -> int:
+    """Previous/Next over ``total`` items, ``size`` a page (``key`` keeps the page in the session);
+    shows "Showing 1-200 of 2,250 ..." and returns the offset of the page shown."""
+    pages = max(1, -(-total // size))
+    page = min(max(0, int(st.session_state.get(key, 0))), pages - 1)
+    left, middle, right = st.columns([3, 1, 1])
+    first, last = (page * size + 1, min(total, (page + 1) * size)) if total else (0, 0)
+    left.caption(f"Showing {first:,}-{last:,} of {total:,} {noun}")
+    if middle.button("Previous", key=f"{key}_previous", disabled=page == 0, width="stretch"):
+        st.session_state[key] = page - 1
+        st.rerun()
+    if right.button("Next", key=f"{key}_next", disabled=page >= pages - 1, width="stretch"):
+        st.session_state[key] = page + 1
+        st.rerun()
+    return page * size

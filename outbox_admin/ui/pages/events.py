@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pandas as pd
 import streamlit as st
 
@@ -50,6 +52,20 @@ def _filter_form(ctx: Context) -> EventFilter:
             placeholder="2026-11-27T12:00",
         )
         search = fourth.text_input("Search ids and errors", value=current_filter.search or "")
+        first, second, third = st.columns(3)
+        expired_only = first.checkbox(
+            "Only PROCESSING with an expired lease",
+            value=current_filter.lease_expired is True,
+            help="Stuck: the dispatcher that claimed them stopped renewing the lease.",
+        )
+        waiting_only = second.checkbox(
+            "Only PENDING waiting on a backoff",
+            value=current_filter.scheduled is True,
+            help="Failed an attempt; due again at their next attempt time.",
+        )
+        keep_group = current_filter.error_group is not None and third.checkbox(
+            "Only the error group of the link", value=True, help=components.literal(current_filter.error_group)
+        )
         applied = st.form_submit_button("Apply filters")
     if applied:
         try:
@@ -61,7 +77,9 @@ def _filter_form(ctx: Context) -> EventFilter:
                 since=since or None,
                 until=until or None,
                 search=search or None,
-                error_group=current_filter.error_group,
+                error_group=current_filter.error_group if keep_group else None,
+                lease_expired=True if expired_only else None,
+                scheduled=True if waiting_only else None,
             )
         except OutboxError as exc:
             st.error(components.literal(exc))
@@ -77,6 +95,8 @@ def events() -> None:
     st.title("Events")
     components.flash()
     flt = _filter_form(ctx)
+    if flt.error_group is not None:
+        st.caption(f"Error group: {components.literal(flt.error_group)}")
     frozen = bool(st.session_state.get(SELECTION_KEY))
 
     # The table refreshes live, except while rows are selected: then it holds still.
@@ -122,8 +142,13 @@ def _event_table(frame: pd.DataFrame) -> list[str]:
     positions are turned into ids at once, and the table's key changes with the
     rows it shows: new rows mean a fresh, empty selection, never a wrong one.
     """
-    shown = frame.assign(entity=frame["entity_type"] + "/" + frame["entity_id"])[
-        ["status", "created_at", "event_type", "entity", "org_id", "retry_count", "error_message", "id"]
+    now = dt.datetime.now(dt.UTC)
+    upcoming = [
+        components.schedule_note(status, due, lease, now)
+        for status, due, lease in zip(frame["status"], frame["available_at"], frame["locked_until"], strict=True)
+    ]
+    shown = frame.assign(entity=frame["entity_type"] + "/" + frame["entity_id"], upcoming=upcoming)[
+        ["status", "upcoming", "created_at", "event_type", "entity", "org_id", "retry_count", "error_message", "id"]
     ]
     key = components.table_key("events_table", frame["id"])
     selection = st.dataframe(
@@ -136,6 +161,9 @@ def _event_table(frame: pd.DataFrame) -> list[str]:
         column_config={
             "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
             "retry_count": st.column_config.NumberColumn("retries"),
+            "upcoming": st.column_config.TextColumn(
+                "next attempt", help="PENDING: when it is due again. PROCESSING: an expired lease."
+            ),
         },
     )
     rows = list(selection.selection.rows) if selection is not None else []
@@ -152,6 +180,7 @@ def _event_detail(ctx: Context, event_id: str) -> None:
         f"Status {components.badge(event['status'])} — attempts {event['retry_count']} — org "
         f"{components.literal(event['org_id'])} — id {components.literal(event['id'])}"
     )
+    _schedule(ctx, event)
     left, right = st.columns([1, 1])
     with left:
         st.caption("Payload")
@@ -179,19 +208,78 @@ def _event_detail(ctx: Context, event_id: str) -> None:
         )
 
 
+def _schedule(ctx: Context, event: dict[str, object]) -> None:
+    """When a PENDING event is due (with "Retry now" while it waits on a backoff), and who holds a
+    PROCESSING event's lease until when (with "Recover now" once it expired)."""
+    now = dt.datetime.now(dt.UTC)
+    due, lease = event["available_at"], event["locked_until"]
+    if event["status"] == "PENDING" and isinstance(due, dt.datetime):
+        if due <= now:
+            st.caption(f"Due now (since {due:%Y-%m-%d %H:%M:%S} UTC).")
+            return
+        st.caption(f"Next attempt in {components.duration((due - now).total_seconds())} ({due:%Y-%m-%d %H:%M:%S} UTC).")
+        if not ctx.readonly and st.button("Retry now", help="Due at once; its attempts are kept."):
+            actions.request("retry_now", event_ids=(str(event["id"]),), status=None)
+    elif event["status"] == "PROCESSING" and isinstance(lease, dt.datetime):
+        holder = components.literal(event["locked_by"] or "?")
+        if lease > now:
+            st.caption(f"Held by {holder}, lease until {lease:%H:%M:%S} UTC.")
+            return
+        st.warning(
+            f"Stuck: the lease of {holder} expired {components.duration((now - lease).total_seconds())} ago "
+            f"({lease:%Y-%m-%d %H:%M:%S} UTC) and was not renewed."
+        )
+        if not ctx.readonly and st.button("Recover now", help="Back to PENDING as a failed attempt."):
+            actions.request("recover", event_ids=(str(event["id"]),), status=None)
+
+
 def _bulk_actions(ctx: Context, flt: EventFilter, selected_ids: list[str], total: int) -> None:
+    """Actions on the selection and on everything the filter matches; a filter-wide action runs on the
+    whole filter narrowed to its status, and is disabled when the filter leaves none of those events."""
     if ctx.readonly:
         return
     st.subheader("Actions")
+    selected = tuple(selected_ids)
+    failed, pending, processing = (total > 0 and flt.allows_status(s) for s in ("FAILED", "PENDING", "PROCESSING"))
     first, second, third, fourth = st.columns(4)
-    if first.button("Requeue selected", disabled=not selected_ids, width="stretch"):
-        actions.request("requeue", event_ids=tuple(selected_ids), status=None)
-    if second.button("Discard selected", disabled=not selected_ids, width="stretch"):
-        actions.request("discard", event_ids=tuple(selected_ids), status=None)
-    if third.button("Requeue all FAILED matching", disabled=total == 0, width="stretch"):
-        actions.request("requeue", filters=flt.with_(status=None), status="FAILED")
-    if fourth.button("Discard all FAILED matching", disabled=total == 0, width="stretch"):
-        actions.request("discard", filters=flt.with_(status=None), status="FAILED")
+    if first.button("Requeue selected", disabled=not selected, width="stretch"):
+        actions.request("requeue", event_ids=selected, status=None)
+    if second.button("Discard selected", disabled=not selected, width="stretch"):
+        actions.request("discard", event_ids=selected, status=None)
+    excluded = "The filter leaves no {} events."
+    if third.button(
+        "Requeue all FAILED matching",
+        disabled=not failed,
+        width="stretch",
+        help=None if failed else excluded.format("FAILED"),
+    ):
+        actions.request("requeue", filters=flt.with_(status=("FAILED",)), status="FAILED")
+    if fourth.button(
+        "Discard all FAILED matching",
+        disabled=not failed,
+        width="stretch",
+        help=None if failed else excluded.format("FAILED"),
+    ):
+        actions.request("discard", filters=flt.with_(status=("FAILED",)), status="FAILED")
+    first, second, third, fourth = st.columns(4)
+    if first.button("Retry selected now", disabled=not selected, width="stretch", help="Those waiting on a backoff."):
+        actions.request("retry_now", event_ids=selected, status=None)
+    if second.button("Recover selected", disabled=not selected, width="stretch", help="Those whose lease expired."):
+        actions.request("recover", event_ids=selected, status=None)
+    if third.button(
+        "Retry now all waiting matching",
+        disabled=not pending,
+        width="stretch",
+        help="PENDING events waiting on a backoff become due at once." if pending else excluded.format("PENDING"),
+    ):
+        actions.request("retry_now", filters=flt, status=None)
+    if fourth.button(
+        "Recover all expired matching",
+        disabled=not processing,
+        width="stretch",
+        help="PROCESSING events whose lease expired." if processing else excluded.format("PROCESSING"),
+    ):
+        actions.request("recover", filters=flt, status=None)
     actions.pending_dialog()
 
 

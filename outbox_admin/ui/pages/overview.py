@@ -9,8 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from ... import analytics, charts, demo
+from ...filters import EventFilter
 from .. import components, sidebar
 from ..context import Context, current
+from . import actions
 
 WINDOWS = {
     "15 minutes": dt.timedelta(minutes=15),
@@ -37,9 +39,7 @@ def overview() -> None:
     def live_numbers() -> None:
         since = _since(window)
         counts = analytics.status_counts(ctx.engine)
-        columns = st.columns(len(counts))
-        for column, (status, count) in zip(columns, zip(counts["status"], counts["count"], strict=True), strict=True):
-            column.metric(status.title(), f"{count:,}")
+        _status_tiles(ctx, counts)
         latency = analytics.latency_stats(ctx.engine, since=since, by_type=False)
         overall = latency.iloc[0]
         left, right, third = st.columns(3)
@@ -71,6 +71,39 @@ def overview() -> None:
         )
 
     live_numbers()
+    actions.pending_dialog()
+
+
+def _status_tiles(ctx: Context, counts: pd.DataFrame) -> None:
+    """A tile per status, PROCESSING split in two: events whose dispatcher holds a live lease, and those
+    whose lease expired (stuck until a recovery), with who held them and "Recover now"."""
+    expired = analytics.expired_leases(ctx.engine)
+    tiles: list[tuple[str, int]] = []
+    for status, count in zip(counts["status"], counts["count"], strict=True):
+        if status == "PROCESSING":
+            # Two reads a moment apart: a lease that expired in between must not make this negative.
+            tiles += [("Processing", max(0, int(count) - expired.count)), ("Processing (lease expired)", expired.count)]
+        else:
+            tiles.append((status.title(), int(count)))
+    for column, (label, count) in zip(st.columns(len(tiles)), tiles, strict=True):
+        column.metric(label, f"{count:,}")
+    if not expired.count:
+        return
+    holders = expired.by_dispatcher
+    held = ", ".join(
+        f"{components.literal(name or '?')} ({events:,})"
+        for name, events in zip(holders["dispatcher"].head(3), holders["events"].head(3), strict=True)
+    ) + (f" and {len(holders) - 3:,} more" if len(holders) > 3 else "")
+    text, button = st.columns([5, 1])
+    text.warning(
+        f"{expired.count:,} event(s) are stuck in PROCESSING: their lease expired (the oldest "
+        f"{components.duration(expired.oldest_seconds or 0)} ago) and the dispatcher that held them stopped "
+        f"renewing it. Held by {held}. A running dispatcher recovers them at its next tick. "
+        + components.events_link(EventFilter(lease_expired=True), "Show them in Events")
+    )
+    if not ctx.readonly and button.button("Recover now", type="primary", width="stretch"):
+        actions.request("recover", status=None)
+        st.rerun(scope="app")  # the dialog is drawn by the page, outside this fragment
 
 
 def _seconds(value: Any) -> str:
