@@ -76,7 +76,7 @@ def test_the_overview_shows_expired_leases_apart_and_recovers_them(engine: Engin
     at = page("overview").run()
     assert not at.exception
     tiles = {m.label: m.value for m in at.metric}
-    assert tiles["Processing"] == "2" and tiles["Processing (lease expired)"] == "3"
+    assert tiles["Processing"] == "2" and tiles["Expired leases"] == "3"
     [warning] = [w.value for w in at.warning if "stuck in PROCESSING" in w.value]
     assert warning.startswith("3 event(s) are stuck in PROCESSING: their lease expired (the oldest 20 min ago)")
     assert "`dead-a` (2), `dead-b` (1)" in warning
@@ -93,7 +93,7 @@ def test_the_overview_shows_expired_leases_apart_and_recovers_them(engine: Engin
     assert {rows["live-1"]["status"], rows["live-2"]["status"]} == {"PROCESSING"}
     assert [h["actor"] for h in history(engine, "dead-b1")] == ["admin:dashboard"]
     tiles = {m.label: m.value for m in at.metric}
-    assert tiles["Processing (lease expired)"] == "0" and not [w for w in at.warning if "stuck" in w.value]
+    assert tiles["Expired leases"] == "0" and not [w for w in at.warning if "stuck" in w.value]
 
 
 def test_a_lease_renewed_between_the_dry_run_and_the_action_is_left_alone(engine: Engine) -> None:
@@ -116,7 +116,7 @@ def test_read_only_shows_the_tile_without_the_action(engine: Engine, monkeypatch
     mixed(engine)
     monkeypatch.setenv("OUTBOX_DASHBOARD_READONLY", "1")
     at = page("overview").run()
-    assert {m.label: m.value for m in at.metric}["Processing (lease expired)"] == "3"
+    assert {m.label: m.value for m in at.metric}["Expired leases"] == "3"
     assert "Recover now" not in {b.label for b in at.button}
     at = page("events", lease_expired="true").run()
     labels = {b.label for b in at.button}

@@ -74,19 +74,29 @@ def overview() -> None:
     actions.pending_dialog()
 
 
+#: A short tile label (a long one is clipped), explained in its help.
+EXPIRED_HELP = (
+    "PROCESSING events whose lease expired: the dispatcher that claimed them stopped renewing it, and they "
+    "are stuck until a recovery (a dispatcher's next tick, or Recover now)."
+)
+
+
 def _status_tiles(ctx: Context, counts: pd.DataFrame) -> None:
     """A tile per status, PROCESSING split in two: events whose dispatcher holds a live lease, and those
     whose lease expired (stuck until a recovery), with who held them and "Recover now"."""
     expired = analytics.expired_leases(ctx.engine)
-    tiles: list[tuple[str, int]] = []
+    tiles: list[tuple[str, int, str | None]] = []
     for status, count in zip(counts["status"], counts["count"], strict=True):
         if status == "PROCESSING":
             # Two reads a moment apart: a lease that expired in between must not make this negative.
-            tiles += [("Processing", max(0, int(count) - expired.count)), ("Processing (lease expired)", expired.count)]
+            tiles += [
+                ("Processing", max(0, int(count) - expired.count), "PROCESSING events whose lease is live."),
+                ("Expired leases", expired.count, EXPIRED_HELP),
+            ]
         else:
-            tiles.append((status.title(), int(count)))
-    for column, (label, count) in zip(st.columns(len(tiles)), tiles, strict=True):
-        column.metric(label, f"{count:,}")
+            tiles.append((status.title(), int(count), None))
+    for column, (label, count, help_text) in zip(st.columns(len(tiles)), tiles, strict=True):
+        column.metric(label, f"{count:,}", help=help_text)
     if not expired.count:
         return
     holders = expired.by_dispatcher
