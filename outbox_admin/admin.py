@@ -137,7 +137,7 @@ def plan_action(
         return _plan(engine, action, flt, statuses, sample, tables)
     if status is _BY_IDS_OR_FAILED:
         status = FAILED if action == "requeue" and event_ids is None else None
-    statuses = _statuses_for(action, status, force)  # type: ignore[arg-type]
+    statuses = _statuses_for(action, status, force)
     flt = _scope(event_ids, filters, loose).with_(status=statuses)
     return _plan(engine, action, flt, statuses, sample, tables)
 

@@ -217,6 +217,13 @@ class EventFilter:
     ``since``/``until`` bound ``created_at`` (``until`` exclusive). ``search``
     matches ids, entity ids and error messages. ``error_group`` is a normalised
     error message (see ``normalize_error``).
+
+    ``lease_expired=True`` keeps the PROCESSING events whose lease ran out (their
+    dispatcher stopped renewing it: stuck until a recovery), ``False`` every other
+    event; ``scheduled=True`` keeps the PENDING events waiting on a backoff
+    (``available_at`` in the future), ``False`` every other event. Both compare
+    with the database's clock, as the dispatcher does; ``build`` also takes them
+    as text (``"true"``/``"false"``, ``"1"``/``"0"``).
     """
 
     status: tuple[str, ...] | None = None
@@ -354,7 +361,7 @@ class EventFilter:
         return not (self.scheduled and status != PENDING)
 
     def conditions(self, tables: OutboxTables) -> list[ColumnElement[bool]]:
-        """The SQL conditions on the events table (all bound parameters)."""
+        """The SQL conditions on the events table (all bound parameters, but for fixed status names)."""
         ev = tables.events
         where: list[ColumnElement[bool]] = []
         if self.event_ids is not None:
