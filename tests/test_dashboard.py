@@ -220,12 +220,12 @@ def test_live_page_can_show_only_manual_actions(demo_engine) -> None:
 
 def test_the_sidebar_shows_a_paused_handler(engine) -> None:
     """A handler whose circuit breaker opened is shown with its last error (and its events as waiting)."""
-    from outbox_admin.ui.context import get_dispatcher
+    from outbox_admin.ui.context import dashboard_dispatcher
 
     demo.generate_activity(engine, 12, seed=5)
     at = page("overview").run()
     assert not at.exception
-    dashboard = get_dispatcher(str(engine.url.render_as_string(hide_password=False)))
+    dashboard = dashboard_dispatcher(str(engine.url.render_as_string(hide_password=False)))
     dashboard.demo_handler.configure(fail_share=1.0)  # every delivery fails: the demo's sink is "down"
     report = dashboard.service.run_now(timeout=30)
     assert report is not None and report.waiting > 0

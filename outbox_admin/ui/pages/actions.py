@@ -61,11 +61,11 @@ def _confirm(
         try:
             if action == "requeue":
                 moved = admin.requeue(
-                    ctx.engine, event_ids, status=status, filters=filters, reset_attempts=reset, actor=ACTOR
+                    ctx.write_engine, event_ids, status=status, filters=filters, reset_attempts=reset, actor=ACTOR
                 )
             else:
                 moved = admin.discard(
-                    ctx.engine, event_ids, status=status, filters=filters, reason=reason or None, actor=ACTOR
+                    ctx.write_engine, event_ids, status=status, filters=filters, reason=reason or None, actor=ACTOR
                 )
         except OutboxError as exc:
             st.error(components.literal(exc))

@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ... import analytics, charts, demo
-from .. import components, sidebar
+from ... import analytics, charts
+from .. import components, schema, sidebar
 from ..context import Context, current
 
 WINDOWS = {
@@ -80,17 +80,11 @@ def _seconds(value: Any) -> str:
 
 
 def _empty_state(ctx: Context) -> None:
-    st.info(
-        "Application code writes each event into the outbox table in the same transaction as its change, "
-        "so an event exists only if the change committed. A dispatcher then delivers every event at least "
-        "once, retrying failures and parking poison events as FAILED for a person to requeue."
-    )
+    st.info(schema.INTRO)
+    st.caption("No events yet.")
     if ctx.readonly:
         st.caption("This dashboard is read-only.")
         return
     if st.button("Load demo data", type="primary"):
-        bar = st.progress(0.0, text="Running demo mutations...")
-        demo.load_demo_data(ctx.engine, progress=lambda done, total: bar.progress(done / total))
-        bar.empty()
-        components.flash("Demo data loaded: projects created, updated and archived, some deliveries failed.")
-        st.rerun()
+        schema.load_demo(ctx)
+    st.caption("Load demo data also creates the demo's own tables (projects) and marks this database as a demo one.")
