@@ -160,7 +160,8 @@ def read_config(
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ConfigurationError(
-            f"{file}: unknown top-level key(s) {', '.join(map(repr, unknown))}; expected {', '.join(TOP_LEVEL_KEYS)}"
+            f"{file}: unknown top-level key(s) {', '.join(map(repr, unknown))}; expected [[sinks]] tables, "
+            'handlers = "module:attr" or a [dashboard] table'
         )
     return data, str(file)
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
 
-from ..display import error_line
 from ..errors import OutboxError
 from . import components, pages, schema, sidebar
 from .context import Context, DashboardSettings, chosen_url, current
-
-log = logging.getLogger("outbox_admin.dashboard")
 
 
 @dataclass(frozen=True)
@@ -84,17 +80,7 @@ def start() -> Context | None:
 
 def run(ctx: Context) -> None:
     """Run the page the link names; an error in it is one short line (and a log entry), never a traceback."""
-    guarded(st.navigation(navigation_pages(ctx)).run)
-
-
-def guarded(render: Callable[[], object]) -> None:
-    try:
-        render()
-    except OutboxError as exc:
-        st.error(components.literal(exc))
-    except Exception as exc:  # noqa: BLE001 - a page must never show a traceback
-        log.exception("a dashboard page failed")
-        st.error(f"This page failed: {components.literal(error_line(exc))}. The server log has the details.")
+    components.guarded(st.navigation(navigation_pages(ctx)).run)
 
 
 def navigation_pages(ctx: Context) -> list[st.Page]:
@@ -115,4 +101,4 @@ def render_page(name: str) -> None:
     if spec.writes and ctx.readonly:
         st.error("This dashboard is read-only.")
         return
-    guarded(spec.render)
+    components.guarded(spec.render)

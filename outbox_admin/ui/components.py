@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import html
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from ..charts import STATUS_COLORS, status_color
-from ..display import visible
+from ..display import error_line, visible
+from ..errors import OutboxError
+
+log = logging.getLogger("outbox_admin.dashboard")
 
 #: Streamlit's named markdown colours closest to the chart colours, for badges in text.
 BADGE_COLORS = {"PENDING": "orange", "PROCESSING": "blue", "COMPLETED": "green", "FAILED": "red", "DISCARDED": "gray"}
@@ -116,3 +120,14 @@ def flash(message: str | None = None, kind: str = "success") -> None:
 def keep_flash() -> None:
     """Call before ``st.rerun``: the message shown in this run is shown again after it."""
     st.session_state["_keep_flash"] = True
+
+
+def guarded(render: Callable[[], object]) -> None:
+    """Run a page or a panel; an error in it is one short line (and a log entry), never a traceback."""
+    try:
+        render()
+    except OutboxError as exc:
+        st.error(literal(exc))
+    except Exception as exc:  # noqa: BLE001 - a page must never show a traceback
+        log.exception("a dashboard page failed")
+        st.error(f"This page failed: {literal(error_line(exc))}. The server log has the details.")

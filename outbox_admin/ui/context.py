@@ -79,16 +79,23 @@ def _connect_args(url: str) -> dict[str, object]:
     return {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if url.startswith("postgresql") else {}
 
 
+_engines: list[Engine] = []  # every engine this process made, so tests can close them all
+
+
 @st.cache_resource(show_spinner=False)
 def get_engine(url: str) -> Engine:
     """The read-only engine of a database URL: every page reads through it."""
-    return make_engine(url, read_only=True, connect_args=_connect_args(url))
+    engine = make_engine(url, read_only=True, connect_args=_connect_args(url))
+    _engines.append(engine)
+    return engine
 
 
 @st.cache_resource(show_spinner=False)
 def get_write_engine(url: str) -> Engine:
     """The engine explicit actions write through (never used just to look)."""
-    return make_engine(url, connect_args=_connect_args(url))
+    engine = make_engine(url, connect_args=_connect_args(url))
+    _engines.append(engine)
+    return engine
 
 
 @dataclass(frozen=True)
@@ -204,9 +211,12 @@ def get_dispatcher(url: str, demo: bool, config: tuple[str | None, float | None]
 
 
 def stop_all_services() -> None:
-    """Stop every dispatcher the dashboard started in this process (for tests and shutdown)."""
+    """Stop every dispatcher the dashboard started in this process and close its engines'
+    connections (for tests and shutdown)."""
     for service in list(_services):
         service.stop(wait=True)
+    for engine in list(_engines):
+        engine.dispose()
 
 
 @dataclass(frozen=True)

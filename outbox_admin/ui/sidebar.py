@@ -95,7 +95,7 @@ def _hide_password(url: str) -> str:
 def _dispatcher_panel(ctx: Context) -> None:
     @st.fragment(run_every=refresh_interval(ctx))
     def panel() -> None:
-        _dispatcher(ctx)
+        components.guarded(lambda: _dispatcher(ctx))
 
     panel()
 
