@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from outbox_admin import analytics, make_engine
+from outbox_admin import analytics, demo, init_db, make_engine
 
 from .services import unavailable
 
@@ -46,13 +46,17 @@ def free_port() -> int:
 
 @contextmanager
 def running_dashboard(tmp_path: Path, *, project_config: bool) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
-    """A dashboard server on a free port and a temporary SQLite database: (base URL, database URL, process).
+    """A dashboard server on a free port and a temporary SQLite demo database: (base URL, database URL, process).
 
     ``project_config``: started from the checkout, as the quick start does, so the project's
     ``.streamlit/config.toml`` is what configures it; otherwise from a temporary folder with
     the same settings given as flags.
     """
     url = f"sqlite:///{tmp_path / 'browser.db'}"
+    engine = make_engine(url)  # a demo database: outbox tables and the demo's mark, so its dispatcher runs
+    init_db(engine)
+    demo.create_demo_schema(engine)
+    engine.dispose()
     port = free_port()
     env = {**os.environ, "OUTBOX_DATABASE_URL": url, "OUTBOX_INTERVAL_SECONDS": "3600"}
     for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY"):
