@@ -150,7 +150,7 @@ def test_publish_tick_and_see_it_completed_in_a_real_browser(dashboard, browser_
         engine.dispose()
 
     open_page(page, base, "events?status=COMPLETED", "Events")
-    page.get_by_text("1 events match").wait_for(timeout=30_000)
+    page.get_by_text("of 1 matching events").wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "events.png"), full_page=True)
 
     for path, heading in (("", "Overview"), ("live", "Live"), ("failures", "Failures")):

@@ -177,7 +177,7 @@ def test_read_only_switches_only_to_configured_databases(tmp_path: Path, monkeyp
     [connect] = [b for b in at.sidebar.button if b.label == "Connect"]
     connect.click().run()
     assert not at.exception
-    assert "2 events match" in " ".join(c.value for c in at.caption)
+    assert "of 2 matching events" in " ".join(c.value for c in at.caption)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["allowed.db", "outbox.toml"]
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 from ... import admin
 from ...errors import OutboxError
 from ...filters import EventFilter
-from .. import components
+from .. import components, links
 from ..context import ACTOR, current
 
 PENDING_KEY = "pending_action"
@@ -47,7 +47,7 @@ def _confirm(
         return
     st.write(f"**{action.title()} {plan.count:,} event(s)** in {', '.join(plan.statuses)}.")
     if plan.sample_ids:
-        st.caption("For example: " + components.literals(plan.sample_ids[:10]))
+        st.markdown("For example: " + links.event_links(plan.sample_ids[:10]))
     reset = st.checkbox("Reset their attempts", value=True) if action == "requeue" else False
     reason = st.text_input("Reason (kept in the history)") if action == "discard" else None
     go, cancel = st.columns(2)
