@@ -130,6 +130,17 @@ def test_publish_tick_and_see_it_completed_in_a_real_browser(dashboard, browser_
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     open_page(page, base, "publish", "Publish")
+    # The type box takes any text; an unregistered type is refused by the publisher, visibly.
+    type_box = page.get_by_role("combobox", name="Event type")
+    type_box.click()
+    type_box.fill("INVOICE.PAID")
+    type_box.press("Enter")
+    page.get_by_role("button", name="Publish", exact=True).click()
+    page.get_by_text("Nothing was published").wait_for(timeout=30_000)
+    assert "INVOICE.PAID" in page.get_by_text("Nothing was published").inner_text()
+    type_box.click()
+    type_box.fill("PROJECT.CREATED")
+    type_box.press("Enter")
     page.get_by_label("Payload (JSON)").fill('{"name": "Browser", "budget": 42.5}')
     page.get_by_role("button", name="Publish", exact=True).click()
     try:

@@ -64,6 +64,7 @@ def start() -> Context | None:
     settings = DashboardSettings.from_env()
     if not gate(settings):
         return None
+    components.keep_widget_state()
     try:
         ctx = current()
     except OutboxError as exc:

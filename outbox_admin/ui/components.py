@@ -24,7 +24,7 @@ import pandas as pd
 import streamlit as st
 
 from ..charts import STATUS_COLORS, status_color
-from ..display import error_line, visible
+from ..display import error_line, time_text, visible
 from ..errors import OutboxError
 
 log = logging.getLogger("outbox_admin.dashboard")
@@ -58,10 +58,13 @@ def literals(values: Iterable[Any]) -> str:
 
 def data(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``frame`` for ``st.dataframe``: every text cell made visible (escapes for control,
-    bidi and other invisible characters; newlines as ``\\n``)."""
+    bidi and other invisible characters; newlines as ``\\n``), every time in one format to the
+    millisecond, UTC (``2026-12-01 22:37:36.123``), which also sorts as text."""
     shown = frame.copy()
     for column in shown.columns:
-        if pd.api.types.is_object_dtype(shown[column]) or pd.api.types.is_string_dtype(shown[column]):
+        if pd.api.types.is_datetime64_any_dtype(shown[column]):
+            shown[column] = shown[column].map(time_text)
+        elif pd.api.types.is_object_dtype(shown[column]) or pd.api.types.is_string_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: visible(v) if isinstance(v, str) else v)
     return shown
 
@@ -131,3 +134,29 @@ def guarded(render: Callable[[], object]) -> None:
     except Exception as exc:  # noqa: BLE001 - a page must never show a traceback
         log.exception("a dashboard page failed")
         st.error(f"This page failed: {literal(error_line(exc))}. The server log has the details.")
+
+
+#: Widgets whose value outlives their page: Streamlit forgets a widget's state at the first run
+#: that does not draw it, so leaving a page would reset it.
+KEPT_WIDGETS = (
+    "overview_window",
+    "live_manual_only",
+    "publish_type",
+    "publish_org",
+    "publish_entity_type",
+    "publish_entity_id",
+    "publish_payload",
+)
+
+
+def keep_widget_state() -> None:
+    """Run before every page: writing a value back to Session State keeps it across pages."""
+    for key in KEPT_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def remembered(key: str, default: Any) -> Any:
+    """The ``value=`` for a kept widget: its default only the first time (a widget given both a
+    default and a Session State value warns on the page)."""
+    return None if key in st.session_state else default

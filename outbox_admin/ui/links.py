@@ -52,6 +52,7 @@ def select(ids: Sequence[str]) -> None:
         st.query_params[ID_KEY] = list(ids[:MAX_LINK_IDS])
     elif ID_KEY in st.query_params:
         del st.query_params[ID_KEY]
+    remember_events_query()
 
 
 def page_number() -> int:
@@ -65,3 +66,20 @@ def set_page(page: int) -> None:
         st.query_params[PAGE_KEY] = str(page + 1)
     elif PAGE_KEY in st.query_params:
         del st.query_params[PAGE_KEY]
+    remember_events_query()
+
+
+LAST_EVENTS_QUERY_KEY = "events_last_query"
+
+
+def remember_events_query() -> None:
+    """Keep the Events page's link (filters, page, selection) for the next visit."""
+    st.session_state[LAST_EVENTS_QUERY_KEY] = {key: st.query_params.get_all(key) for key in st.query_params}
+
+
+def restore_events_query() -> None:
+    """Coming back to Events without a query (the page list's link): put back the last visit's
+    filters, page and selection, which live in the link."""
+    saved = st.session_state.get(LAST_EVENTS_QUERY_KEY)
+    if saved and not st.query_params:
+        st.query_params.from_dict(saved)

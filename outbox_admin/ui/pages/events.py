@@ -67,6 +67,7 @@ def _filter_form(ctx: Context) -> EventFilter:
             st.error(components.literal(exc))
             return current_filter
         st.query_params.from_dict(filter_to_query(chosen))
+        links.remember_events_query()
         return chosen
     return current_filter
 
@@ -75,6 +76,7 @@ def events() -> None:
     ctx = current()
     st.title("Events")
     components.flash()
+    links.restore_events_query()
     flt = _filter_form(ctx)
     frozen = bool(links.selected_ids())
 
@@ -111,6 +113,7 @@ def events() -> None:
         _bulk_actions(ctx, flt, selected_ids, total)
 
     table()
+    links.remember_events_query()
     _export(ctx, flt)
 
 
@@ -176,6 +179,9 @@ def _event_detail(ctx: Context, event_id: str) -> None:
         f"Status {components.badge(event['status'])} — attempts {event['retry_count']} — org "
         f"{components.literal(event['org_id'])} — id {components.literal(event['id'])}"
     )
+    if event["error_message"]:
+        st.caption("Last error, in full")
+        st.code(visible(event["error_message"]), language=None, wrap_lines=True)
     left, right = st.columns([1, 1])
     with left:
         st.caption("Payload")

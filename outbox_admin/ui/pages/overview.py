@@ -31,7 +31,12 @@ def overview() -> None:
     if not analytics.has_events(ctx.engine):
         _empty_state(ctx)
         return
-    window = st.segmented_control("Window", list(WINDOWS), default="1 hour", key="overview_window") or "1 hour"
+    window = (
+        st.segmented_control(
+            "Window", list(WINDOWS), default=components.remembered("overview_window", "1 hour"), key="overview_window"
+        )
+        or "1 hour"
+    )
 
     @st.fragment(run_every=sidebar.refresh_interval(ctx))
     def live_numbers() -> None:

@@ -12,7 +12,7 @@ from ...event_types import registered_event_types
 from .. import components
 from ..context import Context, current
 
-PUBLISH_KEYS = ("publish_type", "publish_org", "publish_entity_type", "publish_entity_id", "publish_payload")
+DEFAULT_TYPE = "PROJECT.CREATED"
 
 
 def publish() -> None:
@@ -27,17 +27,23 @@ def publish() -> None:
         event_type = first.selectbox(
             "Event type",
             types,
-            index=types.index("PROJECT.CREATED") if "PROJECT.CREATED" in types else 0,
+            index=components.remembered(
+                "publish_type", types.index("PROJECT.CREATED") if "PROJECT.CREATED" in types else 0
+            ),
             accept_new_options=True,  # any text: the publisher says why an unknown type is refused
             key="publish_type",
             help="A registered type, or type another one (it must be registered in the application)",
         )
-        org_id = second.text_input("Org", value="acme", key="publish_org")
-        entity_type = first.text_input("Entity type", value="Project", key="publish_entity_type")
-        entity_id = second.text_input("Entity id", value="p-1", key="publish_entity_id")
+        org_id = second.text_input("Org", value=components.remembered("publish_org", "acme"), key="publish_org")
+        entity_type = first.text_input(
+            "Entity type", value=components.remembered("publish_entity_type", "Project"), key="publish_entity_type"
+        )
+        entity_id = second.text_input(
+            "Entity id", value=components.remembered("publish_entity_id", "p-1"), key="publish_entity_id"
+        )
         payload = st.text_area(
             "Payload (JSON)",
-            value=json.dumps({"name": "Apollo", "budget": 1250.5}, indent=2),
+            value=components.remembered("publish_payload", json.dumps({"name": "Apollo", "budget": 1250.5}, indent=2)),
             height=160,
             key="publish_payload",
         )
