@@ -287,8 +287,9 @@ def test_no_handlers_configured_means_no_dispatching(sqlite_url: str, monkeypatc
     monkeypatch.setenv("OUTBOX_DATABASE_URL", sqlite_url)
     at = page("overview").run()
     assert not at.exception
-    labels = {b.label for b in at.sidebar.button}
-    assert not labels & {"Start", "Tick", "Drain"}
+    controls = {b.label: b for b in at.sidebar.button if b.label in ("Start", "Tick", "Drain")}
+    assert set(controls) == {"Start", "Tick", "Drain"} and all(b.disabled for b in controls.values())
+    assert all("No handlers are configured" in (b.help or "") for b in controls.values())
     assert any("No handlers are configured" in c.value for c in at.sidebar.caption)
     assert analytics.count_events(engine, status="PENDING") == 5
     engine.dispose()
@@ -371,3 +372,29 @@ class _Slow:
     def __call__(self, event) -> None:
         self.gate.wait(30)
         time.sleep(0.02)
+
+
+def test_a_refresh_that_fails_is_one_line_too() -> None:
+    """The live parts rerun on their own (fragments): a failure in a rerun is caught as the page's are."""
+
+    def script() -> None:
+        import streamlit as st
+
+        from outbox_admin.ui import components
+
+        @components.live(None)
+        def part() -> None:
+            st.button("Refresh")  # a click reruns only this part
+            if st.session_state.get("runs", 0) > 0:
+                raise RuntimeError("the database went away\nwith a second line")
+            st.session_state["runs"] = 1
+
+        part()
+
+    at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    at.button[0].click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "This page failed: `RuntimeError: the database went away`. The server log has the details."
+    ]

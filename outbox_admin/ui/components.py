@@ -160,3 +160,17 @@ def remembered(key: str, default: Any) -> Any:
     """The ``value=`` for a kept widget: its default only the first time (a widget given both a
     default and a Session State value warns on the page)."""
     return None if key in st.session_state else default
+
+
+def live(run_every: float | None) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """``st.fragment(run_every=...)`` whose every rerun is ``guarded``: a refresh that fails
+    (the database went away) shows one line in place of the part, not a traceback."""
+
+    def decorate(body: Callable[[], None]) -> Callable[[], None]:
+        @st.fragment(run_every=run_every)
+        def part() -> None:
+            guarded(body)
+
+        return part  # type: ignore[no-any-return]
+
+    return decorate

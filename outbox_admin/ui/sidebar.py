@@ -93,9 +93,9 @@ def _hide_password(url: str) -> str:
 
 
 def _dispatcher_panel(ctx: Context) -> None:
-    @st.fragment(run_every=refresh_interval(ctx))
+    @components.live(refresh_interval(ctx))
     def panel() -> None:
-        components.guarded(lambda: _dispatcher(ctx))
+        _dispatcher(ctx)
 
     panel()
 
@@ -105,7 +105,12 @@ def _dispatcher(ctx: Context) -> None:
     dispatcher = ctx.dispatcher
     service = dispatcher.service
     if service is None:
-        st.caption(dispatcher.reason or "This dashboard does not dispatch.")
+        reason = dispatcher.reason or "This dashboard does not dispatch."
+        st.caption(reason)
+        if not ctx.readonly:  # the controls are there, and say why they cannot be used
+            labels = ("Start", "Tick", "Drain")
+            for column, label in zip(st.columns(len(labels)), labels, strict=True):
+                column.button(label, disabled=True, width="stretch", help=reason, key=f"no_dispatcher_{label}")
         _elsewhere(ctx, None)
         return
     status = service.status()

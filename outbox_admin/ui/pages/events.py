@@ -81,7 +81,7 @@ def events() -> None:
     frozen = bool(links.selected_ids())
 
     # The table refreshes live, except while rows are selected: then it holds still.
-    @st.fragment(run_every=None if frozen else sidebar.refresh_interval(ctx))
+    @components.live(None if frozen else sidebar.refresh_interval(ctx))
     def table() -> None:
         total = analytics.count_events(ctx.engine, flt)
         pages = max(1, -(-total // PAGE_SIZE))

@@ -18,7 +18,7 @@ def live() -> None:
         "Only manual actions", key="live_manual_only", help="Requeues and discards people made, with who made them."
     )
 
-    @st.fragment(run_every=sidebar.refresh_interval(ctx))
+    @components.live(sidebar.refresh_interval(ctx))
     def feed() -> None:
         recent = analytics.transitions_frame(
             ctx.engine, since=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), limit=5000, manual_only=manual_only

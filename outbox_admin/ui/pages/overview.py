@@ -38,7 +38,7 @@ def overview() -> None:
         or "1 hour"
     )
 
-    @st.fragment(run_every=sidebar.refresh_interval(ctx))
+    @components.live(sidebar.refresh_interval(ctx))
     def live_numbers() -> None:
         since = _since(window)
         counts = analytics.status_counts(ctx.engine)
