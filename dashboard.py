@@ -3,10 +3,8 @@
 A router only: the pages, the sidebar and the gate live in ``outbox_admin.ui``.
 """
 
-import streamlit as st
-
-from outbox_admin.ui.app import navigation_pages, start
+from outbox_admin.ui.app import run, start
 
 context = start()
 if context is not None:
-    st.navigation(navigation_pages(context)).run()
+    run(context)

@@ -23,6 +23,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Float
 
 from .db import db_now, read_connection
+from .display import time_text
 from .errors import FilterError
 from .filters import EventFilter, as_filter, check_text, normalized_error, prepare_connection
 from .models import DEFAULT_TABLES, MANUAL_ACTOR_PATTERN, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
@@ -142,14 +143,22 @@ def export_events(
     tables: OutboxTables = DEFAULT_TABLES,
     **loose: Any,
 ) -> bytes:
-    """Matching events (newest first, at most ``limit``) as CSV or JSON records, UTF-8."""
+    """Matching events (newest first, at most ``limit``) as CSV or JSON records, UTF-8; times in
+    both as ``iso_time`` gives them."""
     if fmt not in ("csv", "json"):
         raise FilterError("format", "must be csv or json")
     frame = events_frame(engine, filters, limit=limit, tables=tables, **loose)
+    for column in ("created_at", "processed_at", "available_at", "locked_until"):
+        frame[column] = frame[column].map(iso_time).astype(object)
     if fmt == "csv":
         frame = frame.assign(payload=[json.dumps(p, ensure_ascii=False) for p in frame["payload"]])
         return frame.to_csv(index=False).encode("utf-8")
-    return frame.to_json(orient="records", date_format="iso", force_ascii=False).encode("utf-8")
+    return frame.to_json(orient="records", force_ascii=False).encode("utf-8")
+
+
+def iso_time(value: Any) -> str | None:
+    """One time format for every export: ISO 8601, UTC, to the millisecond (``2026-12-01T22:37:36.123Z``)."""
+    return time_text(value, iso=True) or None
 
 
 def has_events(engine: Engine, *, tables: OutboxTables = DEFAULT_TABLES) -> bool:
@@ -253,15 +262,22 @@ def transitions_frame(
             func.substr(tr.c.actor, 1, len(MANUAL_ACTOR_PREFIX)) == MANUAL_ACTOR_PREFIX,
         )
     ascending = event_id is not None if oldest_first is None else oldest_first
-    if since_at is not None and event_id is None:
-        # A time window reads the (at) index; ids need not follow time across processes.
-        order: tuple[Any, ...] = (tr.c.at, tr.c.id) if ascending else (desc(tr.c.at), desc(tr.c.id))
+    # In time order: ids need not follow time across processes (each dispatcher writes its
+    # batch's history when the batch ends). The feed reads the (at) index, one event's
+    # timeline its (event_id) index. Manual actions are found through their partial index,
+    # which is in id order: the newest by id, then sorted by time here.
+    by_id = manual_only and event_id is None and since_at is None
+    if by_id:
+        order: tuple[Any, ...] = (tr.c.id,) if ascending else (desc(tr.c.id),)
     else:
-        order = (tr.c.id,) if ascending else (desc(tr.c.id),)
+        order = (tr.c.at, tr.c.id) if ascending else (desc(tr.c.at), desc(tr.c.id))
     stmt = stmt.order_by(*order).limit(limit)
     with _reading(engine) as conn:
         rows = conn.execute(stmt).all()
-    return _frame(rows, TRANSITION_COLUMNS, ("at",))
+    frame = _frame(rows, TRANSITION_COLUMNS, ("at",))
+    if by_id:
+        frame = frame.sort_values(["at", "id"], ascending=ascending, kind="stable", ignore_index=True)
+    return frame
 
 
 def retry_histogram(

@@ -37,6 +37,8 @@ def _layout(fig: go.Figure, title: str, x: str | None = None, y: str | None = No
         margin={"l": 40, "r": 20, "t": 50, "b": 40},
         legend_title_text="",
     )
+    fig.update_xaxes(automargin=True, hoverformat="%Y-%m-%d %H:%M:%S.%L")  # times to the millisecond
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -60,9 +62,16 @@ def status_figure(counts: pd.DataFrame, title: str = "Events by status") -> go.F
             hole=0.55,
             sort=False,
             marker={"colors": [status_color(s) for s in data["status"]]},
-            textinfo="label+value",
+            # Numbers inside the slices, names in the legend: labels outside a donut are cut
+            # off at the chart's edge when a slice is thin.
+            textinfo="value",
+            textposition="inside",
+            insidetextorientation="horizontal",
+            automargin=True,
+            hovertemplate="%{label}: %{value:,} (%{percent})<extra></extra>",
         )
     )
+    fig.update_layout(showlegend=True)
     return _layout(fig, title)
 
 
@@ -153,7 +162,7 @@ def timeline_figure(transitions: pd.DataFrame, title: str = "Status timeline") -
     """One event's status changes over time (a ``transitions_frame`` for one event)."""
     if transitions.empty:
         return _empty(title, "No history")
-    data = transitions.sort_values("id")
+    data = transitions.sort_values(["at", "id"], kind="stable")
     fig = go.Figure(
         go.Scatter(
             x=data["at"],
@@ -217,4 +226,6 @@ def failure_breakdown_figure(frame: pd.DataFrame, title: str | None = None) -> g
         margin={"l": 40, "r": 20, "t": 50, "b": 40},
         legend_title_text="",
     )
+    fig.update_xaxes(automargin=True, hoverformat="%Y-%m-%d %H:%M:%S.%L")  # times to the millisecond
+    fig.update_yaxes(automargin=True)
     return fig

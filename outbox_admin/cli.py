@@ -278,18 +278,32 @@ def dispatch(
     lease_seconds: Annotated[float | None, typer.Option("--lease-seconds", min=0.1)] = None,
     ordering: Annotated[str | None, typer.Option("--ordering", help="'entity' to keep each entity in order.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not print the audit log of delivered events.")] = False,
+    log_only: Annotated[
+        bool,
+        typer.Option(
+            "--log-only",
+            help="With no handlers or sinks configured, deliver to the audit log only, as the original does "
+            "(events are marked COMPLETED once logged).",
+        ),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
             "--config",
             envvar="OUTBOX_CONFIG",
-            help="TOML file of sinks to deliver to as well (default: outbox.toml here, if it exists).",
+            help='TOML file naming the handlers (handlers = "module:attr") and [[sinks]] to deliver to '
+            "(default: outbox.toml here, if it exists).",
         ),
     ] = None,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Run the dispatcher in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
+    """Run the dispatcher in the foreground (Ctrl-C or SIGTERM stops it gracefully).
+
+    It delivers to the handlers and sinks of the config file, after the audit log and the
+    in-process bus. With none configured it refuses to start (it would mark events
+    COMPLETED that nobody received) unless --log-only says the log is the receiver.
+    """
     import signal
     import threading
 
@@ -299,7 +313,7 @@ def dispatch(
 
     from .config import Settings
     from .dispatcher import Dispatcher
-    from .handlers import default_handlers, load_sinks
+    from .handlers import default_handlers, load_deliveries
     from .service import DispatcherService
 
     if ordering not in (None, "entity"):
@@ -310,11 +324,18 @@ def dispatch(
         for k, v in {"batch_size": batch_size, "max_attempts": max_attempts, "lease_seconds": lease_seconds}.items()
         if v is not None
     }
-    sinks = load_sinks(config)  # a bad config fails before anything starts
+    deliveries = load_deliveries(config)  # a bad config fails before anything starts
+    if not deliveries.targets and not log_only:
+        _fail(
+            "no handlers are configured, so nothing would receive the events: name them in outbox.toml "
+            '(handlers = "myapp.outbox:handlers", or [[sinks]]) or pass --config FILE; '
+            "--log-only delivers to the audit log alone",
+            EXIT_USAGE,
+        )
     engine = make_engine(database_url or settings.database_url)
     init_db(engine)
     dispatcher = Dispatcher.from_settings(
-        engine, settings, handlers=default_handlers() + sinks, ordering=ordering, **overrides
+        engine, settings, handlers=default_handlers() + deliveries.targets, ordering=ordering, **overrides
     )
     if once:
         report = dispatcher.drain(max_seconds=None)
@@ -336,8 +357,7 @@ def dispatch(
         f"every {service.interval_seconds:g} s (Ctrl-C to stop)",
         err=True,
     )
-    if sinks:
-        _say(f"delivering to: {', '.join(sink.name for sink in sinks)}", err=True)
+    _say(f"delivering to: {', '.join(route.name for route in dispatcher.routes)}", err=True)
     while not stopped.wait(1.0):
         pass
     service.stop(wait=True)

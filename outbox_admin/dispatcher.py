@@ -123,6 +123,14 @@ class DispatchReport:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def describe(self) -> str:
+        """Every kind of outcome in one line, zeros included, so nothing is left to guess:
+        ``"50 claimed: 45 completed, 3 retried, 2 failed, 0 recovered, ..."``."""
+        kinds = [f for f in dataclasses.fields(self) if f.name not in ("claimed", "ticks", "seconds")]
+        labels = {"waiting": "waiting for a paused handler", "released": "released unhandled"}
+        parts = [f"{getattr(self, f.name):,} {labels.get(f.name, f.name)}" for f in kinds]
+        return f"{self.claimed:,} claimed: " + ", ".join(parts)
+
 
 def default_dispatcher_name() -> str:
     """``host:pid:short-uuid``: unique per dispatcher, readable in ``locked_by`` and history."""
@@ -288,8 +296,11 @@ class Dispatcher:
 
     # -- one tick ------------------------------------------------------------------
 
-    def dispatch_once(self) -> DispatchReport:
-        """Recover expired leases, claim one batch, handle it, record the outcomes."""
+    def dispatch_once(self, *, recover: bool = False) -> DispatchReport:
+        """Recover expired leases (when due, or now with ``recover=True``), claim one batch,
+        handle it, record the outcomes."""
+        if recover:
+            self._next_recovery = 0.0
         with self._connection() as conn:
             return self._tick(conn)
 

@@ -13,7 +13,7 @@ from outbox_admin import analytics, demo, init_db, make_engine
 from outbox_admin.ui.components import table_key
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module  # noqa: F401 - an autouse fixture
+from .dashboard_support import keep_main_module, linked_ids  # noqa: F401 - an autouse fixture
 
 DASHBOARD = str(Path(__file__).resolve().parents[1] / "dashboard.py")
 TIMEOUT = 60
@@ -89,7 +89,7 @@ def test_filters_in_the_link_narrow_the_table(demo_engine) -> None:
     table = at.dataframe[0].value
     assert len(table) == failed
     assert set(table["status"]) == {"FAILED"}
-    assert at.caption[0].value.startswith(f"{failed:,} events match")
+    assert f"of {failed:,} matching events" in at.caption[0].value
 
 
 def test_the_filter_form_writes_the_link(demo_engine) -> None:
@@ -137,14 +137,14 @@ def test_requeue_a_selected_failed_event(demo_engine) -> None:
     at = page("events")
     at.query_params["status"] = "FAILED"
     at.run()
-    ids = list(at.dataframe[0].value["id"])
+    ids = linked_ids(at.dataframe[0].value["link"])
     # AppTest cannot click table rows: set the selection state the table widget would hold.
     at.session_state[table_key("events_table", ids)] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()
-    assert f"Selected: `{ids[0]}`" in [c.value for c in at.caption]
+    assert f"Selected: [`{ids[0]}`](events?id={ids[0]})" in [m.value for m in at.markdown]
     [requeue] = [b for b in at.button if b.label == "Requeue selected"]
     requeue.click().run()
-    assert "**Requeue 1 event(s)**" in at.markdown[-1].value  # the dry run
+    assert any("**Requeue 1 event(s)**" in m.value for m in at.markdown)  # the dry run
     [confirm] = [b for b in at.button if b.label == "Requeue 1 event(s)"]
     confirm.click().run()
     assert not at.exception
@@ -220,12 +220,12 @@ def test_live_page_can_show_only_manual_actions(demo_engine) -> None:
 
 def test_the_sidebar_shows_a_paused_handler(engine) -> None:
     """A handler whose circuit breaker opened is shown with its last error (and its events as waiting)."""
-    from outbox_admin.ui.context import get_dispatcher
+    from outbox_admin.ui.context import dashboard_dispatcher
 
     demo.generate_activity(engine, 12, seed=5)
     at = page("overview").run()
     assert not at.exception
-    dashboard = get_dispatcher(str(engine.url.render_as_string(hide_password=False)))
+    dashboard = dashboard_dispatcher(str(engine.url.render_as_string(hide_password=False)))
     dashboard.demo_handler.configure(fail_share=1.0)  # every delivery fails: the demo's sink is "down"
     report = dashboard.service.run_now(timeout=30)
     assert report is not None and report.waiting > 0

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from . import pages, sidebar
-from .context import Context, DashboardSettings, current
+from ..errors import OutboxError
+from . import components, pages, schema, sidebar
+from .context import Context, DashboardSettings, chosen_url, current
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,34 @@ def gate(settings: DashboardSettings) -> bool:
 
 
 def start() -> Context | None:
-    """Everything before a page: config, gate, context, sidebar. None while the gate is locked."""
+    """Everything before a page: config, gate, context, sidebar, the schema check.
+
+    None when no page can be shown: the gate is locked, the database cannot be read (one
+    line, the sidebar still offers another), or it has no usable outbox tables (then what
+    it lacks is shown, with the action that creates them where writing is allowed).
+    """
     st.set_page_config(page_title="outbox_admin", page_icon="📤", layout="wide")
     settings = DashboardSettings.from_env()
     if not gate(settings):
         return None
-    ctx = current()
+    components.keep_widget_state()
+    try:
+        ctx = current()
+    except OutboxError as exc:
+        sidebar.render_database(settings, chosen_url(settings))
+        st.title("outbox_admin")
+        st.error(f"Cannot open the database: {components.literal(exc)}")
+        return None
     sidebar.render(ctx)
+    if not ctx.schema.usable:
+        schema.notice(ctx)
+        return None
     return ctx
+
+
+def run(ctx: Context) -> None:
+    """Run the page the link names; an error in it is one short line (and a log entry), never a traceback."""
+    components.guarded(st.navigation(navigation_pages(ctx)).run)
 
 
 def navigation_pages(ctx: Context) -> list[st.Page]:
@@ -81,4 +102,4 @@ def render_page(name: str) -> None:
     if spec.writes and ctx.readonly:
         st.error("This dashboard is read-only.")
         return
-    spec.render()
+    components.guarded(spec.render)

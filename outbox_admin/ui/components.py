@@ -16,17 +16,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import html
+import logging
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from ..charts import STATUS_COLORS, status_color
-from ..display import visible
+from ..display import error_line, time_text, visible
+from ..errors import OutboxError
 from ..filters import EventFilter, filter_to_query
+
+log = logging.getLogger("outbox_admin.dashboard")
 
 #: Streamlit's named markdown colours closest to the chart colours, for badges in text.
 BADGE_COLORS = {"PENDING": "orange", "PROCESSING": "blue", "COMPLETED": "green", "FAILED": "red", "DISCARDED": "gray"}
@@ -57,10 +61,13 @@ def literals(values: Iterable[Any]) -> str:
 
 def data(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``frame`` for ``st.dataframe``: every text cell made visible (escapes for control,
-    bidi and other invisible characters; newlines as ``\\n``)."""
+    bidi and other invisible characters; newlines as ``\\n``), every time in one format to the
+    millisecond, UTC (``2026-12-01 22:37:36.123``), which also sorts as text."""
     shown = frame.copy()
     for column in shown.columns:
-        if pd.api.types.is_object_dtype(shown[column]) or pd.api.types.is_string_dtype(shown[column]):
+        if pd.api.types.is_datetime64_any_dtype(shown[column]):
+            shown[column] = shown[column].map(time_text)
+        elif pd.api.types.is_object_dtype(shown[column]) or pd.api.types.is_string_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: visible(v) if isinstance(v, str) else v)
     return shown
 
@@ -119,6 +126,57 @@ def flash(message: str | None = None, kind: str = "success") -> None:
 def keep_flash() -> None:
     """Call before ``st.rerun``: the message shown in this run is shown again after it."""
     st.session_state["_keep_flash"] = True
+
+
+def guarded(render: Callable[[], object]) -> None:
+    """Run a page or a panel; an error in it is one short line (and a log entry), never a traceback."""
+    try:
+        render()
+    except OutboxError as exc:
+        st.error(literal(exc))
+    except Exception as exc:  # noqa: BLE001 - a page must never show a traceback
+        log.exception("a dashboard page failed")
+        st.error(f"This page failed: {literal(error_line(exc))}. The server log has the details.")
+
+
+#: Widgets whose value outlives their page: Streamlit forgets a widget's state at the first run
+#: that does not draw it, so leaving a page would reset it.
+KEPT_WIDGETS = (
+    "overview_window",
+    "live_manual_only",
+    "publish_type",
+    "publish_org",
+    "publish_entity_type",
+    "publish_entity_id",
+    "publish_payload",
+)
+
+
+def keep_widget_state() -> None:
+    """Run before every page: writing a value back to Session State keeps it across pages."""
+    for key in KEPT_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def remembered(key: str, default: Any) -> Any:
+    """The ``value=`` for a kept widget: its default only the first time (a widget given both a
+    default and a Session State value warns on the page)."""
+    return None if key in st.session_state else default
+
+
+def live(run_every: float | None) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """``st.fragment(run_every=...)`` whose every rerun is ``guarded``: a refresh that fails
+    (the database went away) shows one line in place of the part, not a traceback."""
+
+    def decorate(body: Callable[[], None]) -> Callable[[], None]:
+        @st.fragment(run_every=run_every)
+        def part() -> None:
+            guarded(body)
+
+        return part  # type: ignore[no-any-return]
+
+    return decorate
 
 
 def duration(seconds: float) -> str:

@@ -10,7 +10,7 @@ import streamlit as st
 from ... import admin
 from ...errors import OutboxError
 from ...filters import EventFilter
-from .. import components
+from .. import components, links
 from ..context import ACTOR, current
 
 PENDING_KEY = "pending_action"
@@ -76,7 +76,7 @@ def _confirm(
     if explanation:
         st.caption(explanation.format(max_attempts=max_attempts or "unlimited"))
     if plan.sample_ids:
-        st.caption("For example: " + components.literals(plan.sample_ids[:10]))
+        st.markdown("For example: " + links.event_links(plan.sample_ids[:10]))
     reset = st.checkbox("Reset their attempts", value=True) if action == "requeue" else False
     reason = st.text_input("Reason (kept in the history)") if action == "discard" else None
     go, cancel = st.columns(2)
@@ -95,17 +95,17 @@ def _confirm(
         try:
             if action == "requeue":
                 moved = admin.requeue(
-                    ctx.engine, event_ids, status=status, filters=filters, reset_attempts=reset, actor=ACTOR
+                    ctx.write_engine, event_ids, status=status, filters=filters, reset_attempts=reset, actor=ACTOR
                 )
             elif action == "discard":
                 moved = admin.discard(
-                    ctx.engine, event_ids, status=status, filters=filters, reason=reason or None, actor=ACTOR
+                    ctx.write_engine, event_ids, status=status, filters=filters, reason=reason or None, actor=ACTOR
                 )
             elif action == "retry_now":
-                moved = admin.retry_now(ctx.engine, event_ids, filters=filters, actor=ACTOR)
+                moved = admin.retry_now(ctx.write_engine, event_ids, filters=filters, actor=ACTOR)
             else:
                 moved = admin.recover_expired(
-                    ctx.engine, event_ids, filters=filters, max_attempts=max_attempts, actor=ACTOR
+                    ctx.write_engine, event_ids, filters=filters, max_attempts=max_attempts, actor=ACTOR
                 )
         except OutboxError as exc:
             st.error(components.literal(exc))

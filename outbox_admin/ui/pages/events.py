@@ -12,7 +12,7 @@ from ...display import visible, visible_json
 from ...errors import OutboxError
 from ...event_types import registered_event_types
 from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query
-from .. import components, sidebar
+from .. import components, links, sidebar
 from ..context import Context, current
 from . import actions
 
@@ -85,7 +85,7 @@ def _filter_form(ctx: Context) -> EventFilter:
             st.error(components.literal(exc))
             return current_filter
         st.query_params.from_dict(filter_to_query(chosen))
-        st.session_state["events_page"] = 0
+        links.remember_events_query()
         return chosen
     return current_filter
 
@@ -94,80 +94,109 @@ def events() -> None:
     ctx = current()
     st.title("Events")
     components.flash()
+    links.restore_events_query()
     flt = _filter_form(ctx)
     if flt.error_group is not None:
         st.caption(f"Error group: {components.literal(flt.error_group)}")
-    frozen = bool(st.session_state.get(SELECTION_KEY))
+    frozen = bool(links.selected_ids())
 
     # The table refreshes live, except while rows are selected: then it holds still.
-    @st.fragment(run_every=None if frozen else sidebar.refresh_interval(ctx))
+    @components.live(None if frozen else sidebar.refresh_interval(ctx))
     def table() -> None:
         total = analytics.count_events(ctx.engine, flt)
         pages = max(1, -(-total // PAGE_SIZE))
-        page = min(st.session_state.get("events_page", 0), pages - 1)
+        page = min(links.page_number(), pages - 1)
         frame = analytics.events_frame(ctx.engine, flt, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
         left, middle, right = st.columns([3, 1, 1])
+        first = page * PAGE_SIZE + 1 if total else 0
         left.caption(
-            f"{total:,} events match; page {page + 1} of {pages}, newest first"
-            + (" (refresh paused while rows are selected)" if frozen else "")
+            f"Showing {first:,}-{page * PAGE_SIZE + len(frame):,} of {total:,} matching events "
+            f"(page {page + 1} of {pages:,}), newest first"
+            + (" (refresh paused while events are selected)" if frozen else "")
         )
         if middle.button("Previous", disabled=page == 0, width="stretch"):
-            st.session_state["events_page"] = page - 1
+            links.set_page(page - 1)
             st.rerun(scope="app")
         if right.button("Next", disabled=page >= pages - 1, width="stretch"):
-            st.session_state["events_page"] = page + 1
+            links.set_page(page + 1)
             st.rerun(scope="app")
-        selected_ids = _event_table(frame)
-        if selected_ids != st.session_state.get(SELECTION_KEY, []):
-            st.session_state[SELECTION_KEY] = selected_ids
-            components.keep_flash()
-            st.rerun(scope="app")  # redraw the page: details, actions and the refresh rule follow the selection
+        _follow_table_selection(_event_table(frame))
+        selected_ids = links.selected_ids()
         if selected_ids:
-            st.caption(f"Selected: {components.literals(selected_ids[:10])}{' ...' if len(selected_ids) > 10 else ''}")
+            more = " ..." if len(selected_ids) > 10 else ""
+            st.markdown(f"Selected: {links.event_links(selected_ids[:10])}{more}")
+            if st.button("Clear selection"):
+                links.select([])
+                st.rerun(scope="app")
             if len(selected_ids) == 1:
                 _event_detail(ctx, selected_ids[0])
         _bulk_actions(ctx, flt, selected_ids, total)
 
     table()
+    links.remember_events_query()
     _export(ctx, flt)
 
 
-SELECTION_KEY = "events_selection"
+TABLE_SELECTION_KEY = "events_table_selection"
 
 
-def _event_table(frame: pd.DataFrame) -> list[str]:
-    """The page of events with row selection; returns the selected event ids.
+def _follow_table_selection(table_key_and_ids: tuple[str, list[str], list[str]]) -> None:
+    """Rows picked in the table become the link's selection (``?id=...``).
+
+    The table starts with the link's selection where its rows are on the page; a selection
+    of events not on this page (``?id=`` from elsewhere) stays until the person picks rows.
+    """
+    key, ids, initial = table_key_and_ids
+    previous = st.session_state.get(TABLE_SELECTION_KEY)
+    before = previous[1] if previous is not None and previous[0] == key else initial
+    st.session_state[TABLE_SELECTION_KEY] = (key, ids)
+    if ids != before and ids != links.selected_ids():
+        links.select(ids)
+        components.keep_flash()
+        st.rerun(scope="app")  # redraw the page: details, actions and the refresh rule follow the selection
+
+
+def _event_table(frame: pd.DataFrame) -> tuple[str, list[str], list[str]]:
+    """The page of events with row selection: its key, the selected ids and those it started with.
 
     Streamlit's selection is by row position and survives a data refresh, so
     positions are turned into ids at once, and the table's key changes with the
-    rows it shows: new rows mean a fresh, empty selection, never a wrong one.
+    rows it shows: new rows mean a fresh selection (the link's), never a wrong one.
     """
     now = dt.datetime.now(dt.UTC)
     upcoming = [
         components.schedule_note(status, due, lease, now)
         for status, due, lease in zip(frame["status"], frame["available_at"], frame["locked_until"], strict=True)
     ]
-    shown = frame.assign(entity=frame["entity_type"] + "/" + frame["entity_id"], upcoming=upcoming)[
-        ["status", "upcoming", "created_at", "event_type", "entity", "org_id", "retry_count", "error_message", "id"]
-    ]
+    shown = frame.assign(
+        entity=frame["entity_type"] + "/" + frame["entity_id"],
+        link=frame["id"].map(links.event_url),
+        upcoming=upcoming,
+    )[["status", "upcoming", "created_at", "event_type", "entity", "org_id", "retry_count", "error_message", "link"]]
     key = components.table_key("events_table", frame["id"])
+    wanted = set(links.selected_ids())
+    initial_rows = [r for r, event_id in enumerate(frame["id"]) if event_id in wanted]
     selection = st.dataframe(
         components.styled(components.data(shown)),
         hide_index=True,
         width="stretch",
         on_select="rerun",
         selection_mode="multi-row",
+        selection_default={"selection": {"rows": initial_rows}},
         key=key,
         column_config={
-            "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "created_at": "created (UTC)",
             "retry_count": st.column_config.NumberColumn("retries"),
             "upcoming": st.column_config.TextColumn(
                 "next attempt", help="PENDING: when it is due again. PROCESSING: an expired lease."
             ),
+            "error_message": st.column_config.TextColumn("error", width="large"),
+            "link": links.link_column("id"),
         },
     )
     rows = list(selection.selection.rows) if selection is not None else []
-    return [frame["id"].iloc[r] for r in rows if r < len(frame)]
+    ids = [frame["id"].iloc[r] for r in rows if r < len(frame)]
+    return key, ids, [frame["id"].iloc[r] for r in initial_rows]
 
 
 def _event_detail(ctx: Context, event_id: str) -> None:
@@ -181,6 +210,9 @@ def _event_detail(ctx: Context, event_id: str) -> None:
         f"{components.literal(event['org_id'])} — id {components.literal(event['id'])}"
     )
     _schedule(ctx, event)
+    if event["error_message"]:
+        st.caption("Last error, in full")
+        st.code(visible(event["error_message"]), language=None, wrap_lines=True)
     left, right = st.columns([1, 1])
     with left:
         st.caption("Payload")

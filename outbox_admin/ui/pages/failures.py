@@ -7,7 +7,7 @@ import streamlit as st
 from ... import analytics, charts
 from ...display import visible
 from ...filters import EventFilter
-from .. import components
+from .. import components, links
 from ..context import Context, current
 from . import actions
 
@@ -31,8 +31,10 @@ def failures() -> None:
     groups = analytics.error_summary(ctx.engine, limit=GROUPS_PAGE, offset=offset, order="failed")
     table = groups[["error_group", "events", "failed", "first_seen", "last_seen", "event_types", "example_event_id"]]
     key = components.table_key("groups", groups["error_group"])
+    table = table.assign(example_event_id=table["example_event_id"].map(links.event_url))
     chosen = st.dataframe(
         components.data(table),
+        column_config={"example_event_id": links.link_column("example")},
         hide_index=True,
         width="stretch",
         on_select="rerun",
@@ -63,7 +65,8 @@ def _group(ctx: Context, group: str) -> None:
     key = components.table_key("dead", dead["id"])
     columns = ["id", "created_at", "event_type", "entity_id", "org_id", "status", "retry_count", "error_message"]
     picked = st.dataframe(
-        components.styled(components.data(dead[columns])),
+        components.styled(components.data(dead[columns].assign(id=dead["id"].map(links.event_url)))),
+        column_config={"id": links.link_column("id"), "error_message": st.column_config.TextColumn("error")},
         hide_index=True,
         width="stretch",
         on_select="rerun",

@@ -7,7 +7,7 @@ import datetime as dt
 import streamlit as st
 
 from ... import analytics, charts
-from .. import components, sidebar
+from .. import components, links, sidebar
 from ..context import current
 
 
@@ -18,7 +18,7 @@ def live() -> None:
         "Only manual actions", key="live_manual_only", help="Requeues and discards people made, with who made them."
     )
 
-    @st.fragment(run_every=sidebar.refresh_interval(ctx))
+    @components.live(sidebar.refresh_interval(ctx))
     def feed() -> None:
         recent = analytics.transitions_frame(
             ctx.engine, since=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), limit=5000, manual_only=manual_only
@@ -40,6 +40,16 @@ def live() -> None:
                 "event_id",
             ]
         ]
-        st.dataframe(components.styled(components.data(shown)), hide_index=True, width="stretch")
+        shown = shown.assign(event_id=shown["event_id"].map(links.event_url))
+        st.dataframe(
+            components.styled(components.data(shown)),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "at": "at (UTC)",
+                "error_message": st.column_config.TextColumn("error", width="large"),
+                "event_id": links.link_column("event"),
+            },
+        )
 
     feed()

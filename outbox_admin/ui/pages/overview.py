@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ... import analytics, charts, demo
+from ... import analytics, charts
 from ...filters import EventFilter
-from .. import components, sidebar
+from .. import components, schema, sidebar
 from ..context import Context, current
 from . import actions
 
@@ -33,9 +33,14 @@ def overview() -> None:
     if not analytics.has_events(ctx.engine):
         _empty_state(ctx)
         return
-    window = st.segmented_control("Window", list(WINDOWS), default="1 hour", key="overview_window") or "1 hour"
+    window = (
+        st.segmented_control(
+            "Window", list(WINDOWS), default=components.remembered("overview_window", "1 hour"), key="overview_window"
+        )
+        or "1 hour"
+    )
 
-    @st.fragment(run_every=sidebar.refresh_interval(ctx))
+    @components.live(sidebar.refresh_interval(ctx))
     def live_numbers() -> None:
         since = _since(window)
         counts = analytics.status_counts(ctx.engine)
@@ -123,17 +128,11 @@ def _seconds(value: Any) -> str:
 
 
 def _empty_state(ctx: Context) -> None:
-    st.info(
-        "Application code writes each event into the outbox table in the same transaction as its change, "
-        "so an event exists only if the change committed. A dispatcher then delivers every event at least "
-        "once, retrying failures and parking poison events as FAILED for a person to requeue."
-    )
+    st.info(schema.INTRO)
+    st.caption("No events yet.")
     if ctx.readonly:
         st.caption("This dashboard is read-only.")
         return
     if st.button("Load demo data", type="primary"):
-        bar = st.progress(0.0, text="Running demo mutations...")
-        demo.load_demo_data(ctx.engine, progress=lambda done, total: bar.progress(done / total))
-        bar.empty()
-        components.flash("Demo data loaded: projects created, updated and archived, some deliveries failed.")
-        st.rerun()
+        schema.load_demo(ctx)
+    st.caption("Load demo data also creates the demo's own tables (projects) and marks this database as a demo one.")
