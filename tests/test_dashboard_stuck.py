@@ -250,7 +250,7 @@ def test_a_groups_dead_letters_are_paged_and_linked_to_events(engine: Engine) ->
     at.button(key=f"{pager}_next").click().run()
     assert "Showing 201-250 of 250 FAILED events" in [c.value for c in at.caption]
     dead = at.dataframe[1].value
-    assert len(dead) == 50 and set(linked_ids(dead["id"])) == {f"big-{i:03d}" for i in range(50)}  # the oldest ids, last
+    assert len(dead) == 50 and set(linked_ids(dead["id"])) == {f"big-{i:03d}" for i in range(50)}  # oldest last
     [link] = [m.value for m in at.markdown if "Open this group in Events" in m.value]
     target = link[link.index("](") + 2 : -1]
     path, _, query = target.partition("?")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from ... import analytics, charts, demo
-from ...display import visible, visible_json
+from ...display import time_text, visible, visible_json
 from ...errors import OutboxError
 from ...event_types import registered_event_types
 from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query
@@ -247,19 +247,19 @@ def _schedule(ctx: Context, event: dict[str, object]) -> None:
     due, lease = event["available_at"], event["locked_until"]
     if event["status"] == "PENDING" and isinstance(due, dt.datetime):
         if due <= now:
-            st.caption(f"Due now (since {due:%Y-%m-%d %H:%M:%S} UTC).")
+            st.caption(f"Due now (since {time_text(due)} UTC).")
             return
-        st.caption(f"Next attempt in {components.duration((due - now).total_seconds())} ({due:%Y-%m-%d %H:%M:%S} UTC).")
+        st.caption(f"Next attempt in {components.duration((due - now).total_seconds())} ({time_text(due)} UTC).")
         if not ctx.readonly and st.button("Retry now", help="Due at once; its attempts are kept."):
             actions.request("retry_now", event_ids=(str(event["id"]),), status=None)
     elif event["status"] == "PROCESSING" and isinstance(lease, dt.datetime):
         holder = components.literal(event["locked_by"] or "?")
         if lease > now:
-            st.caption(f"Held by {holder}, lease until {lease:%H:%M:%S} UTC.")
+            st.caption(f"Held by {holder}, lease until {time_text(lease)} UTC.")
             return
         st.warning(
             f"Stuck: the lease of {holder} expired {components.duration((now - lease).total_seconds())} ago "
-            f"({lease:%Y-%m-%d %H:%M:%S} UTC) and was not renewed."
+            f"({time_text(lease)} UTC) and was not renewed."
         )
         if not ctx.readonly and st.button("Recover now", help="Back to PENDING as a failed attempt."):
             actions.request("recover", event_ids=(str(event["id"]),), status=None)
