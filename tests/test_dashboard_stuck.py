@@ -185,6 +185,7 @@ def test_filter_wide_actions_honour_the_filter_and_are_disabled_when_it_excludes
     )
     at = page("events", status="COMPLETED").run()
     assert len(at.dataframe[0].value) == 1
+    assert "upcoming" not in at.dataframe[0].value.columns  # nothing waits: no next-attempt column
     for label in (
         "Requeue all FAILED matching",
         "Discard all FAILED matching",

@@ -192,11 +192,11 @@ def duration(seconds: float) -> str:
 
 
 def schedule_note(status: Any, available_at: Any, locked_until: Any, now: dt.datetime) -> str:
-    """When an event moves next, for a table cell: ``in 42 s`` (PENDING on a backoff), ``now`` (PENDING,
-    due), ``lease expired 3 min ago`` (PROCESSING, stuck until recovered); else nothing."""
+    """What an event waits for, for a table cell: ``in 42 s`` (PENDING on a backoff), ``lease expired 3 min
+    ago`` (PROCESSING, stuck until recovered); else nothing (due now, finished, or held by a live lease)."""
     if status == "PENDING" and available_at is not None and not pd.isna(available_at):
         wait = (available_at - now).total_seconds()
-        return f"in {duration(wait)}" if wait > 0 else "now"
+        return f"in {duration(wait)}" if wait > 0 else ""
     if status == "PROCESSING" and locked_until is not None and not pd.isna(locked_until):
         late = (now - locked_until).total_seconds()
         return f"lease expired {duration(late)} ago" if late > 0 else ""

@@ -168,11 +168,14 @@ def _event_table(frame: pd.DataFrame) -> tuple[str, list[str], list[str]]:
         components.schedule_note(status, due, lease, now)
         for status, due, lease in zip(frame["status"], frame["available_at"], frame["locked_until"], strict=True)
     ]
+    columns = ["status", "created_at", "event_type", "entity", "org_id", "retry_count", "error_message", "link"]
+    if any(upcoming):  # only when some event on the page waits on a backoff or a dead lease: the table stays narrow
+        columns.insert(1, "upcoming")
     shown = frame.assign(
         entity=frame["entity_type"] + "/" + frame["entity_id"],
         link=frame["id"].map(links.event_url),
         upcoming=upcoming,
-    )[["status", "upcoming", "created_at", "event_type", "entity", "org_id", "retry_count", "error_message", "link"]]
+    )[columns]
     key = components.table_key("events_table", frame["id"])
     wanted = set(links.selected_ids())
     initial_rows = [r for r, event_id in enumerate(frame["id"]) if event_id in wanted]
