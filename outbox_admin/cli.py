@@ -428,11 +428,23 @@ def _filters(
 
 
 @contextlib.contextmanager
-def _engine(database_url: str | None) -> Iterator[Any]:
-    """An engine on the outbox tables (created or upgraded), disposed of whatever happens."""
-    engine = make_engine(database_url)
+def _engine(database_url: str | None, *, read_only: bool = False) -> Iterator[Any]:
+    """An engine on the outbox tables, disposed of whatever happens.
+
+    Commands that change the outbox create or upgrade its tables first. Commands that only
+    look (``stats``, ``events``, ``show``) open the database read-only and never migrate it:
+    on a database without current tables they say so and exit 1.
+    """
+    from .migrate import schema_status
+
+    engine = make_engine(database_url, read_only=read_only)
     try:
-        init_db(engine)
+        if read_only:
+            status = schema_status(engine)
+            if not status.usable:
+                _fail(f"{status.describe()} Run `outbox-admin init` to create or upgrade them.")
+        else:
+            init_db(engine)
         yield engine
     finally:
         engine.dispose()
@@ -485,7 +497,7 @@ def stats(
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search)
-    with _engine(database_url) as engine:
+    with _engine(database_url, read_only=True) as engine:
         counts = analytics.status_counts(engine, flt)
         latency = analytics.latency_stats(engine, flt)
         errors = analytics.error_summary(engine, flt, limit=top)
@@ -518,7 +530,7 @@ def events(
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search, error_group)
-    with _engine(database_url) as engine:
+    with _engine(database_url, read_only=True) as engine:
         frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
         total = analytics.count_events(engine, flt)
     if json_output:
@@ -546,7 +558,7 @@ def show(
     """One event: its fields, payload and status timeline."""
     from . import analytics
 
-    with _engine(database_url) as engine:
+    with _engine(database_url, read_only=True) as engine:
         event = analytics.get_event(engine, event_id)
         timeline = analytics.transitions_frame(engine, event_id) if event else None
     if event is None:
