@@ -14,6 +14,8 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   then reaches the locked rows by ``id = ANY(ARRAY(...))`` on the primary key and
   re-checks nothing indexable: the rows are locked by this statement, so they are
   still PENDING.
+- The read of the active pauses (``active_pauses``) reads the partial unique
+  index of the active rows in its order, so a long pause history costs nothing.
 - The finish, the renewal and the recovery's UPDATE reach rows only through the
   primary key. Their guards (``locked_by = :name``, the attempt) have no index,
   and the status is not tested at all: ``locked_by`` is set on PROCESSING rows
@@ -41,8 +43,8 @@ from . import (
 )
 from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
 
-#: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
-#: [regular expression, org or null] (``outbox_admin.patterns.glob_for_postgres``).
+#: Events routed to a handler whose breaker is open, or of a paused type, stay unclaimed: ``:blocked`` is
+#: a JSON array of [regular expression, org or null] (``outbox_admin.patterns.glob_for_postgres``).
 NOT_BLOCKED = """
               AND NOT EXISTS (
                   SELECT 1 FROM json_array_elements(CAST(:blocked AS json)) AS b
@@ -119,6 +121,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 SELECT id, '{PROCESSING}', status, {now}, :name, retry_count, error_message FROM changed
             )
             SELECT id, status, retry_count, error_message FROM changed"""
+    active_pauses = f"SELECT pattern FROM {names.pauses} WHERE resumed_at IS NULL ORDER BY pattern"
     return DispatcherSql(
         claim=driver_style(claim(""), pyformat=True),
         claim_unblocked=driver_style(claim(NOT_BLOCKED), pyformat=True),
@@ -126,6 +129,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
         finish=driver_style(finish, pyformat=True),
         recover=driver_style(recover, pyformat=True),
         history=None,
+        active_pauses=driver_style(active_pauses, pyformat=True),
     )
 
 
