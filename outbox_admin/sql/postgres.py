@@ -45,11 +45,15 @@ from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_un
 
 #: Events routed to a handler whose breaker is open, or of a paused type, stay unclaimed: ``:blocked`` is
 #: a JSON array of [regular expression, org or null] (``outbox_admin.patterns.glob_for_postgres``).
+#: The list is decoded once, in a MATERIALIZED CTE: a pause can hold back a large backlog that each claim
+#: walks past, and taking the fields out of the JSON per walked row cost three times as much.
+BLOCKED = """blocked AS MATERIALIZED (
+                SELECT value ->> 0 AS pattern, value ->> 1 AS org_id FROM json_array_elements(CAST(:blocked AS json))
+            ), """
 NOT_BLOCKED = """
               AND NOT EXISTS (
-                  SELECT 1 FROM json_array_elements(CAST(:blocked AS json)) AS b
-                  WHERE candidate.event_type ~ (b.value ->> 0)
-                    AND (b.value ->> 1 IS NULL OR candidate.org_id = b.value ->> 1))"""
+                  SELECT 1 FROM blocked AS b
+                  WHERE candidate.event_type ~ b.pattern AND (b.org_id IS NULL OR candidate.org_id = b.org_id))"""
 
 #: The batch's ids as an array, for ``id = ANY(...)`` on the primary key.
 IDS = "ARRAY(SELECT json_array_elements_text(CAST(:ids AS json)))"
@@ -70,9 +74,9 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
     columns = ", ".join(CLAIMED_COLUMNS)
     returning = ", ".join(f"e.{c}" for c in CLAIMED_COLUMNS)
 
-    def claim(extra: str) -> str:
+    def claim(extra: str, blocked: str = "") -> str:
         return f"""
-            WITH due AS MATERIALIZED (
+            WITH {blocked}due AS MATERIALIZED (
                 SELECT candidate.id FROM {ev} AS candidate
                 WHERE candidate.status = '{PENDING}' AND candidate.available_at <= {now}{order}{extra}
                 ORDER BY candidate.created_at, candidate.id, candidate.available_at
@@ -124,7 +128,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
     active_pauses = f"SELECT pattern FROM {names.pauses} WHERE resumed_at IS NULL ORDER BY pattern"
     return DispatcherSql(
         claim=driver_style(claim(""), pyformat=True),
-        claim_unblocked=driver_style(claim(NOT_BLOCKED), pyformat=True),
+        claim_unblocked=driver_style(claim(NOT_BLOCKED, BLOCKED), pyformat=True),
         renew=driver_style(renew, pyformat=True),
         finish=driver_style(finish, pyformat=True),
         recover=driver_style(recover, pyformat=True),
