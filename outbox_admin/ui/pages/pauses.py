@@ -23,7 +23,7 @@ def pauses_panel(ctx: Context) -> None:
             text.warning(
                 f"Paused: {components.literal(pause.pattern)} by {components.literal(pause.paused_by)} "
                 f"since {_when(pause.paused_at)}. Why: {components.literal(pause.reason)}",
-                icon="⏸️",
+                icon=":material/pause_circle:",
             )
             if not ctx.readonly and action.button("Resume", key=f"resume_{pause.id}", width="stretch"):
                 _act(functools.partial(admin.resume, ctx.engine, pause.pattern, actor=ACTOR), "Resumed")
