@@ -132,7 +132,11 @@ class DispatchReport:
         """Every kind of outcome in one line, zeros included, so nothing is left to guess:
         ``"50 claimed: 45 completed, 3 retried, 2 failed, 0 recovered, ..."``."""
         kinds = [f for f in dataclasses.fields(self) if f.name not in ("claimed", "ticks", "seconds")]
-        labels = {"waiting": "waiting for a paused handler", "released": "released unhandled"}
+        labels = {
+            "waiting": "waiting for a paused handler",
+            "released": "released unhandled",
+            "paused": "event-type pause(s) in effect",
+        }
         parts = [f"{getattr(self, f.name):,} {labels.get(f.name, f.name)}" for f in kinds]
         return f"{self.claimed:,} claimed: " + ", ".join(parts)
 

@@ -73,11 +73,11 @@ def test_dispatch_reports_the_pauses_it_honoured(run: Run, cli_engine: Engine) -
         for event_type in ("PROJECT.CREATED", "PROJECT.UPDATED"):
             publish_outbox_event(conn, org_id="o", event_type=event_type, entity_type="P", entity_id="1")
     assert run("pause", "PROJECT.UPDATED", "--reason", "hold")[0] == 0
-    code, out, _ = run("dispatch", "--once", "--quiet", "--json")
+    code, out, _ = run("dispatch", "--once", "--log-only", "--quiet", "--json")
     report = json.loads(out)
     assert (code, report["claimed"], report["completed"], report["paused"]) == (0, 1, 1, 1)
     assert analytics.count_events(cli_engine, status="PENDING", event_type="PROJECT.UPDATED") == 1
-    code, out, _ = run("dispatch", "--once", "--quiet")
+    code, out, _ = run("dispatch", "--once", "--log-only", "--quiet")
     assert code == 0 and "paused" in out.splitlines()[1]  # the table's header
 
 

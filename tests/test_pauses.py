@@ -421,3 +421,12 @@ def test_pause_table_names_are_checked(names: tuple[str, str | None, str]) -> No
 
     with pytest.raises(ConfigurationError):
         OutboxTables.named(names[0], names[1], pauses=names[2])
+
+
+def test_the_report_line_names_the_pauses_in_effect(engine: Engine) -> None:
+    """The line the sidebar and the toasts print (``DispatchReport.describe``)."""
+    publish(engine, "PROJECT.CREATED", 1)
+    admin.pause(engine, "PROJECT.*", reason="test")
+    admin.pause(engine, "BUDGET.*", reason="test")
+    line = Dispatcher(engine, [Recording()]).dispatch_once().describe()
+    assert line.startswith("0 claimed: 0 completed") and line.endswith(", 2 event-type pause(s) in effect")

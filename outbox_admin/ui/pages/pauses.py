@@ -16,7 +16,7 @@ from ..context import ACTOR, Context
 
 
 def pauses_panel(ctx: Context) -> None:
-    @st.fragment(run_every=sidebar.refresh_interval(ctx))
+    @components.live(sidebar.refresh_interval(ctx))
     def active_pauses() -> None:  # live: a pause made elsewhere (the CLI, another tab) shows up
         for pause in analytics.pauses(ctx.engine).itertuples():
             text, action = st.columns([6, 1], vertical_alignment="center")
@@ -26,7 +26,7 @@ def pauses_panel(ctx: Context) -> None:
                 icon=":material/pause_circle:",
             )
             if not ctx.readonly and action.button("Resume", key=f"resume_{pause.id}", width="stretch"):
-                _act(functools.partial(admin.resume, ctx.engine, pause.pattern, actor=ACTOR), "Resumed")
+                _act(functools.partial(admin.resume, ctx.write_engine, pause.pattern, actor=ACTOR), "Resumed")
 
     active_pauses()
     if ctx.readonly:
@@ -39,7 +39,7 @@ def pauses_panel(ctx: Context) -> None:
         pattern = st.text_input("Event types", placeholder="PROJECT.*", help="A type, or a glob: PROJECT.*, *, [AB]*")
         reason = st.text_input("Reason", placeholder="Why (required; shown with the pause)")
         if st.form_submit_button("Pause"):
-            _act(functools.partial(admin.pause, ctx.engine, pattern, reason=reason, actor=ACTOR), "Paused")
+            _act(functools.partial(admin.pause, ctx.write_engine, pattern, reason=reason, actor=ACTOR), "Paused")
 
 
 def _act(action: Callable[[], admin.Pause], verb: str) -> None:
