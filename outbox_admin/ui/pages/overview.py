@@ -1,4 +1,5 @@
-"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live."""
+"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live; the paused
+event types above them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import streamlit as st
 from ... import analytics, charts
 from .. import components, schema, sidebar
 from ..context import Context, current
+from .pauses import pauses_panel
 
 WINDOWS = {
     "15 minutes": dt.timedelta(minutes=15),
@@ -28,6 +30,7 @@ def overview() -> None:
     ctx = current()
     st.title("Overview")
     components.flash()
+    pauses_panel(ctx)
     if not analytics.has_events(ctx.engine):
         _empty_state(ctx)
         return
