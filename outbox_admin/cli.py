@@ -735,6 +735,20 @@ def purge(
         _say(f"purged {result.events} events and {result.transitions} history rows in {result.batches} batch(es)")
 
 
+@_command("hash-password")
+def hash_password(
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the password from the first line of stdin.")] = False,
+) -> None:
+    """Print a scrypt hash of a password, for the [dashboard.users] table of outbox.toml."""
+    from .access import hash_password as make_hash
+
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    _out().print(make_hash(password), markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point (``argv`` defaults to ``sys.argv[1:]``). Every error is one line on stderr,
     ``error: ...``, never a traceback (``--debug`` or ``OUTBOX_DEBUG=1`` logs it), and an exit code:
