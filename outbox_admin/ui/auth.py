@@ -14,6 +14,7 @@ without a reload, and records it for the pages:
 
 from __future__ import annotations
 
+import html
 import logging
 from urllib.parse import urlencode, urlsplit
 
@@ -76,7 +77,7 @@ def render_user(user: DashboardUser, *, readonly: bool) -> None:
     with st.sidebar:
         st.caption(f"Signed in as {components.literal(user.name)} ({rights})")
         if user.source == "password":
-            st.markdown(f"[Sign out]({base_path()}{LOGOUT_PATH})")
+            _same_tab_link("Sign out", f"{base_path()}{LOGOUT_PATH}")
 
 
 def _sign_in_prompt() -> None:
@@ -84,7 +85,13 @@ def _sign_in_prompt() -> None:
     sign-in routes (``streamlit run`` on a file without ``dashboard.py``'s ``st.App``)."""
     st.title("outbox_admin")
     st.info("Sign in to use the dashboard; you will come back to this page.")
-    st.link_button("Sign in", login_url(_here(), base_path()), type="primary")
+    _same_tab_link("Sign in", login_url(_here(), base_path()))
+
+
+def _same_tab_link(label: str, href: str) -> None:
+    """A link that opens in this tab (Markdown links and ``st.link_button`` open a new one, which
+    would leave this tab signed in, or signed out). Only our own constant text and URL go into the HTML."""
+    st.markdown(f'<a href="{html.escape(href)}" target="_self">{html.escape(label)}</a>', unsafe_allow_html=True)
 
 
 def _here() -> str:
