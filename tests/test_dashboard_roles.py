@@ -19,7 +19,7 @@ from outbox_admin import analytics, demo, init_db, make_engine
 from outbox_admin.ui.components import table_key
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module  # noqa: F401 - an autouse fixture
+from .dashboard_support import keep_main_module, linked_ids  # noqa: F401 - an autouse fixture
 from .test_dashboard import DASHBOARD, TIMEOUT
 
 WRITE_BUTTONS = {"Requeue selected", "Discard selected", "Requeue all FAILED matching", "Discard all FAILED matching"}
@@ -81,7 +81,7 @@ def test_an_operator_acts_and_the_history_names_them(demo_engine, roles) -> None
     assert not at.exception
     assert {"Start", "Tick"} <= {b.label for b in at.sidebar.button}
     assert "Signed in as `alice` (operator)" in [c.value for c in at.sidebar.caption]
-    ids = list(at.dataframe[0].value["id"])
+    ids = linked_ids(at.dataframe[0].value["link"])
     at.session_state[table_key("events_table", ids)] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()
     [requeue] = [b for b in at.button if b.label == "Requeue selected"]
