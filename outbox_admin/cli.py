@@ -818,7 +818,7 @@ def pauses(
     """The active pauses (or with --all every pause and resume), newest first."""
     from . import analytics
 
-    with _engine(database_url) as engine:
+    with _engine(database_url, read_only=True) as engine:
         frame = analytics.pauses(engine, active_only=not all_pauses, limit=limit)
     if json_output:
         _dump({"pauses": _records(frame)})
@@ -833,6 +833,20 @@ def pauses(
         shown[name] = [None if pd.isna(v) else _when(v) for v in frame[name]]
     title = f"{len(frame)} pause(s), newest first" if all_pauses else f"{len(frame)} active pause(s)"
     _table(shown, columns, title, {"reason": 60})
+
+
+@_command("hash-password")
+def hash_password(
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the password from the first line of stdin.")] = False,
+) -> None:
+    """Print a scrypt hash of a password, for the [dashboard.users] table of outbox.toml."""
+    from .access import hash_password as make_hash
+
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    _out().print(make_hash(password), markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

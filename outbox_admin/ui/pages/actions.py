@@ -9,8 +9,8 @@ import streamlit as st
 from ... import admin
 from ...errors import OutboxError
 from ...filters import EventFilter
-from .. import components, links
-from ..context import ACTOR, current
+from .. import auth, components, links
+from ..context import current
 
 PENDING_KEY = "pending_action"
 
@@ -40,6 +40,10 @@ def _confirm(
 ) -> None:
     """A dry run first: how many events and which; the action then runs on exactly those conditions."""
     ctx = current()
+    if not auth.can_write(ctx):  # a request made before the session lost its rights
+        forget_request()
+        st.error("Only operators can requeue or discard.")
+        return
     try:
         plan = admin.plan_action(ctx.engine, action, event_ids, status=status, filters=filters)  # type: ignore[arg-type]
     except OutboxError as exc:
@@ -58,14 +62,15 @@ def _confirm(
         f"{action.title()} {plan.count:,} event(s)", type="primary", disabled=plan.count == 0, width="stretch"
     ):
         forget_request()
+        actor = auth.current_user().name
         try:
             if action == "requeue":
                 moved = admin.requeue(
-                    ctx.write_engine, event_ids, status=status, filters=filters, reset_attempts=reset, actor=ACTOR
+                    ctx.write_engine, event_ids, status=status, filters=filters, reset_attempts=reset, actor=actor
                 )
             else:
                 moved = admin.discard(
-                    ctx.write_engine, event_ids, status=status, filters=filters, reason=reason or None, actor=ACTOR
+                    ctx.write_engine, event_ids, status=status, filters=filters, reason=reason or None, actor=actor
                 )
         except OutboxError as exc:
             st.error(components.literal(exc))

@@ -10,7 +10,7 @@ from ...display import visible, visible_json
 from ...errors import OutboxError
 from ...event_types import registered_event_types
 from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query
-from .. import components, links, sidebar
+from .. import auth, components, links, sidebar
 from ..context import Context, current
 from . import actions
 
@@ -210,7 +210,7 @@ def _event_detail(ctx: Context, event_id: str) -> None:
 
 
 def _bulk_actions(ctx: Context, flt: EventFilter, selected_ids: list[str], total: int) -> None:
-    if ctx.readonly:
+    if not auth.can_write(ctx):
         return
     st.subheader("Actions")
     first, second, third, fourth = st.columns(4)

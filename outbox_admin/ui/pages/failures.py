@@ -7,7 +7,7 @@ import streamlit as st
 from ... import analytics, charts
 from ...display import visible
 from ...filters import EventFilter
-from .. import components, links
+from .. import auth, components, links
 from ..context import current
 from . import actions
 
@@ -58,7 +58,7 @@ def failures() -> None:
         key=key,
     )
     picked_ids = [dead["id"].iloc[r] for r in (picked.selection.rows if picked is not None else []) if r < len(dead)]
-    if ctx.readonly:
+    if not auth.can_write(ctx):
         return
     left, right = st.columns(2)
     if left.button("Requeue the whole group", disabled=dead.empty, width="stretch"):

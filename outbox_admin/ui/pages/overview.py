@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from ... import analytics, charts
-from .. import components, schema, sidebar
+from .. import auth, components, schema, sidebar
 from ..context import Context, current
 from .pauses import pauses_panel
 
@@ -90,8 +90,8 @@ def _seconds(value: Any) -> str:
 def _empty_state(ctx: Context) -> None:
     st.info(schema.INTRO)
     st.caption("No events yet.")
-    if ctx.readonly:
-        st.caption("This dashboard is read-only.")
+    if not auth.can_write(ctx):
+        st.caption("This dashboard is read-only." if ctx.readonly else "Viewers cannot load demo data.")
         return
     if st.button("Load demo data", type="primary"):
         schema.load_demo(ctx)
