@@ -1,4 +1,5 @@
-"""Writes a person triggers: requeue, discard, retry now, recover expired leases, purge.
+"""Writes a person triggers: requeue, discard, retry now, recover expired leases, purge, and pausing
+event types (pause, resume).
 
 Each action covers one id, a list of ids, or a filter (``EventFilter``), runs in
 one transaction, and writes a history row per event naming who did it (actor
@@ -11,11 +12,15 @@ would touch and a sample of their ids.
 Discarding moves an event to ``DISCARDED`` rather than deleting it, so the audit
 trail stays; ``purge`` deletes old finished events in small batches.
 
-Requeue, retry now and recover make events due at once, so after their commit
-they wake the dispatchers: the ``DispatcherService`` of this process through
+Requeue, retry now, recover and resume make events due at once, so after their
+commit they wake the dispatchers: the ``DispatcherService`` of this process through
 ``outbox_admin.wakeup``, and on PostgreSQL every dispatcher that listens, through
 a ``NOTIFY`` sent in the action's transaction (delivered only if it commits). On
 SQLite a dispatcher in another process sees them at its next tick.
+
+``pause(engine, "PROJECT.*", reason=...)`` stops every dispatcher on the database
+from claiming events whose type matches the pattern, from its next batch on, until
+``resume``; the pauses table keeps every pause and resume as their audit trail.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, delete, desc, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .config import DEFAULT_MAX_ATTEMPTS
 from .db import db_now, db_now_plus, read_connection, write_transaction
-from .errors import AdminActionError
-from .filters import EventFilter, as_filter, prepare_connection
+from .errors import AdminActionError, FilterError
+from .filters import EventFilter, as_filter, check_text, prepare_connection
 from .models import DEFAULT_TABLES, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
+from .patterns import check_pattern
 from .sql import admin_sql
 from .wakeup import WakeSignal, wake_signal
 
@@ -465,6 +472,108 @@ def purge(
         if progress is not None:
             progress(events)
     return PurgeResult(events, transitions, batches)
+
+
+#: A pause's reason is required (it is what the next operator reads) and at most this long.
+MAX_REASON_LENGTH = 1_000
+#: Each active pause is one more condition in every claim: more than this many is refused.
+MAX_ACTIVE_PAUSES = 100
+
+
+@dataclass(frozen=True)
+class Pause:
+    """One pause of the event types matching ``pattern``; active while ``resumed_at`` is None.
+
+    ``created`` is True on the pause ``pause()`` has just written, False when it returns
+    the pause that was already active for that pattern (and on a pause ``resume()`` ended).
+    """
+
+    id: int
+    pattern: str
+    reason: str
+    paused_by: str
+    paused_at: dt.datetime
+    resumed_by: str | None = None
+    resumed_at: dt.datetime | None = None
+    created: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.resumed_at is None
+
+
+def pause(
+    engine: Engine, pattern: str, *, reason: str, actor: str = DEFAULT_ACTOR, tables: OutboxTables = DEFAULT_TABLES
+) -> Pause:
+    """Stop every dispatcher on the database claiming events whose type matches ``pattern``; returns the pause.
+
+    ``pattern`` is a glob as handlers use (``PROJECT.*``, ``*``, ``[AB]*``), checked by
+    ``patterns.check_pattern``; ``reason`` is required. Idempotent: pausing a pattern that
+    is paused already changes nothing and returns that pause (``created=False``), whose
+    reason, actor and time are kept, since they are what the audit trail should say; to
+    change the reason, resume and pause again. Events already claimed finish; paused ones
+    stay PENDING with their attempts and backoff untouched until ``resume``.
+    """
+    pattern = check_pattern(pattern)
+    reason = check_text("reason", reason, limit=MAX_REASON_LENGTH).strip()
+    if not reason:
+        raise FilterError("reason", "is required: say why the events are paused (it is shown with the pause)")
+    who = actor_name(actor)
+    table = tables.pauses
+    active = table.c.resumed_at.is_(None)
+    dialect_insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    with write_transaction(engine) as conn:
+        existing = conn.execute(select(table).where(table.c.pattern == pattern, active)).one_or_none()
+        if existing is not None:
+            return _pause(existing)
+        held = conn.execute(select(func.count()).select_from(table).where(active)).scalar_one()
+        if held >= MAX_ACTIVE_PAUSES:
+            raise AdminActionError(f"{held} pauses are active, the most there can be; resume some first")
+        # A pause of the same pattern committed meanwhile (PostgreSQL) wins: this one is then not written.
+        written = conn.execute(
+            dialect_insert(table)
+            .values(pattern=pattern, reason=reason, paused_by=who, paused_at=db_now())
+            .on_conflict_do_nothing(index_elements=[table.c.pattern], index_where=active)
+            .returning(table.c.id)
+        ).scalar_one_or_none()
+        row = conn.execute(select(table).where(table.c.pattern == pattern, active)).one()
+    return _pause(row, created=written is not None)
+
+
+def resume(engine: Engine, pattern: str, *, actor: str = DEFAULT_ACTOR, tables: OutboxTables = DEFAULT_TABLES) -> Pause:
+    """End the active pause of exactly ``pattern`` (the row is kept, with who resumed it and when); returns it.
+
+    Dispatchers claim the events again from their next batch; those of this process, and
+    on PostgreSQL every listening one, are woken at once. A pattern that is not paused
+    raises ``AdminActionError`` naming the active pauses: resuming ``PROJECT*`` when
+    ``PROJECT.*`` is paused must not look as if the events were flowing again.
+    """
+    pattern = check_pattern(pattern)
+    who = actor_name(actor)
+    table = tables.pauses
+    active = table.c.resumed_at.is_(None)
+    with write_transaction(engine) as conn:
+        row = conn.execute(
+            update(table)
+            .where(table.c.pattern == pattern, active)
+            .values(resumed_by=who, resumed_at=db_now())
+            .returning(*table.c)
+        ).one_or_none()
+        if row is None:
+            others = conn.execute(select(table.c.pattern).where(active).order_by(table.c.pattern).limit(11)).scalars()
+            listed = [repr(p) for p in others]
+            more = " ..." if len(listed) > 10 else ""
+            raise AdminActionError(
+                f"{pattern!r} is not paused; "
+                + (f"the active pauses are {', '.join(listed[:10])}{more}" if listed else "nothing is paused")
+            )
+        _announce(conn, tables)  # PostgreSQL: delivered on commit, to every listening dispatcher
+    _wake(engine)
+    return _pause(row)
+
+
+def _pause(row: Any, *, created: bool = False) -> Pause:
+    return Pause(row.id, row.pattern, row.reason, row.paused_by, row.paused_at, row.resumed_by, row.resumed_at, created)
 
 
 def publish_from_form(

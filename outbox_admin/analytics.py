@@ -702,3 +702,22 @@ def failure_breakdown(
     frame = frame.astype({"events": "int64", "retried": "int64", "failed": "int64"})
     frame["failed_share"] = (frame["failed"] / frame["events"]).astype("float64")
     return frame
+
+
+PAUSE_COLUMNS = ["id", "pattern", "reason", "paused_by", "paused_at", "resumed_by", "resumed_at", "active"]
+
+
+def pauses(
+    engine: Engine, *, active_only: bool = True, limit: int = 200, tables: OutboxTables = DEFAULT_TABLES
+) -> pd.DataFrame:
+    """The active pauses (``admin.pause``), or with ``active_only=False`` the pause history, newest first:
+    ``id, pattern, reason, paused_by, paused_at, resumed_by, resumed_at, active``, at most ``limit`` rows."""
+    limit, _ = _page(limit, 0)
+    table = tables.pauses
+    stmt = select(*(table.c[name] for name in PAUSE_COLUMNS[:-1]), table.c.resumed_at.is_(None))
+    if active_only:
+        stmt = stmt.where(table.c.resumed_at.is_(None))
+    with _reading(engine) as conn:
+        rows = conn.execute(stmt.order_by(desc(table.c.id)).limit(limit)).all()
+    frame = _frame(rows, PAUSE_COLUMNS, ("paused_at", "resumed_at"))
+    return frame.astype({"active": bool})

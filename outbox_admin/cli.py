@@ -11,6 +11,7 @@ on stderr and an exit code (see ``main``); the traceback is logged at debug leve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -385,6 +386,7 @@ def _print_report(report: Any, json_output: bool) -> None:
         "lost",
         "ticks",
         "seconds",
+        "paused",
     )
     table = Table(*columns)
     table.add_row(*(str(data[k]) if k != "seconds" else f"{data[k]:.2f}" for k in columns))
@@ -436,11 +438,23 @@ def _filters(
 
 
 @contextlib.contextmanager
-def _engine(database_url: str | None) -> Iterator[Any]:
-    """An engine on the outbox tables (created or upgraded), disposed of whatever happens."""
-    engine = make_engine(database_url)
+def _engine(database_url: str | None, *, read_only: bool = False) -> Iterator[Any]:
+    """An engine on the outbox tables, disposed of whatever happens.
+
+    Commands that change the outbox create or upgrade its tables first. Commands that only
+    look (``stats``, ``events``, ``show``) open the database read-only and never migrate it:
+    on a database without current tables they say so and exit 1.
+    """
+    from .migrate import schema_status
+
+    engine = make_engine(database_url, read_only=read_only)
     try:
-        init_db(engine)
+        if read_only:
+            status = schema_status(engine)
+            if not status.usable:
+                _fail(f"{status.describe()} Run `outbox-admin init` to create or upgrade them.")
+        else:
+            init_db(engine)
         yield engine
     finally:
         engine.dispose()
@@ -493,7 +507,7 @@ def stats(
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search)
-    with _engine(database_url) as engine:
+    with _engine(database_url, read_only=True) as engine:
         counts = analytics.status_counts(engine, flt)
         latency = analytics.latency_stats(engine, flt)
         errors = analytics.error_summary(engine, flt, limit=top)
@@ -528,7 +542,7 @@ def events(
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search, error_group, lease_expired, scheduled)
-    with _engine(database_url) as engine:
+    with _engine(database_url, read_only=True) as engine:
         frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
         total = analytics.count_events(engine, flt)
     if json_output:
@@ -556,7 +570,7 @@ def show(
     """One event: its fields, payload and status timeline."""
     from . import analytics
 
-    with _engine(database_url) as engine:
+    with _engine(database_url, read_only=True) as engine:
         event = analytics.get_event(engine, event_id)
         timeline = analytics.transitions_frame(engine, event_id) if event else None
     if event is None:
@@ -807,6 +821,106 @@ def purge(
         _dump({"events": result.events, "transitions": result.transitions, "batches": result.batches})
     else:
         _say(f"purged {result.events} events and {result.transitions} history rows in {result.batches} batch(es)")
+
+
+# --- pauses: pause, resume, pauses -----------------------------------------------------------
+
+PatternArg = Annotated[
+    str, typer.Argument(help="An event type, or a glob as handlers use: 'PROJECT.*', '*', '[AB]*' (quote it).")
+]
+ActorOpt = Annotated[str, typer.Option("--actor", help="Who is acting (kept with the pause).")]
+
+
+def _pause_record(pause: Any) -> dict[str, Any]:
+    return {**dataclasses.asdict(pause), "active": pause.active}
+
+
+def _when(value: Any) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@_command()
+def pause(
+    pattern: PatternArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; shown with the pause).")],
+    actor: ActorOpt = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Stop every dispatcher claiming events whose type matches PATTERN, until resume (kept PENDING,
+    no attempt spent). Pausing a pattern that is paused already keeps that pause and its reason."""
+    from . import admin
+
+    with _engine(database_url) as engine:
+        paused = admin.pause(engine, pattern, reason=reason, actor=actor)
+    if json_output:
+        _dump(_pause_record(paused))
+    elif paused.created:
+        _say(f"paused {paused.pattern}: dispatchers claim no matching event from their next batch on")
+    else:
+        _say(
+            f"{paused.pattern} is paused already, by {paused.paused_by} since {_when(paused.paused_at)}: "
+            f"{paused.reason} (that pause is kept)"
+        )
+
+
+@_command()
+def resume(
+    pattern: PatternArg,
+    actor: ActorOpt = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """End the pause of exactly PATTERN (as listed by 'pauses'); dispatchers claim its events again."""
+    from . import admin
+
+    with _engine(database_url) as engine:
+        resumed = admin.resume(engine, pattern, actor=actor)
+    if json_output:
+        _dump(_pause_record(resumed))
+    else:
+        _say(f"resumed {resumed.pattern} (paused by {resumed.paused_by} since {_when(resumed.paused_at)})")
+
+
+@_command()
+def pauses(
+    all_pauses: Annotated[bool, typer.Option("--all", help="The whole history, resumed pauses included.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 200,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """The active pauses (or with --all every pause and resume), newest first."""
+    from . import analytics
+
+    with _engine(database_url, read_only=True) as engine:
+        frame = analytics.pauses(engine, active_only=not all_pauses, limit=limit)
+    if json_output:
+        _dump({"pauses": _records(frame)})
+        return
+    columns = ["pattern", "reason", "paused_by", "paused_at"]
+    if all_pauses:
+        columns += ["resumed_by", "resumed_at"]
+    import pandas as pd
+
+    shown = frame.astype(object)
+    for name in ("paused_at", "resumed_at"):
+        shown[name] = [None if pd.isna(v) else _when(v) for v in frame[name]]
+    title = f"{len(frame)} pause(s), newest first" if all_pauses else f"{len(frame)} active pause(s)"
+    _table(shown, columns, title, {"reason": 60})
+
+
+@_command("hash-password")
+def hash_password(
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the password from the first line of stdin.")] = False,
+) -> None:
+    """Print a scrypt hash of a password, for the [dashboard.users] table of outbox.toml."""
+    from .access import hash_password as make_hash
+
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    _out().print(make_hash(password), markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

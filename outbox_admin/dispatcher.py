@@ -7,7 +7,9 @@ One tick (``dispatch_once``) is the original's 30-second cron made safe:
 2. claim up to ``batch_size`` due PENDING events, oldest ``created_at`` first, in
    one statement (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``
    on PostgreSQL; the same inside ``BEGIN IMMEDIATE`` on SQLite), marking them
-   PROCESSING with a lease;
+   PROCESSING with a lease. Events whose type matches an active pause
+   (``admin.pause``, read with each claim, so every dispatcher obeys a pause from
+   its next batch on) and events of handlers whose breaker is open stay PENDING;
 3. run the handlers with no transaction open (their circuit breakers decide
    which are called; the batch's lease is renewed meanwhile);
 4. in one short transaction: COMPLETED, or back to PENDING with backoff, or
@@ -42,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,7 +60,7 @@ from .errors import ConfigurationError
 from .handlers.base import BatchHandler, DeliveredEvent, Route, default_handlers
 from .lease import LeaseKeeper
 from .models import DEFAULT_TABLES, EventStatus, OutboxTables
-from .patterns import glob_for_postgres, glob_for_sqlite
+from .patterns import glob_for_postgres, glob_for_sqlite, matches_everything
 from .sql import dispatcher_sql
 
 log = logging.getLogger(__name__)
@@ -114,11 +116,14 @@ class DispatchReport:
     lost: int = 0
     ticks: int = 0
     seconds: float = 0.0
+    # Active pauses the latest tick's claim honoured (``admin.pause``): a state, not a count of events. Paused
+    # events are never claimed, so no tick sees them; ``analytics.pauses`` lists the patterns.
+    paused: int = 0
 
     def __add__(self, other: DispatchReport) -> DispatchReport:
-        return DispatchReport(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
-        )
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
+        summed["paused"] = other.paused if other.ticks else self.paused  # the later tick's state
+        return DispatchReport(**summed)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,7 +132,11 @@ class DispatchReport:
         """Every kind of outcome in one line, zeros included, so nothing is left to guess:
         ``"50 claimed: 45 completed, 3 retried, 2 failed, 0 recovered, ..."``."""
         kinds = [f for f in dataclasses.fields(self) if f.name not in ("claimed", "ticks", "seconds")]
-        labels = {"waiting": "waiting for a paused handler", "released": "released unhandled"}
+        labels = {
+            "waiting": "waiting for a paused handler",
+            "released": "released unhandled",
+            "paused": "event-type pause(s) in effect",
+        }
         parts = [f"{getattr(self, f.name):,} {labels.get(f.name, f.name)}" for f in kinds]
         return f"{self.claimed:,} claimed: " + ", ".join(parts)
 
@@ -334,7 +343,7 @@ class Dispatcher:
         if time.monotonic() >= self._next_recovery:
             report.recovered = self.recover_expired_leases(conn)
             self._next_recovery = time.monotonic() + self.recover_every_seconds
-        events, undecodable = ([], {}) if self.stopping else self._claim(conn)
+        events, undecodable = ([], {}) if self.stopping else self._claim(conn, report)
         report.claimed = len(events)
         if events:
             # Renewed only while this tick runs: a dispatcher that stops ticking must let its leases
@@ -411,12 +420,15 @@ class Dispatcher:
         with write_transaction(self.engine) as c:
             return len(c.exec_driver_sql(sql.renew, params).all())
 
-    def _claim(self, conn: Connection | None = None) -> tuple[list[DeliveredEvent], dict[str, str]]:
+    def _claim(
+        self, conn: Connection | None = None, report: DispatchReport | None = None
+    ) -> tuple[list[DeliveredEvent], dict[str, str]]:
         """Claim up to ``batch_size`` due events (PROCESSING, under this dispatcher's lease), oldest first.
 
         Returns the events and, by id, why a claimed row could not be decoded (it is failed
         alone; the rest of the batch is handled as usual). Events routed to a handler whose
-        breaker is open are not claimed.
+        breaker is open, and events whose type matches an active pause, are not claimed;
+        ``report.paused`` says how many pauses there were.
         """
         sql = self._sql()
         blocked = self._blocked()
@@ -425,15 +437,12 @@ class Dispatcher:
         params = {"limit": self.batch_size, "name": self.name, **self._times(lease_until=self.lease_seconds)}
         if self.clock is None:
             params["lease_seconds"] = self.lease_seconds
-        statement = sql.claim
-        if blocked:
-            statement, params["blocked"] = sql.claim_unblocked, json.dumps(blocked)
         with self._connection(conn) as c:
             if self._postgres:
-                rows = c.exec_driver_sql(statement, params).all()
+                rows = self._claim_rows(c, blocked, params, report)
             else:
                 with c.begin():
-                    rows = c.exec_driver_sql(statement, params).all()
+                    rows = self._claim_rows(c, blocked, params, report)
                     if rows:
                         history = [(r[0], PENDING, PROCESSING, r[6] + 1, None) for r in rows]
                         c.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
@@ -448,6 +457,26 @@ class Dispatcher:
                 log.error("event %s cannot be decoded and is failed: %s", row[0], undecodable[row[0]])
         events.sort(key=lambda e: (e.created_at, e.id))
         return events, undecodable
+
+    def _claim_rows(
+        self, c: Connection, blocked: list[list[str | None]], params: dict[str, Any], report: DispatchReport | None
+    ) -> Sequence[Any]:
+        """Read the active pauses, then claim what neither they nor an open breaker hold back.
+
+        One small read per claim (the partial index of the active pauses), in the claim's
+        transaction on SQLite: a pause committed before it is obeyed by this very claim.
+        """
+        sql = self._sql()
+        paused = [row[0] for row in c.exec_driver_sql(sql.active_pauses)]
+        if report is not None:
+            report.paused = len(paused)
+        if any(matches_everything(p) for p in paused):
+            return []  # everything is paused: nothing to ask the database for
+        translate = glob_for_postgres if self._postgres else glob_for_sqlite
+        blocked = blocked + [[translate(p), None] for p in paused]
+        if not blocked:
+            return c.exec_driver_sql(sql.claim, params).all()
+        return c.exec_driver_sql(sql.claim_unblocked, {**params, "blocked": json.dumps(blocked)}).all()
 
     # -- handling ------------------------------------------------------------------
 
@@ -723,6 +752,7 @@ class _Statements:
         self.finish = statements.finish
         self.recover = statements.recover
         self.history = statements.history or ""
+        self.active_pauses = statements.active_pauses
 
     def bind_time(self, value: dt.datetime) -> Any:
         """A datetime as the driver should receive it (SQLite: UTCDateTime's text form)."""

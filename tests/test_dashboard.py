@@ -180,19 +180,20 @@ def test_the_sidebar_runs_a_tick(engine) -> None:
     assert analytics.count_events(engine, status="COMPLETED") == 5
 
 
-def test_the_password_gate_blocks_until_the_right_password(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_session_only_the_sign_in_link_is_drawn(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The password is checked by the sign-in page (tests/test_dashboard_access.py); a session that
+    has none (AppTest sends no cookie) gets a link there that comes back to this page."""
     monkeypatch.setenv("OUTBOX_DASHBOARD_PASSWORD", "s3cret")
-    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+    at.context = {"url": "http://127.0.0.1:8501/events"}
+    at.query_params["status"] = "FAILED"
+    at.run()
     assert not at.exception
     assert [t.value for t in at.title] == ["outbox_admin"]
-    assert not at.sidebar.button  # nothing behind the gate was drawn
-    at.text_input[0].set_value("wrong")
-    at.button[0].click().run()
-    assert at.error[0].value == "Wrong password."
-    at.text_input[0].set_value("s3cret")
-    at.button[0].click().run()
-    assert not at.exception
-    assert "same transaction" in at.info[0].value  # the Overview's empty state
+    assert not at.sidebar.button and not at.sidebar.code  # nothing behind the gate was drawn
+    assert (
+        at.markdown[-1].value == '<a href="/_outbox/login?next=%2Fevents%3Fstatus%3DFAILED" target="_self">Sign in</a>'
+    )
 
 
 def test_read_only_hides_every_write_action(demo_engine, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,12 +45,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_dashboard(tmp_path: Path, *, project_config: bool) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+def running_dashboard(
+    tmp_path: Path, *, project_config: bool, env: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     """A dashboard server on a free port and a temporary SQLite demo database: (base URL, database URL, process).
 
     ``project_config``: started from the checkout, as the quick start does, so the project's
     ``.streamlit/config.toml`` is what configures it; otherwise from a temporary folder with
-    the same settings given as flags.
+    the same settings given as flags. ``env``: more variables for the server (access settings, ...).
     """
     url = f"sqlite:///{tmp_path / 'browser.db'}"
     engine = make_engine(url)  # a demo database: outbox tables and the demo's mark, so its dispatcher runs
@@ -58,11 +60,11 @@ def running_dashboard(tmp_path: Path, *, project_config: bool) -> Iterator[tuple
     demo.create_demo_schema(engine)
     engine.dispose()
     port = free_port()
+    extra = env or {}
     env = {**os.environ, "OUTBOX_DATABASE_URL": url, "OUTBOX_INTERVAL_SECONDS": "3600"}
-    for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY"):
-        env.pop(name, None)
-    for name in [n for n in env if n.startswith("STREAMLIT_")]:
+    for name in [n for n in env if n.startswith(("STREAMLIT_", "OUTBOX_DASHBOARD_")) or n == "OUTBOX_CONFIG"]:
         env.pop(name)
+    env.update(extra)
     flags = ["--server.port", str(port), "--server.fileWatcherType", "none"]
     if not project_config:
         flags += ["--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]

@@ -143,3 +143,18 @@ def test_schema_state_on_both_databases(db_url: str, empty_postgres_url: str, tm
     migrated.dispose()
     reader.dispose()
     writer.dispose()
+
+
+@pytest.mark.parametrize("command", [["stats"], ["events"], ["show", "some-id"]])
+def test_cli_commands_that_look_never_write(command: list[str], tmp_path: Path, monkeypatch, capsys) -> None:
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE app_users (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code, _, err = run_main(monkeypatch, capsys, *command, "--database-url", f"sqlite:///{path}")
+    assert code == 1 and "has no outbox tables" in err and "outbox-admin init" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

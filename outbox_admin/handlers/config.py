@@ -49,6 +49,8 @@ from ..errors import ConfigurationError
 CONFIG_ENV = "OUTBOX_CONFIG"
 DEFAULT_CONFIG_FILE = "outbox.toml"
 TOP_LEVEL_KEYS = ("sinks", "handlers", "dashboard")
+#: The keys of ``[dashboard]``: ``databases`` read here, the access rules by ``outbox_admin.access``.
+DASHBOARD_KEYS = ("databases", "operators", "viewers", "default_role", "users")
 
 Check = Callable[[Any], bool]
 
@@ -257,9 +259,11 @@ def dashboard_databases(
     where = f"{origin}: [dashboard]"
     if not isinstance(section, dict):
         raise ConfigurationError(f"{where} must be a table")
-    unknown = sorted(set(section) - {"databases"})
+    unknown = sorted(set(section) - set(DASHBOARD_KEYS))
     if unknown:
-        raise ConfigurationError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: databases")
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(DASHBOARD_KEYS)}"
+        )
     databases = section.get("databases", {})
     if not isinstance(databases, dict):
         raise ConfigurationError(f"{where}: databases must be a table of name = URL")

@@ -33,11 +33,12 @@ class DispatcherSql:
     """The dispatcher's statements for one table set on one dialect, in the driver's parameter style."""
 
     claim: str  # claim up to :limit due PENDING events, oldest first; returns CLAIMED_COLUMNS
-    claim_unblocked: str  # the same, leaving out events matching :blocked (open circuit breakers)
+    claim_unblocked: str  # the same, leaving out events matching :blocked (open breakers, pauses)
     renew: str  # extend the lease of :ids still held by :name; returns their ids
     finish: str  # write a batch's outcomes (:outcomes, JSON) guarded by holder and attempt; returns ids
     recover: str  # expired leases back to PENDING (or FAILED); returns (id, status, retry_count, error_message)
     history: str | None  # SQLite: history rows from :rows (JSON); PostgreSQL writes them in each statement
+    active_pauses: str  # the patterns of the active pauses, read once per claim (the partial unique index)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ def _names(dialect: Any, tables: OutboxTables) -> _Names:
         transitions=quote.format_table(tables.transitions),
         due_index=quote.quote(f"ix_{tables.events.name}_due"),
         leases_index=quote.quote(f"ix_{tables.events.name}_leases"),
+        pauses=quote.format_table(tables.pauses),
+        active_pauses_index=quote.quote(f"uq_{tables.pauses.name}_active"),
         published_columns=", ".join(quote.quote(c) for c in PUBLISHED_COLUMNS),
         idempotency_target=f"({quote.quote('org_id')}, {quote.quote('idempotency_key')})",
     )
@@ -135,6 +138,8 @@ class _Names:
     transitions: str
     due_index: str
     leases_index: str
+    pauses: str
+    active_pauses_index: str  # the partial unique index of the active pauses
     published_columns: str  # the PUBLISHED_COLUMNS, quoted
     idempotency_target: str  # (org_id, idempotency_key), quoted
 

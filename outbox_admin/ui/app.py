@@ -1,15 +1,14 @@
-"""The dashboard's frame: page config, the password gate, the sidebar and the list of pages."""
+"""The dashboard's frame: page config, who is signed in, the sidebar and the list of pages."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
 
 from ..errors import OutboxError
-from . import components, pages, schema, sidebar
+from . import auth, components, pages, schema, sidebar
 from .context import Context, DashboardSettings, chosen_url, current
 
 
@@ -31,39 +30,20 @@ PAGES = (
 )
 
 
-def password_ok(settings: DashboardSettings, typed: str | None) -> bool:
-    """Constant-time comparison with ``OUTBOX_DASHBOARD_PASSWORD`` (no password set: always open)."""
-    if settings.password is None:
-        return True
-    return typed is not None and hmac.compare_digest(typed.encode("utf-8"), settings.password.encode("utf-8"))
+def start(as_user: str | None = None) -> Context | None:
+    """Everything before a page: config, who is signed in, context, sidebar, the schema check.
 
-
-def gate(settings: DashboardSettings) -> bool:
-    """Ask for the password once per browser session; False while locked."""
-    if settings.password is None or st.session_state.get("authenticated"):
-        return True
-    st.title("outbox_admin")
-    with st.form("login"):
-        typed = st.text_input("Password", type="password")
-        if st.form_submit_button("Enter"):
-            if password_ok(settings, typed):
-                st.session_state["authenticated"] = True
-                st.rerun()
-            st.error("Wrong password.")
-    return False
-
-
-def start() -> Context | None:
-    """Everything before a page: config, gate, context, sidebar, the schema check.
-
-    None when no page can be shown: the gate is locked, the database cannot be read (one
+    None when no page can be shown: nobody is signed in, the database cannot be read (one
     line, the sidebar still offers another), or it has no usable outbox tables (then what
     it lacks is shown, with the action that creates them where writing is allowed).
+    ``as_user``: for tests, the user instead of the request's (see ``auth.gate``).
     """
     st.set_page_config(page_title="outbox_admin", page_icon="📤", layout="wide")
-    settings = DashboardSettings.from_env()
-    if not gate(settings):
+    user = auth.gate(as_user)
+    if user is None:
         return None
+    settings = DashboardSettings.from_env()
+    auth.render_user(user, readonly=settings.readonly)
     components.keep_widget_state()
     try:
         ctx = current()
@@ -85,21 +65,21 @@ def run(ctx: Context) -> None:
 
 
 def navigation_pages(ctx: Context) -> list[st.Page]:
-    """The pages this user may see (no Publish page when read-only)."""
+    """The pages this user may see (no Publish page for viewers and in read-only mode)."""
     return [
         st.Page(spec.render, title=spec.title, icon=spec.icon, url_path=spec.name, default=spec.name == "overview")
         for spec in PAGES
-        if not (spec.writes and ctx.readonly)
+        if not (spec.writes and not auth.can_write(ctx))
     ]
 
 
-def render_page(name: str) -> None:
+def render_page(name: str, as_user: str | None = None) -> None:
     """Render one page with the same frame as the router (used by tests: ``AppTest.from_function``)."""
-    ctx = start()
+    ctx = start(as_user)
     if ctx is None:
         return
     spec = next(p for p in PAGES if p.name == name)
-    if spec.writes and ctx.readonly:
-        st.error("This dashboard is read-only.")
+    if spec.writes and not auth.can_write(ctx):
+        st.error("This dashboard is read-only." if ctx.readonly else "Viewers cannot open this page.")
         return
     components.guarded(spec.render)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from .. import demo
 from ..db import init_db
-from . import components
+from . import auth, components
 from .context import Context, forget_state
 
 INTRO = (
@@ -26,9 +26,10 @@ def notice(ctx: Context) -> None:
     st.warning(status.describe())
     if status.state == "newer":
         return
-    if ctx.readonly:
+    if not auth.can_write(ctx):
         st.caption(
-            "This dashboard is read-only, so it creates nothing. Create or upgrade the tables with "
+            ("This dashboard is read-only, so it creates nothing. " if ctx.readonly else "Viewers create nothing. ")
+            + "Create or upgrade the tables with "
             "`outbox-admin init --database-url ...`, or from a dashboard that is not read-only."
         )
         return

@@ -14,7 +14,7 @@ from .. import analytics
 from ..demo import DEMO_LOADER_NAME
 from ..display import visible
 from ..errors import OutboxError
-from . import components
+from . import auth, components
 from .context import DATABASE_KEY, Context, DashboardSettings, open_database
 
 REFRESH_KEY = "live_refresh"
@@ -65,7 +65,7 @@ def _database(settings: DashboardSettings, shown_url: str) -> None:
     with st.expander("Change database"), st.form("database_form", border=False):
         picked = st.selectbox("Configured", names, index=None, placeholder="Pick a configured database")
         typed = None
-        if not settings.readonly:
+        if not settings.readonly and auth.current_user().is_operator:  # viewers: configured databases only
             typed = st.text_input("or a SQLAlchemy URL", placeholder="postgresql://user@host/db or sqlite:///file.db")
         if st.form_submit_button("Connect"):
             target = (typed or "").strip() or (settings.databases.get(picked) if picked else None)
@@ -107,7 +107,7 @@ def _dispatcher(ctx: Context) -> None:
     if service is None:
         reason = dispatcher.reason or "This dashboard does not dispatch."
         st.caption(reason)
-        if not ctx.readonly:  # the controls are there, and say why they cannot be used
+        if auth.can_write(ctx):  # the controls are there, and say why they cannot be used
             labels = ("Start", "Tick", "Drain")
             for column, label in zip(st.columns(len(labels)), labels, strict=True):
                 column.button(label, disabled=True, width="stretch", help=reason, key=f"no_dispatcher_{label}")
@@ -143,7 +143,8 @@ def _dispatcher(ctx: Context) -> None:
             f"without spending attempts.{probe} Last error: {components.literal(health.last_error)}"
         )
     _elsewhere(ctx, status.dispatcher)
-    _controls(ctx, status.running, status.draining)
+    if auth.can_write(ctx):
+        _controls(ctx, status.running, status.draining)
 
 
 def _elsewhere(ctx: Context, own: str | None) -> None:

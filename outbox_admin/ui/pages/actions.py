@@ -10,8 +10,8 @@ import streamlit as st
 from ... import admin
 from ...errors import OutboxError
 from ...filters import EventFilter
-from .. import components, links
-from ..context import ACTOR, current
+from .. import auth, components, links
+from ..context import current
 
 PENDING_KEY = "pending_action"
 #: How many events the dialog showed last, so the result can say how many changed before the click.
@@ -62,6 +62,10 @@ def _confirm(
 ) -> None:
     """A dry run first: how many events and which; the action then runs on exactly those conditions."""
     ctx = current()
+    if not auth.can_write(ctx):  # a request made before the session lost its rights
+        forget_request()
+        st.error("Only operators can requeue, discard, retry or recover events.")
+        return
     label, explanation, done = WORDING[action]
     max_attempts = ctx.settings.outbox.max_attempts
     try:
@@ -92,20 +96,21 @@ def _confirm(
         width="stretch",
     ):
         forget_request()
+        actor = auth.current_user().name
         try:
             if action == "requeue":
                 moved = admin.requeue(
-                    ctx.write_engine, event_ids, status=status, filters=filters, reset_attempts=reset, actor=ACTOR
+                    ctx.write_engine, event_ids, status=status, filters=filters, reset_attempts=reset, actor=actor
                 )
             elif action == "discard":
                 moved = admin.discard(
-                    ctx.write_engine, event_ids, status=status, filters=filters, reason=reason or None, actor=ACTOR
+                    ctx.write_engine, event_ids, status=status, filters=filters, reason=reason or None, actor=actor
                 )
             elif action == "retry_now":
-                moved = admin.retry_now(ctx.write_engine, event_ids, filters=filters, actor=ACTOR)
+                moved = admin.retry_now(ctx.write_engine, event_ids, filters=filters, actor=actor)
             else:
                 moved = admin.recover_expired(
-                    ctx.write_engine, event_ids, filters=filters, max_attempts=max_attempts, actor=ACTOR
+                    ctx.write_engine, event_ids, filters=filters, max_attempts=max_attempts, actor=actor
                 )
         except OutboxError as exc:
             st.error(components.literal(exc))

@@ -12,7 +12,7 @@ from ...display import time_text, visible, visible_json
 from ...errors import OutboxError
 from ...event_types import registered_event_types
 from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query
-from .. import components, links, sidebar
+from .. import auth, components, links, sidebar
 from ..context import Context, current
 from . import actions
 
@@ -253,7 +253,7 @@ def _schedule(ctx: Context, event: dict[str, object]) -> None:
             st.caption(f"Due now (since {time_text(due)} UTC).")
             return
         st.caption(f"Next attempt in {components.duration((due - now).total_seconds())} ({time_text(due)} UTC).")
-        if not ctx.readonly and st.button("Retry now", help="Due at once; its attempts are kept."):
+        if auth.can_write(ctx) and st.button("Retry now", help="Due at once; its attempts are kept."):
             actions.request("retry_now", event_ids=(str(event["id"]),), status=None)
     elif event["status"] == "PROCESSING" and isinstance(lease, dt.datetime):
         holder = components.literal(event["locked_by"] or "?")
@@ -264,14 +264,14 @@ def _schedule(ctx: Context, event: dict[str, object]) -> None:
             f"Stuck: the lease of {holder} expired {components.duration((now - lease).total_seconds())} ago "
             f"({time_text(lease)} UTC) and was not renewed."
         )
-        if not ctx.readonly and st.button("Recover now", help="Back to PENDING as a failed attempt."):
+        if auth.can_write(ctx) and st.button("Recover now", help="Back to PENDING as a failed attempt."):
             actions.request("recover", event_ids=(str(event["id"]),), status=None)
 
 
 def _bulk_actions(ctx: Context, flt: EventFilter, selected_ids: list[str], total: int) -> None:
     """Actions on the selection and on everything the filter matches; a filter-wide action runs on the
     whole filter narrowed to its status, and is disabled when the filter leaves none of those events."""
-    if ctx.readonly:
+    if not auth.can_write(ctx):
         return
     st.subheader("Actions")
     selected = tuple(selected_ids)

@@ -7,7 +7,7 @@ import streamlit as st
 from ... import analytics, charts
 from ...display import visible
 from ...filters import EventFilter
-from .. import components, links
+from .. import auth, components, links
 from ..context import Context, current
 from . import actions
 
@@ -76,7 +76,7 @@ def _group(ctx: Context, group: str) -> None:
     picked_ids = tuple(
         dead["id"].iloc[r] for r in (picked.selection.rows if picked is not None else []) if r < len(dead)
     )
-    if ctx.readonly:
+    if not auth.can_write(ctx):
         return
     first, second, third, fourth = st.columns(4)
     whole = EventFilter(error_group=group)

@@ -1,4 +1,5 @@
-"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live."""
+"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live; the paused
+event types above them."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import streamlit as st
 
 from ... import analytics, charts
 from ...filters import EventFilter
-from .. import components, schema, sidebar
+from .. import auth, components, schema, sidebar
 from ..context import Context, current
 from . import actions
+from .pauses import pauses_panel
 
 WINDOWS = {
     "15 minutes": dt.timedelta(minutes=15),
@@ -30,6 +32,7 @@ def overview() -> None:
     ctx = current()
     st.title("Overview")
     components.flash()
+    pauses_panel(ctx)
     if not analytics.has_events(ctx.engine):
         _empty_state(ctx)
         return
@@ -116,7 +119,7 @@ def _status_tiles(ctx: Context, counts: pd.DataFrame) -> None:
         f"renewing it. Held by {held}. A running dispatcher recovers them at its next tick. "
         + components.events_link(EventFilter(lease_expired=True), "Show them in Events")
     )
-    if not ctx.readonly and button.button("Recover now", type="primary", width="stretch"):
+    if auth.can_write(ctx) and button.button("Recover now", type="primary", width="stretch"):
         actions.request("recover", status=None)
         st.rerun(scope="app")  # the dialog is drawn by the page, outside this fragment
 
@@ -130,8 +133,8 @@ def _seconds(value: Any) -> str:
 def _empty_state(ctx: Context) -> None:
     st.info(schema.INTRO)
     st.caption("No events yet.")
-    if ctx.readonly:
-        st.caption("This dashboard is read-only.")
+    if not auth.can_write(ctx):
+        st.caption("This dashboard is read-only." if ctx.readonly else "Viewers cannot load demo data.")
         return
     if st.button("Load demo data", type="primary"):
         schema.load_demo(ctx)
