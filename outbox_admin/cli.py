@@ -401,6 +401,14 @@ SinceOpt = Annotated[str | None, typer.Option("--since", help="Created at or aft
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Created before (ISO 8601).")]
 SearchOpt = Annotated[str | None, typer.Option("--search", help="Text in the id, entity id or error message.")]
 ErrorGroupOpt = Annotated[str | None, typer.Option("--error-group", help="A normalised error message (see stats).")]
+PayloadOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--payload",
+        help="PATH=VALUE inside the payload, e.g. customer.id=42 (repeatable, all must hold); "
+        "VALUE is JSON when it parses, else text: status=ACTIVE, name='\"42\"' for the text 42.",
+    ),
+]
 
 
 def _filters(
@@ -412,6 +420,8 @@ def _filters(
     until: Any = None,
     search: Any = None,
     error_group: Any = None,
+    *,
+    payload: Any = None,
 ) -> Any:
     from .filters import EventFilter
 
@@ -424,6 +434,7 @@ def _filters(
         until=until,
         search=search,
         error_group=error_group,
+        payload=payload,
     )
 
 
@@ -477,6 +488,7 @@ def stats(
     since: SinceOpt = None,
     until: UntilOpt = None,
     search: SearchOpt = None,
+    payload: PayloadOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, max=100, help="How many error groups.")] = 10,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
@@ -484,7 +496,7 @@ def stats(
     """Counts per status, latency percentiles and the top error groups."""
     from . import analytics
 
-    flt = _filters(status, event_type, org, entity, since, until, search)
+    flt = _filters(status, event_type, org, entity, since, until, search, payload=payload)
     with _engine(database_url) as engine:
         counts = analytics.status_counts(engine, flt)
         latency = analytics.latency_stats(engine, flt)
@@ -509,6 +521,7 @@ def events(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     database_url: DatabaseUrl = None,
@@ -517,7 +530,7 @@ def events(
     """List events, newest first, with filters."""
     from . import analytics
 
-    flt = _filters(status, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(status, event_type, org, entity, since, until, search, error_group, payload=payload)
     with _engine(database_url) as engine:
         frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
         total = analytics.count_events(engine, flt)
@@ -606,6 +619,7 @@ def requeue(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     reset_attempts: Annotated[
         bool, typer.Option("--reset-attempts", help="Give them all their attempts again.")
     ] = False,
@@ -616,9 +630,9 @@ def requeue(
     json_output: JsonOutput = False,
 ) -> None:
     """Move FAILED events (or the given ones) back to PENDING, due now."""
-    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
+    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group, payload]):
         status = ["FAILED"]
-    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group, payload=payload)
     wanted = ",".join(status) if status else (None if event_ids else "FAILED")
     _run_action(
         "requeue",
@@ -645,6 +659,7 @@ def discard(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the history).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
     actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
@@ -652,9 +667,9 @@ def discard(
     json_output: JsonOutput = False,
 ) -> None:
     """Set FAILED or PENDING events aside as DISCARDED (kept for the audit trail, never delivered)."""
-    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
+    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group, payload]):
         _fail("give event ids or at least one filter (refusing to discard everything)", EXIT_USAGE)
-    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group, payload=payload)
     _run_action(
         "discard",
         event_ids,
