@@ -38,6 +38,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Boolean, Text
 
+from .display import visible_json
 from .errors import FilterError, PayloadError
 from .models import EventStatus, OutboxTables
 from .payload import encode_payload, text_fault
@@ -633,13 +634,14 @@ class PayloadCondition:
         return f"{keys}:{self.kind}"
 
     def as_text(self) -> str:
-        """``path=value``, as ``parse_payload_condition`` reads it back (a text bare when that reads the same)."""
-        return f"{format_path(self.path)}={self.value if _bare(self.value) else self.json}"
+        """``path=value``, as ``parse_payload_condition`` reads it back: a text bare when that reads the
+        same (``status=ACTIVE``), else JSON with invisible characters as ``\\uXXXX`` escapes."""
+        return f"{format_path(self.path)}={self.value if _bare(self.value) else visible_json(self.value)}"
 
 
 def _bare(value: Any) -> bool:
     """Whether ``value`` is text that reads back as itself without JSON quotes (``ACTIVE``, not ``42``)."""
-    if not isinstance(value, str) or not value or _CONTROL.search(value):
+    if not isinstance(value, str) or not value or not value.isprintable():
         return False
     try:
         return bool(_value_from_text(value) == value)
