@@ -406,7 +406,7 @@ PayloadOpt = Annotated[
     typer.Option(
         "--payload",
         help="PATH=VALUE inside the payload, e.g. customer.id=42 (repeatable, all must hold); "
-        "VALUE is JSON when it parses, else text: status=ACTIVE, name='\"42\"' for the text 42.",
+        "VALUE is JSON when it parses, else text: status=ACTIVE; --payload 'name=\"42\"' for the text 42.",
     ),
 ]
 
