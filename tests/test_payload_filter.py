@@ -517,5 +517,5 @@ def test_a_payload_condition_reads_only_the_rows_the_other_filters_leave(sqlite_
             plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
     finally:
         engine.dispose()
-    assert plan[0].startswith('SEARCH OutboxEvent USING INDEX ix_OutboxEvent_time (created_at>?)'), plan
+    assert plan[0].startswith("SEARCH OutboxEvent USING INDEX ix_OutboxEvent_time (created_at>?)"), plan
     assert not any(step.startswith("SCAN OutboxEvent") for step in plan), plan
