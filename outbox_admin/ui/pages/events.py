@@ -9,7 +9,7 @@ from ... import analytics, charts, demo
 from ...display import visible, visible_json
 from ...errors import OutboxError
 from ...event_types import registered_event_types
-from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query
+from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query, format_payload_conditions
 from .. import auth, components, links, sidebar
 from ..context import Context, current
 from . import actions
@@ -50,6 +50,13 @@ def _filter_form(ctx: Context) -> EventFilter:
             placeholder="2026-11-27T12:00",
         )
         search = fourth.text_input("Search ids and errors", value=current_filter.search or "")
+        payload = st.text_area(
+            "Payload",
+            value=format_payload_conditions(current_filter.payload or ()),
+            placeholder="customer.id=42\nstatus=ACTIVE",
+            help="One path=value a line, all must hold; items.0.sku indexes an array. The value is JSON when it "
+            'parses (42, true, null, "42" for the text), else text.',
+        )
         applied = st.form_submit_button("Apply filters")
     if applied:
         try:
@@ -62,6 +69,7 @@ def _filter_form(ctx: Context) -> EventFilter:
                 until=until or None,
                 search=search or None,
                 error_group=current_filter.error_group,
+                payload=payload or None,
             )
         except OutboxError as exc:
             st.error(components.literal(exc))
