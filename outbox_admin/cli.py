@@ -403,6 +403,14 @@ SinceOpt = Annotated[str | None, typer.Option("--since", help="Created at or aft
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Created before (ISO 8601).")]
 SearchOpt = Annotated[str | None, typer.Option("--search", help="Text in the id, entity id or error message.")]
 ErrorGroupOpt = Annotated[str | None, typer.Option("--error-group", help="A normalised error message (see stats).")]
+PayloadOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--payload",
+        help="PATH=VALUE inside the payload, e.g. customer.id=42 (repeatable, all must hold); "
+        "VALUE is JSON when it parses, else text: status=ACTIVE; --payload 'name=\"42\"' for the text 42.",
+    ),
+]
 LeaseExpiredOpt = Annotated[
     bool, typer.Option("--lease-expired", help="Only PROCESSING events whose lease expired (stuck).")
 ]
@@ -418,6 +426,8 @@ def _filters(
     until: Any = None,
     search: Any = None,
     error_group: Any = None,
+    *,
+    payload: Any = None,
     lease_expired: bool = False,
     scheduled: bool = False,
 ) -> Any:
@@ -432,6 +442,7 @@ def _filters(
         until=until,
         search=search,
         error_group=error_group,
+        payload=payload,
         lease_expired=lease_expired or None,
         scheduled=scheduled or None,
     )
@@ -499,6 +510,7 @@ def stats(
     since: SinceOpt = None,
     until: UntilOpt = None,
     search: SearchOpt = None,
+    payload: PayloadOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, max=100, help="How many error groups.")] = 10,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
@@ -506,7 +518,7 @@ def stats(
     """Counts per status, latency percentiles and the top error groups."""
     from . import analytics
 
-    flt = _filters(status, event_type, org, entity, since, until, search)
+    flt = _filters(status, event_type, org, entity, since, until, search, payload=payload)
     with _engine(database_url, read_only=True) as engine:
         counts = analytics.status_counts(engine, flt)
         latency = analytics.latency_stats(engine, flt)
@@ -531,6 +543,7 @@ def events(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     lease_expired: LeaseExpiredOpt = False,
     scheduled: ScheduledOpt = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
@@ -541,7 +554,19 @@ def events(
     """List events, newest first, with filters."""
     from . import analytics
 
-    flt = _filters(status, event_type, org, entity, since, until, search, error_group, lease_expired, scheduled)
+    flt = _filters(
+        status,
+        event_type,
+        org,
+        entity,
+        since,
+        until,
+        search,
+        error_group,
+        payload=payload,
+        lease_expired=lease_expired,
+        scheduled=scheduled,
+    )
     with _engine(database_url, read_only=True) as engine:
         frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
         total = analytics.count_events(engine, flt)
@@ -635,6 +660,7 @@ def requeue(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     reset_attempts: Annotated[
         bool, typer.Option("--reset-attempts", help="Give them all their attempts again.")
     ] = False,
@@ -645,9 +671,9 @@ def requeue(
     json_output: JsonOutput = False,
 ) -> None:
     """Move FAILED events (or the given ones) back to PENDING, due now."""
-    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
+    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group, payload]):
         status = ["FAILED"]
-    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group, payload=payload)
     wanted = ",".join(status) if status else (None if event_ids else "FAILED")
     _run_action(
         "requeue",
@@ -674,6 +700,7 @@ def discard(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the history).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
     actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
@@ -681,9 +708,9 @@ def discard(
     json_output: JsonOutput = False,
 ) -> None:
     """Set FAILED or PENDING events aside as DISCARDED (kept for the audit trail, never delivered)."""
-    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
+    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group, payload]):
         _fail("give event ids or at least one filter (refusing to discard everything)", EXIT_USAGE)
-    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group, payload=payload)
     _run_action(
         "discard",
         event_ids,

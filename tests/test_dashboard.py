@@ -235,3 +235,41 @@ def test_the_sidebar_shows_a_paused_handler(engine) -> None:
     paused = [e.value for e in at.sidebar.error if "is paused" in e.value]
     assert len(paused) == 1 and "`demo`" in paused[0] and "ConnectionError" in paused[0]
     assert any("waiting for a paused handler" in c.value for c in at.sidebar.caption)
+
+
+def test_a_payload_filter_in_the_link_narrows_the_table_and_the_form_writes_it(demo_engine) -> None:
+    archived = analytics.count_events(demo_engine, payload={"status": "ARCHIVED"})
+    assert 0 < archived < analytics.count_events(demo_engine)
+    at = page("events")
+    at.query_params["payload"] = "status=ARCHIVED"
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == archived
+    assert set(table["event_type"]) == {"PROJECT.ARCHIVED"}  # the demo archives with that status
+    assert f"of {archived:,} matching events" in at.caption[0].value
+    [field] = [t for t in at.text_area if t.label == "Payload"]
+    assert field.value == "status=ARCHIVED"  # the form shows the link's filter
+
+    field.set_value("status=ARCHIVED\nbudget=-1")
+    [apply] = [b for b in at.button if b.label == "Apply filters"]
+    apply.click().run()
+    assert not at.exception
+    assert at.query_params["payload"] in ("status=ARCHIVED\nbudget=-1", ["status=ARCHIVED\nbudget=-1"])
+    assert "of 0 matching events" in at.caption[0].value
+
+
+def test_a_bad_payload_filter_is_shown_like_the_other_filter_errors(demo_engine) -> None:
+    at = page("events").run()
+    [field] = [t for t in at.text_area if t.label == "Payload"]
+    field.set_value("customer..id=42")
+    [apply] = [b for b in at.button if b.label == "Apply filters"]
+    apply.click().run()
+    assert not at.exception
+    assert "empty key" in at.error[0].value
+    assert "payload" not in at.query_params
+    at = page("events")
+    at.query_params["payload"] = "tags=[1, 2]"
+    at.run()
+    assert not at.exception
+    assert "Ignoring the filter in the link" in at.error[0].value and "not an object or array" in at.error[0].value

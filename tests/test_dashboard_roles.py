@@ -150,3 +150,27 @@ def test_a_broken_access_configuration_is_one_message(engine, monkeypatch) -> No
         "The dashboard's access configuration is unusable: `default role 'root': use 'viewer' or 'operator'`"
     ]
     assert not at.sidebar.button
+
+
+def write_as(as_user: str) -> None:
+    """A page that tries to write whatever its buttons say: the context itself refuses a viewer."""
+    import streamlit as st
+
+    from outbox_admin.errors import AdminActionError
+    from outbox_admin.ui.app import start
+
+    ctx = start(as_user=as_user)
+    if ctx is not None:
+        try:
+            ctx.write_engine  # noqa: B018 - the property is the check
+        except AdminActionError as exc:
+            st.error(str(exc))
+        else:
+            st.success("may write")
+
+
+def test_the_write_engine_itself_refuses_viewers(engine: Engine, roles: None) -> None:
+    viewer = AppTest.from_function(write_as, kwargs={"as_user": "victor"}, default_timeout=TIMEOUT).run()
+    assert [e.value for e in viewer.error] == ["viewers cannot change the outbox; ask an operator"]
+    operator = AppTest.from_function(write_as, kwargs={"as_user": "alice"}, default_timeout=TIMEOUT).run()
+    assert [s.value for s in operator.success] == ["may write"]

@@ -5,7 +5,8 @@ Each module builds the same named statements for a table set — the dispatcher'
 actions that must follow the dispatcher's rules (``AdminSql``);
 ``shared`` holds the fragments both write the same way (the SET clauses of a
 finish and of an expired lease). The dispatcher holds the logic and runs them; a
-third dialect is one more module here.
+third dialect is one more module here. Each dialect module also writes the
+filters' payload condition (``payload_equals``, compiled by ``outbox_admin.filters``).
 
 Every hot statement is shaped so that its plan does not depend on the table's
 statistics (none yet, stale after a burst, fresh): rows are reached by primary

@@ -187,3 +187,20 @@ def publish_sql(names: _Names, dialect: Any) -> PublishSql:
         insert_one=None,
         history_one=None,
     )
+
+
+def payload_equals(payload: str, keys: list[tuple[str, str]], value: str) -> str:
+    """The jsonb value at a path of ``payload`` equals ``value`` (a parameter holding JSON text).
+
+    ``keys`` are (parameter, kind) per path segment: ``k`` is a key only, read with ``->`` on text,
+    which never indexes an array (so ``-1`` or `` 1`` stay keys, as on SQLite); ``d`` (ASCII digits)
+    goes through ``jsonb_extract_path``, an array index on an array and a key on an object. jsonb
+    equality compares numbers as numbers (42 = 42.0) and types strictly (true <> 1, "42" <> 42).
+    Used by ``outbox_admin.filters.payload_equals``.
+    """
+    found = payload
+    for key, kind in keys:
+        found = (
+            f"jsonb_extract_path({found}, CAST({key} AS text))" if kind == "d" else f"({found} -> CAST({key} AS text))"
+        )
+    return f"{found} = CAST({value} AS jsonb)"

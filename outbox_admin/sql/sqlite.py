@@ -153,3 +153,39 @@ def publish_sql(names: _Names, dialect: Any) -> PublishSql:
             f"VALUES (:id, NULL, '{PENDING}', :at, '{PUBLISHER_ACTOR}', 0)"
         ),
     )
+
+
+def _payload_leaf(leaf: str, kind: str, value: str) -> str:
+    """The last segment's ``json_each`` row holds ``value``: JSON types first (1 is not true, "42" not 42);
+    numbers compare as numbers (42 = 42.0); both sides are SQLite's reading of the same JSON text."""
+    if kind in ("null", "true", "false"):
+        return f"{leaf}.type = '{kind}'"
+    types = "('integer', 'real')" if kind == "number" else "('text')"
+    return f"{leaf}.type IN {types} AND {leaf}.atom = json_extract({value}, '$')"
+
+
+def payload_equals(payload: str, keys: list[tuple[str, str]], kind: str, value: str) -> str:
+    """The JSON value at a path of ``payload`` equals ``value`` (a parameter holding JSON text).
+
+    One ``json_each`` per segment, each matching its decoded key against a parameter, so a key is
+    never read as JSONPath (``$``, ``[``, ``"`` or ``.`` in a key are plain characters; a quoted
+    ``$."key"`` path cannot hold a ``"`` on SQLite 3.40). ``keys`` are (parameter, kind): ``k`` matches
+    object keys only (array elements have integer keys); ``d`` (ASCII digits) also an array index.
+    A level descends only into objects and arrays: a text's value is not JSON (``'[1]'`` would be
+    read as an array). Used by ``outbox_admin.filters.payload_equals``.
+    """
+    tables, tests = [], []
+    for level, (key, key_kind) in enumerate(keys):
+        each = f"p{level}"
+        if level == 0:
+            tables.append(f"json_each({payload}) AS {each}")
+        else:
+            up = f"p{level - 1}"
+            inner = f"CASE WHEN {up}.type IN ('object', 'array') THEN {up}.value ELSE '[]' END"
+            tables.append(f"json_each({inner}) AS {each}")
+        match = f"{each}.key = {key}"
+        if key_kind == "d":
+            match = f"({match} OR (typeof({each}.key) = 'integer' AND {each}.key = CAST({key} AS INTEGER)))"
+        tests.append(match)
+    tests.append(_payload_leaf(f"p{len(keys) - 1}", kind, value))
+    return f"EXISTS (SELECT 1 FROM {' JOIN '.join(tables)} WHERE {' AND '.join(tests)})"

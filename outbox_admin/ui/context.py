@@ -34,7 +34,6 @@ from ..service import DispatcherService
 log = logging.getLogger("outbox_admin.dashboard")
 
 DATABASE_KEY = "database_url"
-ACTOR = "dashboard"
 CONNECT_TIMEOUT_SECONDS = 5
 STATE_TTL_SECONDS = 10.0  # how long a database's schema state is trusted before it is read again
 
@@ -45,7 +44,6 @@ class DashboardSettings:
     rules, the refresh rate, and the databases a read-only dashboard may switch to."""
 
     database_url: str
-    password: str | None
     readonly: bool
     refresh_seconds: float
     outbox: Settings
@@ -61,7 +59,6 @@ class DashboardSettings:
             configured = {}
         return cls(
             database_url=url,
-            password=os.environ.get("OUTBOX_DASHBOARD_PASSWORD") or None,
             readonly=os.environ.get("OUTBOX_DASHBOARD_READONLY", "").strip().lower() in ("1", "true", "yes"),
             refresh_seconds=float(os.environ.get("OUTBOX_DASHBOARD_REFRESH_SECONDS", "2") or 2),
             outbox=Settings.from_env(),
@@ -244,9 +241,14 @@ class Context:
 
     @property
     def write_engine(self) -> Engine:
-        """The engine for an explicit action; refused in read-only mode."""
+        """The engine for an explicit action; refused in read-only mode and to viewers
+        (a second check behind the pages, which show viewers no action)."""
+        from .auth import current_user  # auth builds on this module
+
         if self.readonly:
             raise AdminActionError("this dashboard is read-only")
+        if not current_user().is_operator:
+            raise AdminActionError("viewers cannot change the outbox; ask an operator")
         return get_write_engine(self.url)
 
     @property

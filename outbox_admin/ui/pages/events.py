@@ -11,7 +11,7 @@ from ... import analytics, charts, demo
 from ...display import time_text, visible, visible_json
 from ...errors import OutboxError
 from ...event_types import registered_event_types
-from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query
+from ...filters import STATUSES, EventFilter, filter_from_query, filter_to_query, format_payload_conditions
 from .. import auth, components, links, sidebar
 from ..context import Context, current
 from . import actions
@@ -52,6 +52,13 @@ def _filter_form(ctx: Context) -> EventFilter:
             placeholder="2026-11-27T12:00",
         )
         search = fourth.text_input("Search ids and errors", value=current_filter.search or "")
+        payload = st.text_area(
+            "Payload",
+            value=format_payload_conditions(current_filter.payload or ()),
+            placeholder="customer.id=42\nstatus=ACTIVE",
+            help="One path=value a line, all must hold; items.0.sku indexes an array. The value is JSON when it "
+            'parses (42, true, null, "42" for the text), else text.',
+        )
         first, second, third = st.columns(3)
         expired_only = first.checkbox(
             "Only PROCESSING with an expired lease",
@@ -78,6 +85,7 @@ def _filter_form(ctx: Context) -> EventFilter:
                 until=until or None,
                 search=search or None,
                 error_group=current_filter.error_group if keep_group else None,
+                payload=payload or None,
                 lease_expired=True if expired_only else None,
                 scheduled=True if waiting_only else None,
             )

@@ -11,8 +11,8 @@ import streamlit as st
 
 from ... import admin, analytics
 from ...errors import OutboxError
-from .. import components, sidebar
-from ..context import ACTOR, Context
+from .. import auth, components, sidebar
+from ..context import Context
 
 
 def pauses_panel(ctx: Context) -> None:
@@ -25,11 +25,14 @@ def pauses_panel(ctx: Context) -> None:
                 f"since {_when(pause.paused_at)}. Why: {components.literal(pause.reason)}",
                 icon=":material/pause_circle:",
             )
-            if not ctx.readonly and action.button("Resume", key=f"resume_{pause.id}", width="stretch"):
-                _act(functools.partial(admin.resume, ctx.write_engine, pause.pattern, actor=ACTOR), "Resumed")
+            if auth.can_write(ctx) and action.button("Resume", key=f"resume_{pause.id}", width="stretch"):
+                _act(
+                    functools.partial(admin.resume, ctx.write_engine, pause.pattern, actor=auth.current_user().name),
+                    "Resumed",
+                )
 
     active_pauses()
-    if ctx.readonly:
+    if not auth.can_write(ctx):
         return
     with st.expander("Pause event types"), st.form("pause_form", border=False):
         st.caption(
@@ -39,7 +42,12 @@ def pauses_panel(ctx: Context) -> None:
         pattern = st.text_input("Event types", placeholder="PROJECT.*", help="A type, or a glob: PROJECT.*, *, [AB]*")
         reason = st.text_input("Reason", placeholder="Why (required; shown with the pause)")
         if st.form_submit_button("Pause"):
-            _act(functools.partial(admin.pause, ctx.write_engine, pattern, reason=reason, actor=ACTOR), "Paused")
+            _act(
+                functools.partial(
+                    admin.pause, ctx.write_engine, pattern, reason=reason, actor=auth.current_user().name
+                ),
+                "Paused",
+            )
 
 
 def _act(action: Callable[[], admin.Pause], verb: str) -> None:
