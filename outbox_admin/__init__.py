@@ -24,7 +24,7 @@ from .errors import (
     UnknownEventTypeError,
 )
 from .event_types import EventTypeRegistry, MessageBusEventType, register_event_type, registered_event_types
-from .models import EventStatus, OutboxEvent, OutboxEventTransition, OutboxTables
+from .models import EventStatus, OutboxEvent, OutboxEventPause, OutboxEventTransition, OutboxTables
 from .publisher import EventSpec, flush_outbox, outbox_batch, publish_outbox_event, publish_outbox_events
 from .service import DispatcherService, ServiceStatus
 
@@ -48,6 +48,7 @@ __all__ = [
     "NotInTransactionError",
     "OutboxError",
     "OutboxEvent",
+    "OutboxEventPause",
     "OutboxEventTransition",
     "OutboxTables",
     "PayloadError",

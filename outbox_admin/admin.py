@@ -1,4 +1,5 @@
-"""Writes a person triggers: requeue, discard, purge.
+"""Writes a person triggers: requeue, discard, retry now, recover expired leases, purge, and pausing
+event types (pause, resume).
 
 Each action covers one id, a list of ids, or a filter (``EventFilter``), runs in
 one transaction, and writes a history row per event naming who did it (actor
@@ -13,23 +14,39 @@ trail stays; ``purge`` deletes old finished events in small batches.
 
 Each action also corrects the rollup (``outbox_admin.stats``) in its transaction: an
 event leaving COMPLETED, FAILED or DISCARDED is taken out of its count, one entering
-DISCARDED counted in, a purged one taken out.
+DISCARDED (or FAILED, by a recovery) counted in, a purged one taken out.
+
+Requeue, retry now, recover and resume make events due at once, so after their
+commit they wake the dispatchers: the ``DispatcherService`` of this process through
+``outbox_admin.wakeup``, and on PostgreSQL every dispatcher that listens, through
+a ``NOTIFY`` sent in the action's transaction (delivered only if it commits). On
+SQLite a dispatcher in another process sees them at its next tick.
+
+``pause(engine, "PROJECT.*", reason=...)`` stops every dispatcher on the database
+from claiming events whose type matches the pattern, from its next batch on, until
+``resume``; the pauses table keeps every pause and resume as their audit trail.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, delete, desc, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from . import stats
+from .config import DEFAULT_MAX_ATTEMPTS
 from .db import db_now, db_now_plus, read_connection, write_transaction
-from .errors import AdminActionError
-from .filters import EventFilter, as_filter, prepare_connection
+from .errors import AdminActionError, FilterError
+from .filters import EventFilter, as_filter, check_text, prepare_connection
 from .models import DEFAULT_TABLES, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
+from .patterns import check_pattern
+from .sql import admin_sql
+from .wakeup import WakeSignal, wake_signal
 
 PENDING, PROCESSING, COMPLETED, FAILED, DISCARDED = (s.value for s in EventStatus)
 REQUEUEABLE = (FAILED, PENDING, DISCARDED)
@@ -38,7 +55,15 @@ NEVER_PURGED = (PENDING, PROCESSING)
 CHUNK = 1000
 DEFAULT_ACTOR = "admin"
 
-Action = Literal["requeue", "discard"]
+RETRY_NOW_NOTE = "retry now: due at once instead of after its backoff"
+
+Action = Literal["requeue", "discard", "retry_now", "recover"]
+ACTIONS = ("requeue", "discard", "retry_now", "recover")
+#: The actions that apply to one kind of event only, with the status and the filter flag that select it.
+_OWN_EVENTS: dict[str, tuple[str, dict[str, bool]]] = {
+    "retry_now": (PENDING, {"scheduled": True}),
+    "recover": (PROCESSING, {"lease_expired": True}),
+}
 
 
 def actor_name(actor: str) -> str:
@@ -108,13 +133,42 @@ def plan_action(
     tables: OutboxTables = DEFAULT_TABLES,
     **loose: Any,
 ) -> ActionPlan:
-    """The dry run of ``requeue``/``discard`` with the same arguments: count and sample ids."""
-    if action not in ("requeue", "discard"):
-        raise AdminActionError(f"unknown action {action!r}")
+    """The dry run of ``requeue``/``discard``/``retry_now``/``recover_expired`` with the same arguments:
+    count and sample ids.
+
+    For ``retry_now`` and ``recover`` the events are those the action would move now: PENDING
+    events waiting on a backoff, PROCESSING events whose lease expired (``status`` may only name
+    that status). The action checks again when it runs, so an event that changed meanwhile is
+    left alone (and the count it returns says so).
+    """
+    if action not in ACTIONS:
+        raise AdminActionError(f"unknown action {action!r}; use {', '.join(ACTIONS)}")
+    if action in _OWN_EVENTS:
+        flt = _own_events(action, _scope(event_ids, filters, loose), status)
+        statuses = flt.status or ()
+        return _plan(engine, action, flt, statuses, sample, tables)
     if status is _BY_IDS_OR_FAILED:
         status = FAILED if action == "requeue" and event_ids is None else None
     statuses = _statuses_for(action, status, force)
     flt = _scope(event_ids, filters, loose).with_(status=statuses)
+    return _plan(engine, action, flt, statuses, sample, tables)
+
+
+def _own_events(action: str, flt: EventFilter, status: Any = None) -> EventFilter:
+    """``flt`` narrowed to the events ``action`` applies to; refused when the filter excludes them."""
+    own, flags = _OWN_EVENTS[action]
+    if status is not _BY_IDS_OR_FAILED and status is not None:
+        wanted = EventFilter.build(status=status).status or ()
+        if tuple(wanted) != (own,):
+            raise AdminActionError(f"{action} applies to {own} events only, not {', '.join(wanted)}")
+    if not flt.allows_status(own):
+        raise AdminActionError(f"{action} applies to {own} events, and the filter leaves none of them")
+    return flt.with_(status=(own,), **flags)
+
+
+def _plan(
+    engine: Engine, action: str, flt: EventFilter, statuses: Sequence[str], sample: int, tables: OutboxTables
+) -> ActionPlan:
     ev = tables.events
     with read_connection(engine) as conn:  # a dry run only reads: never the write lock
         prepare_connection(conn)
@@ -125,7 +179,7 @@ def plan_action(
             .scalars()
             .all()
         )
-    return ActionPlan(action, flt, statuses, int(count), list(ids))
+    return ActionPlan(action, flt, tuple(statuses), int(count), list(ids))
 
 
 def _refuse_explicit_ids(
@@ -161,6 +215,7 @@ def _move(
     check_ids: bool,
     force: bool,
     reset_attempts: bool = False,
+    wake: bool = False,
 ) -> int:
     ev, tr = tables.events, tables.transitions
     who = actor_name(actor)
@@ -202,7 +257,23 @@ def _move(
                     )
                 )
             moved += len(ids)
+        if wake and moved:
+            _announce(conn, tables)
+    if wake and moved:
+        _wake(engine)
     return moved
+
+
+def _announce(conn: Connection, tables: OutboxTables) -> None:
+    """PostgreSQL: NOTIFY the dispatchers of every process; delivered when this transaction commits."""
+    notify = admin_sql(conn.dialect, tables).notify
+    if notify is not None:
+        conn.exec_driver_sql(notify)
+
+
+def _wake(engine: Engine, signal: WakeSignal = wake_signal) -> None:
+    """After the commit: wake this process's dispatchers of ``engine``'s database (as the publisher does)."""
+    signal.notify(engine.url.render_as_string(hide_password=True))
 
 
 def requeue(
@@ -229,7 +300,7 @@ def requeue(
     ``status`` explicitly makes it a guard instead: only events in that status
     move and the others are left alone (the dashboard's "exactly these
     conditions"). ``reset_attempts`` sets ``retry_count`` back to 0 so the event
-    gets its full number of attempts.
+    gets its full number of attempts. Wakes the dispatchers (see the module's docstring).
     """
     if status is _BY_IDS_OR_FAILED:
         status = None if event_ids is not None else FAILED
@@ -249,6 +320,7 @@ def requeue(
         check_ids=status is None,
         force=force,
         reset_attempts=reset_attempts,
+        wake=True,
     )
 
 
@@ -279,6 +351,89 @@ def discard(
     return _move(
         engine, "discard", flt, statuses, DISCARDED, values, actor, note, tables, check_ids=status is None, force=False
     )
+
+
+def retry_now(
+    engine: Engine,
+    event_ids: str | Sequence[str] | None = None,
+    *,
+    filters: EventFilter | None = None,
+    actor: str = DEFAULT_ACTOR,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> int:
+    """PENDING events waiting on a backoff (``available_at`` in the future) become due now; returns how many.
+
+    By ids, by filter (``EventFilter`` or its keywords), or every waiting event when neither is
+    given. The attempts are kept (unlike ``requeue(reset_attempts=True)``). The statement moves only
+    events still waiting when it runs, so ids that are due already, claimed or finished meanwhile
+    are left alone; the count says how many moved. A history row (PENDING -> PENDING) records the
+    actor. Wakes the dispatchers (see the module's docstring).
+    """
+    flt = _own_events("retry_now", _scope(event_ids, filters, loose))
+    values = {"available_at": db_now()}
+    return _move(
+        engine,
+        "retry_now",
+        flt,
+        (PENDING,),
+        PENDING,
+        values,
+        actor,
+        RETRY_NOW_NOTE,
+        tables,
+        check_ids=False,
+        force=False,
+        wake=True,
+    )
+
+
+def recover_expired(
+    engine: Engine,
+    event_ids: str | Sequence[str] | None = None,
+    *,
+    filters: EventFilter | None = None,
+    max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+    actor: str = DEFAULT_ACTOR,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> int:
+    """PROCESSING events whose lease expired go back to PENDING, due now, or to FAILED when that was
+    their last attempt: what a dispatcher's recovery does, now; returns how many moved.
+
+    It runs the dispatcher's own recovery statement (``outbox_admin.sql``) on the matching events
+    (ids, a filter, or every expired lease), so the rules are the same: a failed attempt each,
+    the lease-expired error message, ``max_attempts`` as the dispatchers are configured (``None``:
+    never FAILED). The lease is tested again on the locked row in that statement: an event whose
+    lease is valid, also one renewed or claimed again since a dry run, is never touched. History
+    rows name the actor. Wakes the dispatchers (see the module's docstring).
+    """
+    if max_attempts is not None and max_attempts < 1:
+        raise AdminActionError("max_attempts must be at least 1, or None")
+    flt = _own_events("recover", _scope(event_ids, filters, loose))
+    sql = admin_sql(engine.dialect, tables)
+    ev = tables.events
+    who = actor_name(actor)
+    moved = 0
+    with write_transaction(engine) as conn:
+        prepare_connection(conn)
+        ids = list(conn.execute(select(ev.c.id).where(flt.clause(tables)).order_by(ev.c.id)).scalars())
+        for start in range(0, len(ids), CHUNK):
+            params = {"ids": json.dumps(ids[start : start + CHUNK]), "name": who, "max_attempts": max_attempts}
+            rows = conn.exec_driver_sql(sql.recover, params).all()
+            if rows and sql.history is not None:
+                history = [(r[0], PROCESSING, r[1], r[2], r[3]) for r in rows]
+                conn.exec_driver_sql(sql.history, {"rows": json.dumps(history), "name": who})
+            if rows and sql.count is not None:  # the dead letters it made, as the dispatcher counts them
+                counted = stats.summed(((r[4], r[5], r[1], r[2], r[6]) for r in rows), who)
+                if counted:
+                    conn.exec_driver_sql(sql.count, counted)
+            moved += len(rows)
+        if moved:
+            _announce(conn, tables)
+    if moved:
+        _wake(engine)
+    return moved
 
 
 def purge(
@@ -336,6 +491,108 @@ def purge(
     if events:
         stats.compact(engine, tables)
     return PurgeResult(events, transitions, batches)
+
+
+#: A pause's reason is required (it is what the next operator reads) and at most this long.
+MAX_REASON_LENGTH = 1_000
+#: Each active pause is one more condition in every claim: more than this many is refused.
+MAX_ACTIVE_PAUSES = 100
+
+
+@dataclass(frozen=True)
+class Pause:
+    """One pause of the event types matching ``pattern``; active while ``resumed_at`` is None.
+
+    ``created`` is True on the pause ``pause()`` has just written, False when it returns
+    the pause that was already active for that pattern (and on a pause ``resume()`` ended).
+    """
+
+    id: int
+    pattern: str
+    reason: str
+    paused_by: str
+    paused_at: dt.datetime
+    resumed_by: str | None = None
+    resumed_at: dt.datetime | None = None
+    created: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.resumed_at is None
+
+
+def pause(
+    engine: Engine, pattern: str, *, reason: str, actor: str = DEFAULT_ACTOR, tables: OutboxTables = DEFAULT_TABLES
+) -> Pause:
+    """Stop every dispatcher on the database claiming events whose type matches ``pattern``; returns the pause.
+
+    ``pattern`` is a glob as handlers use (``PROJECT.*``, ``*``, ``[AB]*``), checked by
+    ``patterns.check_pattern``; ``reason`` is required. Idempotent: pausing a pattern that
+    is paused already changes nothing and returns that pause (``created=False``), whose
+    reason, actor and time are kept, since they are what the audit trail should say; to
+    change the reason, resume and pause again. Events already claimed finish; paused ones
+    stay PENDING with their attempts and backoff untouched until ``resume``.
+    """
+    pattern = check_pattern(pattern)
+    reason = check_text("reason", reason, limit=MAX_REASON_LENGTH).strip()
+    if not reason:
+        raise FilterError("reason", "is required: say why the events are paused (it is shown with the pause)")
+    who = actor_name(actor)
+    table = tables.pauses
+    active = table.c.resumed_at.is_(None)
+    dialect_insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    with write_transaction(engine) as conn:
+        existing = conn.execute(select(table).where(table.c.pattern == pattern, active)).one_or_none()
+        if existing is not None:
+            return _pause(existing)
+        held = conn.execute(select(func.count()).select_from(table).where(active)).scalar_one()
+        if held >= MAX_ACTIVE_PAUSES:
+            raise AdminActionError(f"{held} pauses are active, the most there can be; resume some first")
+        # A pause of the same pattern committed meanwhile (PostgreSQL) wins: this one is then not written.
+        written = conn.execute(
+            dialect_insert(table)
+            .values(pattern=pattern, reason=reason, paused_by=who, paused_at=db_now())
+            .on_conflict_do_nothing(index_elements=[table.c.pattern], index_where=active)
+            .returning(table.c.id)
+        ).scalar_one_or_none()
+        row = conn.execute(select(table).where(table.c.pattern == pattern, active)).one()
+    return _pause(row, created=written is not None)
+
+
+def resume(engine: Engine, pattern: str, *, actor: str = DEFAULT_ACTOR, tables: OutboxTables = DEFAULT_TABLES) -> Pause:
+    """End the active pause of exactly ``pattern`` (the row is kept, with who resumed it and when); returns it.
+
+    Dispatchers claim the events again from their next batch; those of this process, and
+    on PostgreSQL every listening one, are woken at once. A pattern that is not paused
+    raises ``AdminActionError`` naming the active pauses: resuming ``PROJECT*`` when
+    ``PROJECT.*`` is paused must not look as if the events were flowing again.
+    """
+    pattern = check_pattern(pattern)
+    who = actor_name(actor)
+    table = tables.pauses
+    active = table.c.resumed_at.is_(None)
+    with write_transaction(engine) as conn:
+        row = conn.execute(
+            update(table)
+            .where(table.c.pattern == pattern, active)
+            .values(resumed_by=who, resumed_at=db_now())
+            .returning(*table.c)
+        ).one_or_none()
+        if row is None:
+            others = conn.execute(select(table.c.pattern).where(active).order_by(table.c.pattern).limit(11)).scalars()
+            listed = [repr(p) for p in others]
+            more = " ..." if len(listed) > 10 else ""
+            raise AdminActionError(
+                f"{pattern!r} is not paused; "
+                + (f"the active pauses are {', '.join(listed[:10])}{more}" if listed else "nothing is paused")
+            )
+        _announce(conn, tables)  # PostgreSQL: delivered on commit, to every listening dispatcher
+    _wake(engine)
+    return _pause(row)
+
+
+def _pause(row: Any, *, created: bool = False) -> Pause:
+    return Pause(row.id, row.pattern, row.reason, row.paused_by, row.paused_at, row.resumed_by, row.resumed_at, created)
 
 
 def publish_from_form(

@@ -14,16 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, case, desc, func, literal, literal_column, or_, select
+from sqlalchemy import Connection, Engine, and_, case, desc, false, func, literal, literal_column, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Float
 
-from .db import read_connection
+from .db import db_now, read_connection
+from .display import time_text
 from .errors import FilterError
 from .filters import EventFilter, as_filter, check_text, normalized_error, prepare_connection
 from .models import (
@@ -250,14 +251,22 @@ def export_events(
     tables: OutboxTables = DEFAULT_TABLES,
     **loose: Any,
 ) -> bytes:
-    """Matching events (newest first, at most ``limit``) as CSV or JSON records, UTF-8."""
+    """Matching events (newest first, at most ``limit``) as CSV or JSON records, UTF-8; times in
+    both as ``iso_time`` gives them."""
     if fmt not in ("csv", "json"):
         raise FilterError("format", "must be csv or json")
     frame = events_frame(engine, filters, limit=limit, tables=tables, **loose)
+    for column in ("created_at", "processed_at", "available_at", "locked_until"):
+        frame[column] = frame[column].map(iso_time).astype(object)
     if fmt == "csv":
         frame = frame.assign(payload=[json.dumps(p, ensure_ascii=False) for p in frame["payload"]])
         return frame.to_csv(index=False).encode("utf-8")
-    return frame.to_json(orient="records", date_format="iso", force_ascii=False).encode("utf-8")
+    return frame.to_json(orient="records", force_ascii=False).encode("utf-8")
+
+
+def iso_time(value: Any) -> str | None:
+    """One time format for every export: ISO 8601, UTC, to the millisecond (``2026-12-01T22:37:36.123Z``)."""
+    return time_text(value, iso=True) or None
 
 
 def has_events(engine: Engine, *, tables: OutboxTables = DEFAULT_TABLES) -> bool:
@@ -360,15 +369,22 @@ def transitions_frame(
             func.substr(tr.c.actor, 1, len(MANUAL_ACTOR_PREFIX)) == MANUAL_ACTOR_PREFIX,
         )
     ascending = event_id is not None if oldest_first is None else oldest_first
-    if since_at is not None and event_id is None:
-        # A time window reads the (at) index; ids need not follow time across processes.
-        order: tuple[Any, ...] = (tr.c.at, tr.c.id) if ascending else (desc(tr.c.at), desc(tr.c.id))
+    # In time order: ids need not follow time across processes (each dispatcher writes its
+    # batch's history when the batch ends). The feed reads the (at) index, one event's
+    # timeline its (event_id) index. Manual actions are found through their partial index,
+    # which is in id order: the newest by id, then sorted by time here.
+    by_id = manual_only and event_id is None and since_at is None
+    if by_id:
+        order: tuple[Any, ...] = (tr.c.id,) if ascending else (desc(tr.c.id),)
     else:
-        order = (tr.c.id,) if ascending else (desc(tr.c.id),)
+        order = (tr.c.at, tr.c.id) if ascending else (desc(tr.c.at), desc(tr.c.id))
     stmt = stmt.order_by(*order).limit(limit)
     with _reading(engine) as conn:
         rows = conn.execute(stmt).all()
-    return _frame(rows, TRANSITION_COLUMNS, ("at",))
+    frame = _frame(rows, TRANSITION_COLUMNS, ("at",))
+    if by_id:
+        frame = frame.sort_values(["at", "id"], ascending=ascending, kind="stable", ignore_index=True)
+    return frame
 
 
 def retry_histogram(
@@ -409,6 +425,8 @@ def error_summary(
     filters: EventFilter | None = None,
     *,
     limit: int = 50,
+    offset: int = 0,
+    order: Literal["events", "failed"] = "events",
     tables: OutboxTables = DEFAULT_TABLES,
     **loose: Any,
 ) -> pd.DataFrame:
@@ -417,10 +435,13 @@ def error_summary(
 
     Groups events by the normalised form of their current ``error_message``;
     ``failed`` counts those now FAILED (dead letters); first and last seen are the
-    events' creation times.
+    events' creation times. ``order="failed"`` puts the most dead letters first (then the most
+    events); ``limit``/``offset`` page through the groups (``count_error_groups`` says how many).
     """
     flt = as_filter(filters, **loose)
-    limit, _ = _page(limit, 0)
+    limit, offset = _page(limit, offset)
+    if order not in ("events", "failed"):
+        raise FilterError("order", "must be 'events' or 'failed'")
     ev = tables.events
     group = normalized_error(ev.c.error_message).label("error_group")
     if engine.dialect.name == "postgresql":
@@ -428,11 +449,13 @@ def error_summary(
     else:
         types = func.group_concat(ev.c.event_type.distinct())
     events = func.count().label("events")
+    failed = func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0)).label("failed")
+    ranking = (desc(failed), desc(events)) if order == "failed" else (desc(events),)
     groups = (
         select(
             group,
             events,
-            func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0)).label("failed"),
+            failed,
             func.min(ev.c.created_at).label("first_seen"),
             func.max(ev.c.created_at).label("last_seen"),
             types.label("event_types"),
@@ -440,8 +463,9 @@ def error_summary(
         )
         .where(and_(ev.c.error_message.is_not(None), flt.clause(tables)))
         .group_by(group)
-        .order_by(desc(events), group)
+        .order_by(*ranking, group)
         .limit(limit)
+        .offset(offset)
         .subquery("groups")
     )
     # The example's message comes from the example event itself (max() of the messages would
@@ -450,7 +474,10 @@ def error_summary(
     stmt = (
         select(*groups.c, example.c.error_message)
         .join_from(groups, example, example.c.id == groups.c.example_event_id)
-        .order_by(desc(groups.c.events), groups.c.error_group)
+        .order_by(
+            *((desc(groups.c.failed), desc(groups.c.events)) if order == "failed" else (desc(groups.c.events),)),
+            groups.c.error_group,
+        )
     )
     with _reading(engine) as conn:
         rows = conn.execute(stmt).all()
@@ -467,6 +494,83 @@ def error_summary(
     frame = _frame(rows, columns, ("first_seen", "last_seen"))
     frame["event_types"] = [",".join(sorted(set((v or "").split(",")))) for v in frame["event_types"]]
     return frame.astype({"events": "int64", "failed": "int64"})
+
+
+def count_error_groups(
+    engine: Engine, filters: EventFilter | None = None, *, tables: OutboxTables = DEFAULT_TABLES, **loose: Any
+) -> int:
+    """How many error groups ``error_summary`` has for these filters (for paging through them)."""
+    flt = as_filter(filters, **loose)
+    ev = tables.events
+    groups = (
+        select(normalized_error(ev.c.error_message).label("error_group"))
+        .where(and_(ev.c.error_message.is_not(None), flt.clause(tables)))
+        .group_by(normalized_error(ev.c.error_message))
+        .subquery("groups")
+    )
+    with _reading(engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(groups)).scalar_one())
+
+
+@dataclass(frozen=True)
+class ExpiredLeases:
+    """PROCESSING events whose lease ran out: their dispatcher stopped renewing it (it died, hung or
+    lost the database), and they wait for a recovery (a dispatcher's tick, or ``admin.recover_expired``).
+
+    ``by_dispatcher`` has ``dispatcher, events, oldest_expiry, newest_expiry`` (the one that held the most
+    first; ``dispatcher`` is the ``locked_by`` they still carry). ``checked_at`` is the database's clock
+    when they were counted, so ``oldest_seconds`` agrees with the dispatchers whatever this host's clock says.
+    """
+
+    count: int
+    oldest_expiry: dt.datetime | None
+    checked_at: dt.datetime
+    by_dispatcher: pd.DataFrame
+
+    @property
+    def oldest_seconds(self) -> float | None:
+        """Seconds since the oldest of these leases expired (None when there is none)."""
+        if self.oldest_expiry is None:
+            return None
+        return max(0.0, (self.checked_at - self.oldest_expiry).total_seconds())
+
+
+def _expired_leases_select(flt: EventFilter, tables: OutboxTables) -> Any:
+    """Per holder: count, oldest and newest expiry of the expired leases matching ``flt`` (its plan is tested)."""
+    ev = tables.events
+    if not flt.allows_status(EventStatus.PROCESSING.value):
+        where: Any = false()
+    else:
+        where = flt.with_(lease_expired=True).clause(tables)
+    events = func.count()
+    return (
+        select(ev.c.locked_by, events, func.min(ev.c.locked_until), func.max(ev.c.locked_until))
+        .where(where)
+        .group_by(ev.c.locked_by)
+        .order_by(desc(events), ev.c.locked_by)
+    )
+
+
+def expired_leases(
+    engine: Engine,
+    filters: EventFilter | None = None,
+    *,
+    limit: int = 100,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> ExpiredLeases:
+    """The PROCESSING events whose lease expired, summed up: how many, the oldest expiry, per dispatcher
+    (at most ``limit`` dispatchers; the count covers them all). Read through the partial index of leases."""
+    limit, _ = _page(limit, 0)
+    stmt = _expired_leases_select(as_filter(filters, **loose), tables)
+    with _reading(engine) as conn:
+        checked_at = conn.execute(select(db_now())).scalar_one()
+        rows = conn.execute(stmt).all()
+    count = sum(int(r[1]) for r in rows)
+    oldest = min((r[2] for r in rows if r[2] is not None), default=None)
+    columns = ["dispatcher", "events", "oldest_expiry", "newest_expiry"]
+    frame = _frame(rows[:limit], columns, ("oldest_expiry", "newest_expiry")).astype({"events": "int64"})
+    return ExpiredLeases(count, oldest, checked_at, frame)
 
 
 _TIME_UNITS = (("day", 86400, 10), ("hour", 3600, 13), ("minute", 60, 16), ("second", 1, 19))
@@ -926,3 +1030,22 @@ def overview(
     errors_since = newest_errors_since(engine, numbers.since, OVERVIEW_ERRORS, tables=tables)
     errors = error_summary(engine, since=errors_since, limit=10, tables=tables)
     return Overview(now, rollup_totals(engine, tables=tables), numbers, errors, errors_since)
+
+
+PAUSE_COLUMNS = ["id", "pattern", "reason", "paused_by", "paused_at", "resumed_by", "resumed_at", "active"]
+
+
+def pauses(
+    engine: Engine, *, active_only: bool = True, limit: int = 200, tables: OutboxTables = DEFAULT_TABLES
+) -> pd.DataFrame:
+    """The active pauses (``admin.pause``), or with ``active_only=False`` the pause history, newest first:
+    ``id, pattern, reason, paused_by, paused_at, resumed_by, resumed_at, active``, at most ``limit`` rows."""
+    limit, _ = _page(limit, 0)
+    table = tables.pauses
+    stmt = select(*(table.c[name] for name in PAUSE_COLUMNS[:-1]), table.c.resumed_at.is_(None))
+    if active_only:
+        stmt = stmt.where(table.c.resumed_at.is_(None))
+    with _reading(engine) as conn:
+        rows = conn.execute(stmt.order_by(desc(table.c.id)).limit(limit)).all()
+    frame = _frame(rows, PAUSE_COLUMNS, ("paused_at", "resumed_at"))
+    return frame.astype({"active": bool})

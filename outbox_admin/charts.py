@@ -43,10 +43,13 @@ def _layout(
         "yaxis_title": y,
         "margin": {"l": 40, "r": 20, "t": 50, "b": 40},
         "legend_title_text": "",
+        "xaxis_automargin": True,
+        "xaxis_hoverformat": "%Y-%m-%d %H:%M:%S.%L",  # times to the millisecond
+        "yaxis_automargin": True,
     }
     if template is not None:
         layout["template"] = template
-    fig.update_layout(**layout)
+    fig.update_layout(**layout)  # one call: each update validates again
     return fig
 
 
@@ -72,9 +75,16 @@ def status_figure(
             hole=0.55,
             sort=False,
             marker={"colors": [status_color(s) for s in data["status"]]},
-            textinfo="label+value",
+            # Numbers inside the slices, names in the legend: labels outside a donut are cut
+            # off at the chart's edge when a slice is thin.
+            textinfo="value",
+            textposition="inside",
+            insidetextorientation="horizontal",
+            automargin=True,
+            hovertemplate="%{label}: %{value:,} (%{percent})<extra></extra>",
         )
     )
+    fig.update_layout(showlegend=True)
     return _layout(fig, title, template=template)
 
 
@@ -171,7 +181,7 @@ def timeline_figure(transitions: pd.DataFrame, title: str = "Status timeline") -
     """One event's status changes over time (a ``transitions_frame`` for one event)."""
     if transitions.empty:
         return _empty(title, "No history")
-    data = transitions.sort_values("id")
+    data = transitions.sort_values(["at", "id"], kind="stable")
     fig = go.Figure(
         go.Scatter(
             x=data["at"],
@@ -235,4 +245,6 @@ def failure_breakdown_figure(frame: pd.DataFrame, title: str | None = None) -> g
         margin={"l": 40, "r": 20, "t": 50, "b": 40},
         legend_title_text="",
     )
+    fig.update_xaxes(automargin=True, hoverformat="%Y-%m-%d %H:%M:%S.%L")  # times to the millisecond
+    fig.update_yaxes(automargin=True)
     return fig

@@ -11,6 +11,7 @@ on stderr and an exit code (see ``main``); the traceback is logged at debug leve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -278,18 +279,32 @@ def dispatch(
     lease_seconds: Annotated[float | None, typer.Option("--lease-seconds", min=0.1)] = None,
     ordering: Annotated[str | None, typer.Option("--ordering", help="'entity' to keep each entity in order.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not print the audit log of delivered events.")] = False,
+    log_only: Annotated[
+        bool,
+        typer.Option(
+            "--log-only",
+            help="With no handlers or sinks configured, deliver to the audit log only, as the original does "
+            "(events are marked COMPLETED once logged).",
+        ),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
             "--config",
             envvar="OUTBOX_CONFIG",
-            help="TOML file of sinks to deliver to as well (default: outbox.toml here, if it exists).",
+            help='TOML file naming the handlers (handlers = "module:attr") and [[sinks]] to deliver to '
+            "(default: outbox.toml here, if it exists).",
         ),
     ] = None,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Run the dispatcher in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
+    """Run the dispatcher in the foreground (Ctrl-C or SIGTERM stops it gracefully).
+
+    It delivers to the handlers and sinks of the config file, after the audit log and the
+    in-process bus. With none configured it refuses to start (it would mark events
+    COMPLETED that nobody received) unless --log-only says the log is the receiver.
+    """
     import signal
     import threading
 
@@ -299,7 +314,7 @@ def dispatch(
 
     from .config import Settings
     from .dispatcher import Dispatcher
-    from .handlers import default_handlers, load_sinks
+    from .handlers import default_handlers, load_deliveries
     from .service import DispatcherService
 
     if ordering not in (None, "entity"):
@@ -310,11 +325,18 @@ def dispatch(
         for k, v in {"batch_size": batch_size, "max_attempts": max_attempts, "lease_seconds": lease_seconds}.items()
         if v is not None
     }
-    sinks = load_sinks(config)  # a bad config fails before anything starts
+    deliveries = load_deliveries(config)  # a bad config fails before anything starts
+    if not deliveries.targets and not log_only:
+        _fail(
+            "no handlers are configured, so nothing would receive the events: name them in outbox.toml "
+            '(handlers = "myapp.outbox:handlers", or [[sinks]]) or pass --config FILE; '
+            "--log-only delivers to the audit log alone",
+            EXIT_USAGE,
+        )
     engine = make_engine(database_url or settings.database_url)
     init_db(engine)
     dispatcher = Dispatcher.from_settings(
-        engine, settings, handlers=default_handlers() + sinks, ordering=ordering, **overrides
+        engine, settings, handlers=default_handlers() + deliveries.targets, ordering=ordering, **overrides
     )
     if once:
         report = dispatcher.drain(max_seconds=None)
@@ -336,8 +358,7 @@ def dispatch(
         f"every {service.interval_seconds:g} s (Ctrl-C to stop)",
         err=True,
     )
-    if sinks:
-        _say(f"delivering to: {', '.join(sink.name for sink in sinks)}", err=True)
+    _say(f"delivering to: {', '.join(route.name for route in dispatcher.routes)}", err=True)
     while not stopped.wait(1.0):
         pass
     service.stop(wait=True)
@@ -365,6 +386,7 @@ def _print_report(report: Any, json_output: bool) -> None:
         "lost",
         "ticks",
         "seconds",
+        "paused",
     )
     table = Table(*columns)
     table.add_row(*(str(data[k]) if k != "seconds" else f"{data[k]:.2f}" for k in columns))
@@ -381,6 +403,18 @@ SinceOpt = Annotated[str | None, typer.Option("--since", help="Created at or aft
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Created before (ISO 8601).")]
 SearchOpt = Annotated[str | None, typer.Option("--search", help="Text in the id, entity id or error message.")]
 ErrorGroupOpt = Annotated[str | None, typer.Option("--error-group", help="A normalised error message (see stats).")]
+PayloadOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--payload",
+        help="PATH=VALUE inside the payload, e.g. customer.id=42 (repeatable, all must hold); "
+        "VALUE is JSON when it parses, else text: status=ACTIVE; --payload 'name=\"42\"' for the text 42.",
+    ),
+]
+LeaseExpiredOpt = Annotated[
+    bool, typer.Option("--lease-expired", help="Only PROCESSING events whose lease expired (stuck).")
+]
+ScheduledOpt = Annotated[bool, typer.Option("--scheduled", help="Only PENDING events waiting on a backoff.")]
 
 
 def _filters(
@@ -392,6 +426,10 @@ def _filters(
     until: Any = None,
     search: Any = None,
     error_group: Any = None,
+    *,
+    payload: Any = None,
+    lease_expired: bool = False,
+    scheduled: bool = False,
 ) -> Any:
     from .filters import EventFilter
 
@@ -404,15 +442,30 @@ def _filters(
         until=until,
         search=search,
         error_group=error_group,
+        payload=payload,
+        lease_expired=lease_expired or None,
+        scheduled=scheduled or None,
     )
 
 
 @contextlib.contextmanager
-def _engine(database_url: str | None) -> Iterator[Any]:
-    """An engine on the outbox tables (created or upgraded), disposed of whatever happens."""
-    engine = make_engine(database_url)
+def _engine(database_url: str | None, *, read_only: bool = False) -> Iterator[Any]:
+    """An engine on the outbox tables, disposed of whatever happens.
+
+    Commands that change the outbox create or upgrade its tables first. Commands that only
+    look (``stats``, ``events``, ``show``) open the database read-only and never migrate it:
+    on a database without current tables they say so and exit 1.
+    """
+    from .migrate import schema_status
+
+    engine = make_engine(database_url, read_only=read_only)
     try:
-        init_db(engine)
+        if read_only:
+            status = schema_status(engine)
+            if not status.usable:
+                _fail(f"{status.describe()} Run `outbox-admin init` to create or upgrade them.")
+        else:
+            init_db(engine)
         yield engine
     finally:
         engine.dispose()
@@ -457,6 +510,7 @@ def stats(
     since: SinceOpt = None,
     until: UntilOpt = None,
     search: SearchOpt = None,
+    payload: PayloadOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, max=100, help="How many error groups.")] = 10,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
@@ -464,8 +518,8 @@ def stats(
     """Counts per status, latency percentiles and the top error groups."""
     from . import analytics
 
-    flt = _filters(status, event_type, org, entity, since, until, search)
-    with _engine(database_url) as engine:
+    flt = _filters(status, event_type, org, entity, since, until, search, payload=payload)
+    with _engine(database_url, read_only=True) as engine:
         counts = analytics.status_counts(engine, flt)
         latency = analytics.latency_stats(engine, flt)
         errors = analytics.error_summary(engine, flt, limit=top)
@@ -489,6 +543,9 @@ def events(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
+    lease_expired: LeaseExpiredOpt = False,
+    scheduled: ScheduledOpt = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     database_url: DatabaseUrl = None,
@@ -497,8 +554,20 @@ def events(
     """List events, newest first, with filters."""
     from . import analytics
 
-    flt = _filters(status, event_type, org, entity, since, until, search, error_group)
-    with _engine(database_url) as engine:
+    flt = _filters(
+        status,
+        event_type,
+        org,
+        entity,
+        since,
+        until,
+        search,
+        error_group,
+        payload=payload,
+        lease_expired=lease_expired,
+        scheduled=scheduled,
+    )
+    with _engine(database_url, read_only=True) as engine:
         frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
         total = analytics.count_events(engine, flt)
     if json_output:
@@ -526,7 +595,7 @@ def show(
     """One event: its fields, payload and status timeline."""
     from . import analytics
 
-    with _engine(database_url) as engine:
+    with _engine(database_url, read_only=True) as engine:
         event = analytics.get_event(engine, event_id)
         timeline = analytics.transitions_frame(engine, event_id) if event else None
     if event is None:
@@ -559,20 +628,25 @@ def _run_action(
         status = kwargs.pop("status")
         force = kwargs.get("force", False)
         plan = admin.plan_action(engine, action, ids or None, status=status, force=force, **flt_kwargs)  # type: ignore[arg-type]
+        name = action.replace("_", "-")  # as the command is spelled
         if dry_run:
             if json_output:
-                _dump({"action": action, "dry_run": True, "count": plan.count, "sample_ids": plan.sample_ids})
+                _dump({"action": name, "dry_run": True, "count": plan.count, "sample_ids": plan.sample_ids})
             else:
                 _say(
-                    f"{action} would move {plan.count} event(s) in {', '.join(plan.statuses)}; "
+                    f"{name} would move {plan.count} event(s) in {', '.join(plan.statuses)}; "
                     f"e.g. {', '.join(plan.sample_ids[:5]) or '-'}"
                 )
             return
-        moved = getattr(admin, action)(engine, ids or None, status=status, **flt_kwargs, **kwargs)
+        if action in ("retry_now", "recover"):  # their events are given by the action itself, not a status
+            run = admin.recover_expired if action == "recover" else admin.retry_now
+            moved = run(engine, ids or None, **flt_kwargs, **kwargs)
+        else:
+            moved = getattr(admin, action)(engine, ids or None, status=status, **flt_kwargs, **kwargs)
     if json_output:
-        _dump({"action": action, "moved": moved})
+        _dump({"action": name, "moved": moved})
     else:
-        _say(f"{action}: {moved} event(s) moved")
+        _say(f"{name}: {moved} event(s) moved")
 
 
 @_command()
@@ -586,6 +660,7 @@ def requeue(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     reset_attempts: Annotated[
         bool, typer.Option("--reset-attempts", help="Give them all their attempts again.")
     ] = False,
@@ -596,9 +671,9 @@ def requeue(
     json_output: JsonOutput = False,
 ) -> None:
     """Move FAILED events (or the given ones) back to PENDING, due now."""
-    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
+    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group, payload]):
         status = ["FAILED"]
-    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group, payload=payload)
     wanted = ",".join(status) if status else (None if event_ids else "FAILED")
     _run_action(
         "requeue",
@@ -625,6 +700,7 @@ def discard(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the history).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
     actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
@@ -632,9 +708,9 @@ def discard(
     json_output: JsonOutput = False,
 ) -> None:
     """Set FAILED or PENDING events aside as DISCARDED (kept for the audit trail, never delivered)."""
-    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group]):
+    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group, payload]):
         _fail("give event ids or at least one filter (refusing to discard everything)", EXIT_USAGE)
-    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group, payload=payload)
     _run_action(
         "discard",
         event_ids,
@@ -644,6 +720,65 @@ def discard(
         filters=flt,
         status=",".join(status) if status else None,
         reason=reason,
+        actor=actor,
+    )
+
+
+@_command("retry-now")
+def retry_now(
+    event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    error_group: ErrorGroupOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
+    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Make PENDING events waiting on a backoff due now (all of them, the given ones, or those matching);
+    their attempts are kept."""
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    _run_action("retry_now", event_ids, dry_run, json_output, database_url, filters=flt, status=None, actor=actor)
+
+
+@_command()
+def recover(
+    event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts", min=1, help="As the dispatchers are configured (default: OUTBOX_MAX_ATTEMPTS, or 5)."
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
+    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Recover PROCESSING events whose lease expired, as a dispatcher's tick would: back to PENDING as a
+    failed attempt (FAILED when it was the last). Events with a live lease are never touched."""
+    from .config import Settings
+
+    flt = _filters(None, event_type, org, entity, since, until, search)
+    _run_action(
+        "recover",
+        event_ids,
+        dry_run,
+        json_output,
+        database_url,
+        filters=flt,
+        status=None,
+        max_attempts=max_attempts if max_attempts is not None else Settings.from_env().max_attempts,
         actor=actor,
     )
 
@@ -713,6 +848,106 @@ def purge(
         _dump({"events": result.events, "transitions": result.transitions, "batches": result.batches})
     else:
         _say(f"purged {result.events} events and {result.transitions} history rows in {result.batches} batch(es)")
+
+
+# --- pauses: pause, resume, pauses -----------------------------------------------------------
+
+PatternArg = Annotated[
+    str, typer.Argument(help="An event type, or a glob as handlers use: 'PROJECT.*', '*', '[AB]*' (quote it).")
+]
+ActorOpt = Annotated[str, typer.Option("--actor", help="Who is acting (kept with the pause).")]
+
+
+def _pause_record(pause: Any) -> dict[str, Any]:
+    return {**dataclasses.asdict(pause), "active": pause.active}
+
+
+def _when(value: Any) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@_command()
+def pause(
+    pattern: PatternArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; shown with the pause).")],
+    actor: ActorOpt = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Stop every dispatcher claiming events whose type matches PATTERN, until resume (kept PENDING,
+    no attempt spent). Pausing a pattern that is paused already keeps that pause and its reason."""
+    from . import admin
+
+    with _engine(database_url) as engine:
+        paused = admin.pause(engine, pattern, reason=reason, actor=actor)
+    if json_output:
+        _dump(_pause_record(paused))
+    elif paused.created:
+        _say(f"paused {paused.pattern}: dispatchers claim no matching event from their next batch on")
+    else:
+        _say(
+            f"{paused.pattern} is paused already, by {paused.paused_by} since {_when(paused.paused_at)}: "
+            f"{paused.reason} (that pause is kept)"
+        )
+
+
+@_command()
+def resume(
+    pattern: PatternArg,
+    actor: ActorOpt = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """End the pause of exactly PATTERN (as listed by 'pauses'); dispatchers claim its events again."""
+    from . import admin
+
+    with _engine(database_url) as engine:
+        resumed = admin.resume(engine, pattern, actor=actor)
+    if json_output:
+        _dump(_pause_record(resumed))
+    else:
+        _say(f"resumed {resumed.pattern} (paused by {resumed.paused_by} since {_when(resumed.paused_at)})")
+
+
+@_command()
+def pauses(
+    all_pauses: Annotated[bool, typer.Option("--all", help="The whole history, resumed pauses included.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 200,
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """The active pauses (or with --all every pause and resume), newest first."""
+    from . import analytics
+
+    with _engine(database_url, read_only=True) as engine:
+        frame = analytics.pauses(engine, active_only=not all_pauses, limit=limit)
+    if json_output:
+        _dump({"pauses": _records(frame)})
+        return
+    columns = ["pattern", "reason", "paused_by", "paused_at"]
+    if all_pauses:
+        columns += ["resumed_by", "resumed_at"]
+    import pandas as pd
+
+    shown = frame.astype(object)
+    for name in ("paused_at", "resumed_at"):
+        shown[name] = [None if pd.isna(v) else _when(v) for v in frame[name]]
+    title = f"{len(frame)} pause(s), newest first" if all_pauses else f"{len(frame)} active pause(s)"
+    _table(shown, columns, title, {"reason": 60})
+
+
+@_command("hash-password")
+def hash_password(
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the password from the first line of stdin.")] = False,
+) -> None:
+    """Print a scrypt hash of a password, for the [dashboard.users] table of outbox.toml."""
+    from .access import hash_password as make_hash
+
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    _out().print(make_hash(password), markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -50,35 +53,84 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str | None = None, *, sqlite_begin: SqliteBegin = "immediate", **engine_kwargs: Any) -> Engine:
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite://`` URL names (None for other databases and in-memory ones)."""
+    parsed = make_url(url)
+    if parsed.get_dialect().name != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _read_only_sqlite(path: Path, connect_args: dict[str, Any]) -> Callable[[], sqlite3.Connection]:
+    """Connections that read ``path`` without creating or writing any file.
+
+    ``mode=ro`` alone is not enough: on a WAL database no connection has open, SQLite
+    creates the ``-wal`` and ``-shm`` side files for a reader, and a read-only connection
+    cannot remove them at close. So when neither side file exists, nobody is writing,
+    and the file is opened ``immutable`` (no locks, no side files). Connections are not
+    pooled, so this is decided again at every read: once a writer appears (its side files
+    exist), readers share its ``-shm`` as usual. The cost is one ``stat`` and one open per read.
+    """
+    # A file: URI, so the path itself is never read as URI syntax (quote() escapes ? and #).
+    base = f"file:{quote(str(path.absolute()))}?mode=ro"
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+
+    def connect() -> sqlite3.Connection:
+        quiet = not wal.exists() and not shm.exists()
+        return sqlite3.connect(base + ("&immutable=1" if quiet else ""), uri=True, **connect_args)
+
+    return connect
+
+
+def make_engine(
+    url: str | None = None,
+    *,
+    sqlite_begin: SqliteBegin = "immediate",
+    read_only: bool = False,
+    **engine_kwargs: Any,
+) -> Engine:
     """An engine for the outbox: ``url``, else ``OUTBOX_DATABASE_URL``, else ``sqlite:///outbox.db``.
 
     SQLite gets WAL, a busy timeout, foreign keys, and transactions that begin
     with ``BEGIN IMMEDIATE`` (``sqlite_begin="deferred"`` for plain ``BEGIN``; see
     ``configure_engine``). PostgreSQL uses psycopg 3, a UTC session time zone and
     pre-ping, so a restarted server is survived. Other keywords go to ``create_engine``.
+
+    ``read_only=True`` gives an engine that cannot write, for consoles and reports on a
+    production database: SQLite opens the file with ``mode=ro`` (a missing file is an
+    error, never created; no ``journal_mode`` change; ``query_only``), PostgreSQL
+    sessions run with ``default_transaction_read_only``. On a WAL database that no
+    other process has open, the file is read ``immutable``, so no side file appears
+    (see ``_read_only_sqlite``).
     """
     url = normalize_url(url or default_database_url())
     dialect = make_url(url).get_dialect().name
     if dialect == "sqlite":
-        if make_url(url).database in (None, "", ":memory:"):
+        path = sqlite_file(url)
+        if path is None:
             raise ConfigurationError(
                 "an in-memory SQLite database is private to one connection; use a file, e.g. sqlite:///outbox.db"
             )
         connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         connect_args.update(engine_kwargs.pop("connect_args", {}))
-        engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
+        if read_only:
+            engine_kwargs.setdefault("creator", _read_only_sqlite(path, connect_args))
+            engine_kwargs.setdefault("poolclass", NullPool)  # each read decides afresh; see _read_only_sqlite
+            engine = create_engine(url, **engine_kwargs)
+        else:
+            engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
     elif dialect == "postgresql":
-        connect_args = {"options": "-c timezone=UTC"}
+        options = "-c timezone=UTC" + (" -c default_transaction_read_only=on" if read_only else "")
+        connect_args = {"options": options}
         connect_args.update(engine_kwargs.pop("connect_args", {}))
         engine_kwargs.setdefault("pool_pre_ping", True)
         engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
     else:
         engine = create_engine(url, **engine_kwargs)
-    return configure_engine(engine, sqlite_begin=sqlite_begin)
+    return configure_engine(engine, sqlite_begin="deferred" if read_only else sqlite_begin, read_only=read_only)
 
 
-def configure_engine(engine: Engine, *, sqlite_begin: SqliteBegin = "immediate") -> Engine:
+def configure_engine(engine: Engine, *, sqlite_begin: SqliteBegin = "immediate", read_only: bool = False) -> Engine:
     """Prepare an engine you created yourself; ``make_engine`` already does this.
 
     Call it before the engine's first connection. Only SQLite needs anything: WAL,
@@ -107,7 +159,10 @@ def configure_engine(engine: Engine, *, sqlite_begin: SqliteBegin = "immediate")
         # and skipped before DDL); see SQLAlchemy's "Serializable isolation / Savepoints" notes.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if read_only:
+            cursor.execute("PRAGMA query_only=ON")  # journal_mode=WAL would write the file's header
+        else:
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, MetaData, String, select
+from sqlalchemy import BigInteger, Engine, MetaData, String, inspect, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .coltypes import UTCDateTime
-from .db import read_engine, write_engine
+from .db import read_connection, read_engine, write_engine
 from .dispatcher import Backoff, Dispatcher, DispatchReport
 from .errors import OutboxError
 from .event_types import EventTypeRegistry, default_registry
@@ -34,6 +34,8 @@ from .publisher import publish_outbox_event
 
 DEMO_EVENT_TYPES = ("PROJECT.CREATED", "PROJECT.UPDATED", "PROJECT.ARCHIVED")
 DEMO_ORGS = ("acme", "globex", "initech", "umbrella")
+#: The name ``load_demo_data``'s own short-lived dispatcher writes in the history.
+DEMO_LOADER_NAME = "demo-loader"
 _NAMES = (
     "Apollo",
     "Borealis",
@@ -93,10 +95,35 @@ def ensure_demo_event_types(registry: EventTypeRegistry | None = None) -> None:
         (registry or default_registry).register(name)
 
 
+class DemoMarker(DemoBase):
+    """One row saying this database was made for the demo, and when.
+
+    The dashboard runs its demo handler (which completes events nobody receives) only on
+    a database holding this row: written by the demo actions, never guessed from data.
+    """
+
+    __tablename__ = "demo_outbox_marker"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 def create_demo_schema(engine: Engine) -> None:
-    """Create the ``demo_project`` table if it is missing (the outbox tables come from ``init_db``)."""
+    """Create the demo's tables if missing and mark the database as a demo one (the outbox
+    tables come from ``init_db``). Only demo actions call this."""
     DemoBase.metadata.create_all(engine, checkfirst=True)
+    with Session(write_engine(engine)) as session, session.begin():
+        if session.get(DemoMarker, 1) is None:
+            session.add(DemoMarker(id=1, created_at=_now()))
     ensure_demo_event_types()
+
+
+def is_demo_database(engine: Engine) -> bool:
+    """Whether the demo actions made this database (reads only; False when the marker table is absent)."""
+    with read_connection(engine) as conn:
+        if not inspect(conn).has_table(DemoMarker.__tablename__):
+            return False
+        return conn.execute(select(DemoMarker.id).limit(1)).first() is not None
 
 
 def _cents(budget: Decimal | int | str) -> int:
@@ -333,7 +360,7 @@ def load_demo_data(
     # No breaker: the loader retries at once until only the dead letters fail, and a run of
     # random failures must not pause it halfway.
     dispatcher = Dispatcher(
-        engine, [handler], max_attempts=3, backoff=Backoff(base=0, jitter=0), name="demo-loader", breaker=None
+        engine, [handler], max_attempts=3, backoff=Backoff(base=0, jitter=0), name=DEMO_LOADER_NAME, breaker=None
     )
     report = DispatchReport()
     for _ in range(6):

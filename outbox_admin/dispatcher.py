@@ -7,7 +7,9 @@ One tick (``dispatch_once``) is the original's 30-second cron made safe:
 2. claim up to ``batch_size`` due PENDING events, oldest ``created_at`` first, in
    one statement (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``
    on PostgreSQL; the same inside ``BEGIN IMMEDIATE`` on SQLite), marking them
-   PROCESSING with a lease;
+   PROCESSING with a lease. Events whose type matches an active pause
+   (``admin.pause``, read with each claim, so every dispatcher obeys a pause from
+   its next batch on) and events of handlers whose breaker is open stay PENDING;
 3. run the handlers with no transaction open (their circuit breakers decide
    which are called; the batch's lease is renewed meanwhile);
 4. in one short transaction: COMPLETED, or back to PENDING with backoff, or
@@ -42,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,6 +52,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from . import stats
 from .breaker import BreakerPolicy, CircuitBreaker, HandlerHealth, is_event_fault
 from .coltypes import UTCDateTime
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, Settings
@@ -58,9 +61,8 @@ from .errors import ConfigurationError
 from .handlers.base import BatchHandler, DeliveredEvent, Route, default_handlers
 from .lease import LeaseKeeper
 from .models import DEFAULT_TABLES, EventStatus, OutboxTables
-from .patterns import glob_for_postgres, glob_for_sqlite
+from .patterns import glob_for_postgres, glob_for_sqlite, matches_everything
 from .sql import dispatcher_sql
-from .stats import COMPACT_EVERY_SECONDS, compact_in, summed
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +117,29 @@ class DispatchReport:
     lost: int = 0
     ticks: int = 0
     seconds: float = 0.0
+    # Active pauses the latest tick's claim honoured (``admin.pause``): a state, not a count of events. Paused
+    # events are never claimed, so no tick sees them; ``analytics.pauses`` lists the patterns.
+    paused: int = 0
 
     def __add__(self, other: DispatchReport) -> DispatchReport:
-        return DispatchReport(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
-        )
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
+        summed["paused"] = other.paused if other.ticks else self.paused  # the later tick's state
+        return DispatchReport(**summed)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """Every kind of outcome in one line, zeros included, so nothing is left to guess:
+        ``"50 claimed: 45 completed, 3 retried, 2 failed, 0 recovered, ..."``."""
+        kinds = [f for f in dataclasses.fields(self) if f.name not in ("claimed", "ticks", "seconds")]
+        labels = {
+            "waiting": "waiting for a paused handler",
+            "released": "released unhandled",
+            "paused": "event-type pause(s) in effect",
+        }
+        parts = [f"{getattr(self, f.name):,} {labels.get(f.name, f.name)}" for f in kinds]
+        return f"{self.claimed:,} claimed: " + ", ".join(parts)
 
 
 def default_dispatcher_name() -> str:
@@ -190,7 +207,7 @@ class Dispatcher:
         self.recover_every_seconds = min(5.0, self.lease_seconds / 2)
         self._next_recovery = 0.0
         # The rollup's old minute rows are folded into hours and days this often (outbox_admin.stats).
-        self.compact_every_seconds = COMPACT_EVERY_SECONDS
+        self.compact_every_seconds = stats.COMPACT_EVERY_SECONDS
         self._next_compaction = 0.0
         self._lease_keeper = LeaseKeeper(self._renew_leases, interval=self.lease_seconds / 3, name=self.name)
         # Outcomes of a batch whose finish could not be written (the database went away): written first
@@ -292,8 +309,11 @@ class Dispatcher:
 
     # -- one tick ------------------------------------------------------------------
 
-    def dispatch_once(self) -> DispatchReport:
-        """Recover expired leases, claim one batch, handle it, record the outcomes."""
+    def dispatch_once(self, *, recover: bool = False) -> DispatchReport:
+        """Recover expired leases (when due, or now with ``recover=True``), claim one batch,
+        handle it, record the outcomes."""
+        if recover:
+            self._next_recovery = 0.0
         with self._connection() as conn:
             return self._tick(conn)
 
@@ -330,7 +350,7 @@ class Dispatcher:
         if time.monotonic() >= self._next_compaction:
             self._next_compaction = time.monotonic() + self.compact_every_seconds
             self.compact_stats(conn)
-        events, undecodable = ([], {}) if self.stopping else self._claim(conn)
+        events, undecodable = ([], {}) if self.stopping else self._claim(conn, report)
         report.claimed = len(events)
         if events:
             # Renewed only while this tick runs: a dispatcher that stops ticking must let its leases
@@ -391,7 +411,7 @@ class Dispatcher:
                     if rows:
                         history = [(r[0], PROCESSING, r[1], r[2], r[3]) for r in rows]
                         c.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
-                    counted = summed(((r[4], r[5], r[1], r[2], r[6]) for r in rows), self.name)
+                    counted = stats.summed(((r[4], r[5], r[1], r[2], r[6]) for r in rows), self.name)
                     if counted:
                         c.exec_driver_sql(sql.count, counted)
         for row in rows:
@@ -404,10 +424,10 @@ class Dispatcher:
         try:
             with self._connection(conn) as c:
                 if self._postgres:
-                    compact_in(c, self.tables)
+                    stats.compact_in(c, self.tables)
                 else:
                     with c.begin():
-                        compact_in(c, self.tables)
+                        stats.compact_in(c, self.tables)
         except DBAPIError as exc:
             log.warning("dispatcher %s could not compact the rollup: %s", self.name, _first_line(exc))
 
@@ -423,12 +443,15 @@ class Dispatcher:
         with write_transaction(self.engine) as c:
             return len(c.exec_driver_sql(sql.renew, params).all())
 
-    def _claim(self, conn: Connection | None = None) -> tuple[list[DeliveredEvent], dict[str, str]]:
+    def _claim(
+        self, conn: Connection | None = None, report: DispatchReport | None = None
+    ) -> tuple[list[DeliveredEvent], dict[str, str]]:
         """Claim up to ``batch_size`` due events (PROCESSING, under this dispatcher's lease), oldest first.
 
         Returns the events and, by id, why a claimed row could not be decoded (it is failed
         alone; the rest of the batch is handled as usual). Events routed to a handler whose
-        breaker is open are not claimed.
+        breaker is open, and events whose type matches an active pause, are not claimed;
+        ``report.paused`` says how many pauses there were.
         """
         sql = self._sql()
         blocked = self._blocked()
@@ -437,15 +460,12 @@ class Dispatcher:
         params = {"limit": self.batch_size, "name": self.name, **self._times(lease_until=self.lease_seconds)}
         if self.clock is None:
             params["lease_seconds"] = self.lease_seconds
-        statement = sql.claim
-        if blocked:
-            statement, params["blocked"] = sql.claim_unblocked, json.dumps(blocked)
         with self._connection(conn) as c:
             if self._postgres:
-                rows = c.exec_driver_sql(statement, params).all()
+                rows = self._claim_rows(c, blocked, params, report)
             else:
                 with c.begin():
-                    rows = c.exec_driver_sql(statement, params).all()
+                    rows = self._claim_rows(c, blocked, params, report)
                     if rows:
                         history = [(r[0], PENDING, PROCESSING, r[6] + 1, None) for r in rows]
                         c.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
@@ -460,6 +480,26 @@ class Dispatcher:
                 log.error("event %s cannot be decoded and is failed: %s", row[0], undecodable[row[0]])
         events.sort(key=lambda e: (e.created_at, e.id))
         return events, undecodable
+
+    def _claim_rows(
+        self, c: Connection, blocked: list[list[str | None]], params: dict[str, Any], report: DispatchReport | None
+    ) -> Sequence[Any]:
+        """Read the active pauses, then claim what neither they nor an open breaker hold back.
+
+        One small read per claim (the partial index of the active pauses), in the claim's
+        transaction on SQLite: a pause committed before it is obeyed by this very claim.
+        """
+        sql = self._sql()
+        paused = [row[0] for row in c.exec_driver_sql(sql.active_pauses)]
+        if report is not None:
+            report.paused = len(paused)
+        if any(matches_everything(p) for p in paused):
+            return []  # everything is paused: nothing to ask the database for
+        translate = glob_for_postgres if self._postgres else glob_for_sqlite
+        blocked = blocked + [[translate(p), None] for p in paused]
+        if not blocked:
+            return c.exec_driver_sql(sql.claim, params).all()
+        return c.exec_driver_sql(sql.claim_unblocked, {**params, "blocked": json.dumps(blocked)}).all()
 
     # -- handling ------------------------------------------------------------------
 
@@ -677,7 +717,7 @@ class Dispatcher:
             if history:
                 conn.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
             # (created_at, event_type, status, retry_count, processed_at) of each event finished
-            counted = summed((tuple(r[1:]) for r in rows), self.name)
+            counted = stats.summed((tuple(r[1:]) for r in rows), self.name)
             if counted:
                 conn.exec_driver_sql(sql.count, counted)
         return written
@@ -741,6 +781,7 @@ class _Statements:
         self.recover = statements.recover
         self.history = statements.history or ""
         self.count = statements.count or ""
+        self.active_pauses = statements.active_pauses
 
     def bind_time(self, value: dt.datetime) -> Any:
         """A datetime as the driver should receive it (SQLite: UTCDateTime's text form)."""

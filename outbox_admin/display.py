@@ -28,7 +28,7 @@ import json
 import unicodedata
 from typing import Any
 
-__all__ = ["has_surrogates", "invisible", "visible", "visible_json"]
+__all__ = ["error_line", "has_surrogates", "invisible", "time_text", "visible", "visible_json"]
 
 #: Unicode categories shown as escapes: controls, format characters, surrogates, unassigned,
 #: line and paragraph separators. Spaces (Zs) and private-use characters (Co) are shown as is.
@@ -106,3 +106,28 @@ def has_surrogates(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """One short line for an error shown to a person, never a traceback.
+
+    A database driver's error is given by its own first line (SQLAlchemy's wrapper adds the
+    statement, its parameters and a link); the full error belongs in the log.
+    """
+    shown: BaseException = getattr(exc, "orig", None) or exc
+    first = next((line.strip() for line in str(shown).splitlines() if line.strip()), "")
+    text = f"{type(shown).__name__}: {first}" if first else type(shown).__name__
+    return visible(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def time_text(value: Any, *, iso: bool = False) -> str:
+    """A time as people read it everywhere: UTC, to the millisecond, ``2026-12-01 22:37:36.123``
+    (``iso=True``: ``2026-12-01T22:37:36.123Z``, for exports); empty for none."""
+    import pandas as pd
+
+    if value is None or pd.isna(value):
+        return ""
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return text.replace(" ", "T") + "Z" if iso else text

@@ -1,4 +1,5 @@
-"""The outbox tables: ``OutboxEvent`` and its history, ``OutboxEventTransition``.
+"""The outbox tables: ``OutboxEvent``, its history ``OutboxEventTransition``, and
+``OutboxEventPause`` (event types an operator paused, kept after resume as the audit trail).
 
 Table names default to those of the original Prisma schema and can be changed
 with ``OutboxTables.named(...)``; every part of the package takes an
@@ -186,19 +187,41 @@ def _define_stats(metadata: MetaData, name: str, schema: str | None) -> Table:
     )
 
 
+def _define_pauses(metadata: MetaData, name: str, schema: str | None) -> Table:
+    """Pauses by event-type pattern: a row per pause, ended (not deleted) by a resume, so the table is
+    the audit trail. At most one active row per pattern (the partial unique index), which makes pausing
+    idempotent and serves the dispatcher's per-tick read of the active patterns."""
+    pauses = Table(
+        name,
+        metadata,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("pattern", String(255), nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("paused_by", String(255), nullable=False),
+        Column("paused_at", UTCDateTime, nullable=False),
+        Column("resumed_by", String(255)),
+        Column("resumed_at", UTCDateTime),
+        schema=schema,
+    )
+    active = pauses.c.resumed_at.is_(None)
+    Index(f"uq_{name}_active", pauses.c.pattern, unique=True, postgresql_where=active, sqlite_where=active)
+    return pauses
+
+
 @dataclass(frozen=True)
 class OutboxTables:
-    """The outbox tables as SQLAlchemy Core ``Table`` objects: the events, their history and the
-    rollup (``stats``, named ``<events>Stats``).
+    """The outbox tables as SQLAlchemy Core ``Table`` objects: the events, their history, the pauses
+    and the rollup (``stats``, named ``<events>Stats``).
 
     ``OutboxTables.named(events="app_outbox", transitions="app_outbox_history")``
     makes a set with other names (validated as plain identifiers) in its own
-    ``MetaData``; pass it as ``tables=`` to ``init_db``, the publisher, the
-    dispatcher and the analytics.
+    ``MetaData``; the pauses table defaults to ``<events>Pause``. Pass it as
+    ``tables=`` to ``init_db``, the publisher, the dispatcher and the analytics.
     """
 
     events: Table
     transitions: Table
+    pauses: Table
     stats: Table
 
     @property
@@ -218,26 +241,34 @@ class OutboxTables:
         events: str = "OutboxEvent",
         transitions: str | None = None,
         *,
+        pauses: str | None = None,
         schema: str | None = None,
     ) -> OutboxTables:
         transitions = transitions or f"{events}Transition"
+        pauses = pauses or f"{events}Pause"
         stats = f"{events}Stats"
         for kind, name in (
             ("table name", events),
             ("table name", transitions),
+            ("table name", pauses),
             ("table name", stats),
             ("schema name", schema),
         ):
             _check_identifier(kind, name)
-        if events == transitions:
-            raise ConfigurationError("the events and transitions tables need different names")
+        if len({events, transitions, pauses, stats}) < 4:
+            raise ConfigurationError("the events, transitions, pauses and stats tables need different names")
         metadata = MetaData(naming_convention=NAMING_CONVENTION)
-        return cls(*_define_tables(metadata, events, transitions, schema), _define_stats(metadata, stats, schema))
+        return cls(
+            *_define_tables(metadata, events, transitions, schema),
+            _define_pauses(metadata, pauses, schema),
+            _define_stats(metadata, stats, schema),
+        )
 
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 DEFAULT_TABLES = OutboxTables(
     *_define_tables(metadata, "OutboxEvent", "OutboxEventTransition", None),
+    _define_pauses(metadata, "OutboxEventPause", None),
     _define_stats(metadata, "OutboxEventStats", None),
 )
 
@@ -287,3 +318,20 @@ class OutboxEventTransition(Base):
 
     def __repr__(self) -> str:
         return f"<OutboxEventTransition {self.event_id} {self.from_status}->{self.to_status}>"
+
+
+class OutboxEventPause(Base):
+    """One pause of the event types matching ``pattern``; active while ``resumed_at`` is null."""
+
+    __table__ = DEFAULT_TABLES.pauses
+
+    id: Mapped[int]
+    pattern: Mapped[str]
+    reason: Mapped[str]
+    paused_by: Mapped[str]
+    paused_at: Mapped[dt.datetime]
+    resumed_by: Mapped[str | None]
+    resumed_at: Mapped[dt.datetime | None]
+
+    def __repr__(self) -> str:
+        return f"<OutboxEventPause {self.pattern} {'active' if self.resumed_at is None else 'resumed'}>"

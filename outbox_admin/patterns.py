@@ -6,11 +6,22 @@ leave events unclaimed by type (a handler's circuit breaker is open), the same
 patterns have to be matched by the database: SQLite's ``GLOB`` is the same
 language except that it negates a set with ``^``; PostgreSQL gets an anchored
 regular expression. Both translations are tested against ``fnmatchcase``.
+
+Patterns a person types (pauses: ``admin.pause``) are checked first by
+``check_pattern``, since ``fnmatch`` accepts anything and a typo would silently
+pause nothing.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import unicodedata
+
+from .errors import FilterError
+from .payload import text_fault
+
+#: A stored pattern fits the event type column (255 characters), and so does any type it must match.
+MAX_PATTERN_LENGTH = 255
 
 
 def _bracket_end(pattern: str, start: int) -> int:
@@ -87,3 +98,44 @@ def _set_regex(bracket: str) -> str:
     """``[...]`` as fnmatch's regex for it: ``[...]``, ``.`` (``[!]`` sets) or ``(?!)`` (matches nothing)."""
     translated = fnmatch.translate(bracket)  # "(?s:<set>)\\Z"
     return translated.removeprefix("(?s:").removesuffix(")\\Z")
+
+
+def check_pattern(pattern: object, *, field: str = "pattern") -> str:
+    """``pattern`` without surrounding blanks, or ``FilterError`` saying what is wrong with it.
+
+    A pattern is 1 to 255 characters with no blank, control or invisible character
+    (no event type holds one), and every ``[`` opens a set that is closed and can
+    match a character: ``fnmatch`` would read an unclosed ``[`` as itself and an
+    empty range (``[z-a]``) as nothing, which is never what a person pausing meant.
+    """
+    if not isinstance(pattern, str):
+        raise FilterError(field, f"must be text, not {type(pattern).__name__}")
+    if len(pattern) > 4 * MAX_PATTERN_LENGTH:  # checked before any walk over the text
+        raise FilterError(field, f"is {len(pattern):,} characters, over the limit of {MAX_PATTERN_LENGTH}")
+    text = pattern.strip()
+    if not text:
+        raise FilterError(field, "is empty: give an event type or a glob such as PROJECT.* or *")
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise FilterError(field, f"is {len(text):,} characters, over the limit of {MAX_PATTERN_LENGTH}")
+    fault = text_fault(text)
+    if fault:
+        raise FilterError(field, fault)
+    for char in text:
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Cf"):
+            raise FilterError(field, f"{text!r} holds {char!r}, which no event type holds")
+    i = 0
+    while i < len(text):
+        if text[i] == "[":
+            end = _bracket_end(text, i)
+            if end < 0:
+                raise FilterError(field, f"{text!r}: the [ at position {i + 1} is never closed (a literal [ is [[])")
+            if _set_regex(text[i : end + 1]) == "(?!)":
+                raise FilterError(field, f"{text!r}: the set {text[i : end + 1]} matches no character")
+            i = end
+        i += 1
+    return text
+
+
+def matches_everything(pattern: str) -> bool:
+    """True for ``*``, ``**``, ...: every event type matches, so a dispatcher need not ask the database."""
+    return bool(pattern) and set(pattern) == {"*"}

@@ -40,7 +40,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .breaker import HandlerHealth
 from .config import DEFAULT_INTERVAL_SECONDS
 from .dispatcher import Dispatcher, DispatchReport
-from .errors import ConfigurationError
+from .errors import AdminActionError, ConfigurationError
 from .wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class ServiceStatus:
     totals: DispatchReport
     listening: bool
     current_run: DispatchReport | None = None
+    draining: bool = False  # a drain started with start_drain() is running
     recent_errors: tuple[tuple[dt.datetime, str], ...] = ()
     handlers: tuple[HandlerHealth, ...] = ()
 
@@ -93,6 +94,10 @@ class ServiceStatus:
             return None
         now = now or dt.datetime.now(dt.UTC)
         return max(0.0, (self.next_tick_at - now).total_seconds())
+
+
+def _error_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
 class DispatcherService:
@@ -134,6 +139,8 @@ class DispatcherService:
         self._ticks = 0
         self._failed_ticks = 0
         self._totals = DispatchReport()
+        self._drain_thread: threading.Thread | None = None
+        self._manual = threading.Event()  # a run_batch() is in progress
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -146,6 +153,8 @@ class DispatcherService:
         with self._lock:
             if self.running:
                 return
+            if self.draining or self._manual.is_set():
+                raise AdminActionError("a drain or a batch is running; start the service when it ends")
             self.dispatcher.clear_stop()
             self._closing.clear()
             self._worker = threading.Thread(target=self._work, name="outbox-dispatch", daemon=True)
@@ -171,6 +180,7 @@ class DispatcherService:
 
     def stop(self, wait: bool = True) -> None:
         """Stop: the event in hand finishes, the rest of its batch is released to PENDING."""
+        self.stop_drain(wait=wait)
         with self._lock:
             scheduler, self._scheduler = self._scheduler, None
             if self._remove_wake is not None:
@@ -239,6 +249,63 @@ class DispatcherService:
             finished = self._tick_done.wait_for(lambda: self._ticks > seen, timeout=timeout)
         return self._last_report if finished else None
 
+    def run_batch(self) -> DispatchReport:
+        """One batch now, in the calling thread, recovering expired leases first: an operator's
+        "tick". Refused while the service runs or drains (it ticks by itself then)."""
+        with self._lock:
+            if self.running or self.draining:
+                raise AdminActionError("the dispatcher is already running; it ticks by itself")
+            self._manual.set()
+        started = dt.datetime.now(dt.UTC)
+        try:
+            report = self.dispatcher.dispatch_once(recover=True)
+        except Exception as exc:
+            self._record(started, DispatchReport(), _error_line(exc), finished=True)
+            raise
+        finally:
+            self._manual.clear()
+        self._batch_done(report)
+        self._record(started, report, None, finished=True)
+        return report
+
+    @property
+    def draining(self) -> bool:
+        drain = self._drain_thread
+        return drain is not None and drain.is_alive()
+
+    def start_drain(self) -> None:
+        """Dispatch everything due, batch after batch, in a background thread; progress in
+        ``status().current_run``, ``stop_drain()`` ends it after the batch in hand."""
+        with self._lock:
+            if self.running or self.draining or self._manual.is_set():
+                raise AdminActionError("the dispatcher is already running; it ticks by itself")
+            self.dispatcher.clear_stop()
+            with self._tick_done:
+                self._current_run = DispatchReport()
+            self._drain_thread = threading.Thread(target=self._drain_all, name="outbox-drain", daemon=True)
+            self._drain_thread.start()
+
+    def stop_drain(self, wait: bool = True) -> None:
+        """End a drain after the batch in hand (its unhandled events are released)."""
+        drain = self._drain_thread
+        if drain is None:
+            return
+        self.dispatcher.request_stop()
+        if wait:
+            drain.join()
+
+    def _drain_all(self) -> None:
+        started = dt.datetime.now(dt.UTC)
+        report, error = DispatchReport(), None
+        try:
+            report = self.dispatcher.drain(max_seconds=None, on_tick=self._batch_done)
+        except Exception as exc:  # noqa: BLE001 - recorded in status()
+            error = _error_line(exc)
+            log.warning("outbox drain failed: %s", error)
+        finally:
+            self.dispatcher.clear_stop()
+        self._record(started, report, error, finished=True)
+
     def wait_for_tick(self, after: int, timeout: float) -> bool:
         """Block until more than ``after`` ticks have run (for tests and scripts)."""
         with self._tick_done:
@@ -288,7 +355,7 @@ class DispatcherService:
                     break
                 self._record(started, report, None, finished=False)
         except Exception as exc:  # noqa: BLE001 - recorded in status(); the next tick tries again
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            error = _error_line(exc)
             log.warning("outbox dispatcher tick failed: %s", error)
             self._wake_pending.clear()  # a failed tick is not retried at once; the next wake-up or run is
         self._record(started, report, error, finished=True)
@@ -339,6 +406,7 @@ class DispatcherService:
         with self._tick_done:
             return ServiceStatus(
                 running=self.running,
+                draining=self.draining,
                 dispatcher=self.dispatcher.name,
                 interval_seconds=self.interval_seconds,
                 last_tick_at=self._last_tick_at,

@@ -161,9 +161,7 @@ _INDEX = {name: i for i, name in enumerate(COUNTER_COLUMNS)}
 _LATENCY_SUM = _INDEX["latency_sum"]
 _LATENCY = [_INDEX[c] for c in LATENCY_COLUMNS]
 #: Per counted status: its count's column and its retry-count columns, as indexes into COUNTER_COLUMNS.
-_STATUS_COLUMNS = {
-    status: (_INDEX[status.lower()], [_INDEX[c] for c in RETRY_COLUMNS[status]]) for status in COUNTED
-}
+_STATUS_COLUMNS = {status: (_INDEX[status.lower()], [_INDEX[c] for c in RETRY_COLUMNS[status]]) for status in COUNTED}
 
 
 # -- compaction and rebuild ------------------------------------------------------------------

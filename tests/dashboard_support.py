@@ -15,3 +15,10 @@ def keep_main_module() -> Iterator[None]:
     yield
     if main is not None:
         sys.modules["__main__"] = main
+
+
+def linked_ids(links: object) -> list[str]:
+    """The event ids of a table's link column (``events?id=...``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    return [parse_qs(urlsplit(str(link)).query)["id"][0] for link in links]  # type: ignore[attr-defined]

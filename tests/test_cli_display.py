@@ -330,7 +330,7 @@ def test_the_dispatch_log_shows_stored_text_visibly(sqlite_url: str, tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
     env.update(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url)
     result = subprocess.run(
-        [sys.executable, "-m", "outbox_admin", "dispatch", "--once", "--json"],
+        [sys.executable, "-m", "outbox_admin", "dispatch", "--once", "--log-only", "--json"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

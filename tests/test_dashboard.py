@@ -13,7 +13,7 @@ from outbox_admin import analytics, demo, init_db, make_engine
 from outbox_admin.ui.components import table_key
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module  # noqa: F401 - an autouse fixture
+from .dashboard_support import keep_main_module, linked_ids  # noqa: F401 - an autouse fixture
 
 DASHBOARD = str(Path(__file__).resolve().parents[1] / "dashboard.py")
 TIMEOUT = 60
@@ -89,7 +89,7 @@ def test_filters_in_the_link_narrow_the_table(demo_engine) -> None:
     table = at.dataframe[0].value
     assert len(table) == failed
     assert set(table["status"]) == {"FAILED"}
-    assert at.caption[0].value.startswith(f"{failed:,} events match")
+    assert f"of {failed:,} matching events" in at.caption[0].value
 
 
 def test_the_filter_form_writes_the_link(demo_engine) -> None:
@@ -137,14 +137,14 @@ def test_requeue_a_selected_failed_event(demo_engine) -> None:
     at = page("events")
     at.query_params["status"] = "FAILED"
     at.run()
-    ids = list(at.dataframe[0].value["id"])
+    ids = linked_ids(at.dataframe[0].value["link"])
     # AppTest cannot click table rows: set the selection state the table widget would hold.
     at.session_state[table_key("events_table", ids)] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()
-    assert f"Selected: `{ids[0]}`" in [c.value for c in at.caption]
+    assert f"Selected: [`{ids[0]}`](events?id={ids[0]})" in [m.value for m in at.markdown]
     [requeue] = [b for b in at.button if b.label == "Requeue selected"]
     requeue.click().run()
-    assert "**Requeue 1 event(s)**" in at.markdown[-1].value  # the dry run
+    assert any("**Requeue 1 event(s)**" in m.value for m in at.markdown)  # the dry run
     [confirm] = [b for b in at.button if b.label == "Requeue 1 event(s)"]
     confirm.click().run()
     assert not at.exception
@@ -156,7 +156,7 @@ def test_requeue_a_selected_failed_event(demo_engine) -> None:
 
 
 def test_requeue_a_whole_error_group_from_the_failures_page(demo_engine) -> None:
-    groups = analytics.error_summary(demo_engine, limit=50)
+    groups = analytics.error_summary(demo_engine, limit=50, order="failed")  # the page's order
     dead_group = groups[groups["failed"] > 0]["error_group"].iloc[0]
     at = page("failures").run()
     at.session_state[table_key("groups", groups["error_group"])] = {
@@ -180,19 +180,20 @@ def test_the_sidebar_runs_a_tick(engine) -> None:
     assert analytics.count_events(engine, status="COMPLETED") == 5
 
 
-def test_the_password_gate_blocks_until_the_right_password(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_session_only_the_sign_in_link_is_drawn(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The password is checked by the sign-in page (tests/test_dashboard_access.py); a session that
+    has none (AppTest sends no cookie) gets a link there that comes back to this page."""
     monkeypatch.setenv("OUTBOX_DASHBOARD_PASSWORD", "s3cret")
-    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(DASHBOARD, default_timeout=TIMEOUT)
+    at.context = {"url": "http://127.0.0.1:8501/events"}
+    at.query_params["status"] = "FAILED"
+    at.run()
     assert not at.exception
     assert [t.value for t in at.title] == ["outbox_admin"]
-    assert not at.sidebar.button  # nothing behind the gate was drawn
-    at.text_input[0].set_value("wrong")
-    at.button[0].click().run()
-    assert at.error[0].value == "Wrong password."
-    at.text_input[0].set_value("s3cret")
-    at.button[0].click().run()
-    assert not at.exception
-    assert "same transaction" in at.info[0].value  # the Overview's empty state
+    assert not at.sidebar.button and not at.sidebar.code  # nothing behind the gate was drawn
+    assert (
+        at.markdown[-1].value == '<a href="/_outbox/login?next=%2Fevents%3Fstatus%3DFAILED" target="_self">Sign in</a>'
+    )
 
 
 def test_read_only_hides_every_write_action(demo_engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,12 +221,12 @@ def test_live_page_can_show_only_manual_actions(demo_engine) -> None:
 
 def test_the_sidebar_shows_a_paused_handler(engine) -> None:
     """A handler whose circuit breaker opened is shown with its last error (and its events as waiting)."""
-    from outbox_admin.ui.context import get_dispatcher
+    from outbox_admin.ui.context import dashboard_dispatcher
 
     demo.generate_activity(engine, 12, seed=5)
     at = page("overview").run()
     assert not at.exception
-    dashboard = get_dispatcher(str(engine.url.render_as_string(hide_password=False)))
+    dashboard = dashboard_dispatcher(str(engine.url.render_as_string(hide_password=False)))
     dashboard.demo_handler.configure(fail_share=1.0)  # every delivery fails: the demo's sink is "down"
     report = dashboard.service.run_now(timeout=30)
     assert report is not None and report.waiting > 0
@@ -234,3 +235,41 @@ def test_the_sidebar_shows_a_paused_handler(engine) -> None:
     paused = [e.value for e in at.sidebar.error if "is paused" in e.value]
     assert len(paused) == 1 and "`demo`" in paused[0] and "ConnectionError" in paused[0]
     assert any("waiting for a paused handler" in c.value for c in at.sidebar.caption)
+
+
+def test_a_payload_filter_in_the_link_narrows_the_table_and_the_form_writes_it(demo_engine) -> None:
+    archived = analytics.count_events(demo_engine, payload={"status": "ARCHIVED"})
+    assert 0 < archived < analytics.count_events(demo_engine)
+    at = page("events")
+    at.query_params["payload"] = "status=ARCHIVED"
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == archived
+    assert set(table["event_type"]) == {"PROJECT.ARCHIVED"}  # the demo archives with that status
+    assert f"of {archived:,} matching events" in at.caption[0].value
+    [field] = [t for t in at.text_area if t.label == "Payload"]
+    assert field.value == "status=ARCHIVED"  # the form shows the link's filter
+
+    field.set_value("status=ARCHIVED\nbudget=-1")
+    [apply] = [b for b in at.button if b.label == "Apply filters"]
+    apply.click().run()
+    assert not at.exception
+    assert at.query_params["payload"] in ("status=ARCHIVED\nbudget=-1", ["status=ARCHIVED\nbudget=-1"])
+    assert "of 0 matching events" in at.caption[0].value
+
+
+def test_a_bad_payload_filter_is_shown_like_the_other_filter_errors(demo_engine) -> None:
+    at = page("events").run()
+    [field] = [t for t in at.text_area if t.label == "Payload"]
+    field.set_value("customer..id=42")
+    [apply] = [b for b in at.button if b.label == "Apply filters"]
+    apply.click().run()
+    assert not at.exception
+    assert "empty key" in at.error[0].value
+    assert "payload" not in at.query_params
+    at = page("events")
+    at.query_params["payload"] = "tags=[1, 2]"
+    at.run()
+    assert not at.exception
+    assert "Ignoring the filter in the link" in at.error[0].value and "not an object or array" in at.error[0].value

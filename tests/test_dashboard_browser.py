@@ -14,13 +14,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from outbox_admin import analytics, make_engine
+from outbox_admin import analytics, demo, init_db, make_engine
 
 from .services import unavailable
 
@@ -45,20 +45,26 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_dashboard(tmp_path: Path, *, project_config: bool) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
-    """A dashboard server on a free port and a temporary SQLite database: (base URL, database URL, process).
+def running_dashboard(
+    tmp_path: Path, *, project_config: bool, env: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """A dashboard server on a free port and a temporary SQLite demo database: (base URL, database URL, process).
 
     ``project_config``: started from the checkout, as the quick start does, so the project's
     ``.streamlit/config.toml`` is what configures it; otherwise from a temporary folder with
-    the same settings given as flags.
+    the same settings given as flags. ``env``: more variables for the server (access settings, ...).
     """
     url = f"sqlite:///{tmp_path / 'browser.db'}"
+    engine = make_engine(url)  # a demo database: outbox tables and the demo's mark, so its dispatcher runs
+    init_db(engine)
+    demo.create_demo_schema(engine)
+    engine.dispose()
     port = free_port()
+    extra = env or {}
     env = {**os.environ, "OUTBOX_DATABASE_URL": url, "OUTBOX_INTERVAL_SECONDS": "3600"}
-    for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY"):
-        env.pop(name, None)
-    for name in [n for n in env if n.startswith("STREAMLIT_")]:
+    for name in [n for n in env if n.startswith(("STREAMLIT_", "OUTBOX_DASHBOARD_")) or n == "OUTBOX_CONFIG"]:
         env.pop(name)
+    env.update(extra)
     flags = ["--server.port", str(port), "--server.fileWatcherType", "none"]
     if not project_config:
         flags += ["--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
@@ -126,6 +132,17 @@ def test_publish_tick_and_see_it_completed_in_a_real_browser(dashboard, browser_
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     open_page(page, base, "publish", "Publish")
+    # The type box takes any text; an unregistered type is refused by the publisher, visibly.
+    type_box = page.get_by_role("combobox", name="Event type")
+    type_box.click()
+    type_box.fill("INVOICE.PAID")
+    type_box.press("Enter")
+    page.get_by_role("button", name="Publish", exact=True).click()
+    page.get_by_text("Nothing was published").wait_for(timeout=30_000)
+    assert "INVOICE.PAID" in page.get_by_text("Nothing was published").inner_text()
+    type_box.click()
+    type_box.fill("PROJECT.CREATED")
+    type_box.press("Enter")
     page.get_by_label("Payload (JSON)").fill('{"name": "Browser", "budget": 42.5}')
     page.get_by_role("button", name="Publish", exact=True).click()
     try:
@@ -146,7 +163,7 @@ def test_publish_tick_and_see_it_completed_in_a_real_browser(dashboard, browser_
         engine.dispose()
 
     open_page(page, base, "events?status=COMPLETED", "Events")
-    page.get_by_text("1 events match").wait_for(timeout=30_000)
+    page.get_by_text("of 1 matching events").wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "events.png"), full_page=True)
 
     for path, heading in (("", "Overview"), ("live", "Live"), ("failures", "Failures")):

@@ -120,8 +120,8 @@ def test_the_event_detail_shows_stored_text_as_data(engine: Any, failed: str) ->
     at.run()
     assert not at.exception
 
-    [selected] = [c.value for c in at.caption if c.value.startswith("Selected:")]
-    assert selected == f"Selected: {literal(failed)}"
+    [selected] = [m.value for m in at.markdown if m.value.startswith("Selected:")]
+    assert selected == f"Selected: [{literal(failed)}](events?id={failed})"
     [title] = [h.value for h in at.subheader if "Project/" in h.value]
     assert_shown_literally(title, f"PROJECT.UPDATED Project/{ENTITY_ID}")
     [line] = [m.value for m in at.markdown if m.value.startswith("Status ")]

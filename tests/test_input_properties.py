@@ -22,12 +22,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from outbox_admin import OutboxError, analytics
 from outbox_admin.errors import FilterError
+from outbox_admin.filters import EventFilter
 
 from .input_support import delivered, publish, same, stored
 
@@ -266,6 +267,7 @@ filters = st.fixed_dictionaries(
         "search": st.none() | texts | st.text(min_size=190, max_size=210),
         "error_group": st.none() | texts,
         "event_ids": st.none() | st.lists(texts, max_size=3) | texts,
+        "payload": st.none() | texts | st.lists(texts, max_size=3) | st.dictionaries(texts, leaves, max_size=3),
     },
 )
 
@@ -284,3 +286,96 @@ def test_a_filter_runs_or_is_a_filter_error(engine: Engine, loose: dict[str, Any
         assert analytics.get_event(engine, event_id) is None
     except FilterError:
         assert not valid_text(event_id) or len(event_id) > 1000
+
+
+# --- payload filters -------------------------------------------------------------------------
+
+#: Published once per test function's database (entity ids d0, d1, ...): what random conditions search.
+PAYLOAD_DOCUMENTS: list[Any] = [
+    {"a": {"b": 1, "c": [True, None, "x", 0]}, "0": "zero", "$": {"[": 1.5}, "k.d": "dot", "-1": [7]},
+    [{"a": 1}, "a", 2, [False]],
+    {"a": {"b": 1.0, "c": {"0": "x"}}, "c": "1", "d": False, "e": None, "\u00e9": "\u00e9"},
+    {"a": "b", "b": "[1]", "1": 1, "00": True, "x": 2**53 + 1},
+]
+
+
+def _paths_and_leaves(document: Any, path: tuple[str, ...] = ()) -> Any:
+    """Every (path, value) in a document, containers included (a condition on one must match nothing)."""
+    if path:
+        yield path, document
+    if isinstance(document, dict | list):
+        items = document.items() if isinstance(document, dict) else enumerate(document)
+        for key, item in items:
+            yield from _paths_and_leaves(item, (*path, str(key)))
+
+
+_STORED = [pair for document in PAYLOAD_DOCUMENTS for pair in _paths_and_leaves(document)]
+stored_paths = st.sampled_from(sorted({path for path, _ in _STORED}))
+# What is stored, and look-alikes of other JSON types (1.0 and True and "1" for 1, None, ...).
+look_alikes = st.sampled_from([1, 1.0, True, 0, 0.0, False, "1", "true", "x", 2**53, 2**53 + 1, None])
+as_text = stored_paths.map(lambda keys: ".".join(k.replace("\\", "\\\\").replace(".", "\\.") for k in keys))
+payload_conditions = st.one_of(
+    st.sampled_from(_STORED),  # a stored (path, value): most examples find something
+    st.tuples(stored_paths | as_text, look_alikes),
+    st.tuples(
+        stored_paths
+        | as_text
+        | st.lists(texts | st.sampled_from(["a", "0", "$", "-1"]), min_size=1, max_size=4).map(tuple)
+        | texts
+        | st.sampled_from(["", ".", "a..b", "a\\", "a\tb", "." * 40, "a." * 40]),
+        look_alikes | leaves | st.lists(leaves, max_size=2) | st.dictionaries(texts, leaves, max_size=2),
+    ),
+)
+
+
+def model_lookup(document: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    """(found, value) at ``path``: keys on objects; on arrays, ASCII digits as an index (README's rules)."""
+    for key in path:
+        if isinstance(document, dict) and key in document:
+            document = document[key]
+        elif isinstance(document, list) and key.isascii() and key.isdigit() and int(key) < len(document):
+            document = document[int(key)]
+        else:
+            return False, None
+    return True, document
+
+
+def model_equal(stored: Any, wanted: Any) -> bool:
+    """JSON equality: the same JSON type, numbers compared as numbers (exactly), text exactly."""
+    if stored is None or wanted is None or isinstance(stored, bool) or isinstance(wanted, bool):
+        return type(stored) is type(wanted) and stored == wanted
+    if isinstance(stored, int | float) and isinstance(wanted, int | float):
+        return stored == wanted
+    return isinstance(stored, str) and isinstance(wanted, str) and stored == wanted
+
+
+@PROFILE
+@given(condition=payload_conditions, line=st.none() | texts)
+def test_a_payload_filter_finds_what_the_model_finds_or_is_a_filter_error(
+    engine: Engine, condition: tuple[Any, Any], line: str | None
+) -> None:
+    if analytics.count_events(engine) == 0:
+        with engine.begin() as conn:
+            for index, document in enumerate(PAYLOAD_DOCUMENTS):
+                publish(conn, entity_id=f"d{index}", payload=document)
+    if line is not None:  # the text form, as typed in the dashboard or on the command line
+        try:
+            analytics.count_events(engine, payload=line)
+            analytics.count_events(engine, payload=[line])
+        except FilterError:
+            pass
+    path, value = condition
+    try:
+        flt = EventFilter(payload={path: value})
+    except FilterError:
+        return
+    assert flt.payload is not None
+    (made,) = flt.payload
+    found = set(analytics.events_frame(engine, flt, limit=100)["entity_id"])
+    expected = set()
+    for index, document in enumerate(PAYLOAD_DOCUMENTS):
+        present, stored_value = model_lookup(document, made.path)
+        if present and model_equal(stored_value, made.value):
+            expected.add(f"d{index}")
+    event(f"matches: {len(expected)}")
+    assert found == expected, (made, found, expected)

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
-from outbox_admin import Dispatcher, analytics, make_engine, publish_outbox_event
+from outbox_admin import Dispatcher, admin, analytics, make_engine, publish_outbox_event
 from outbox_admin.admin import discard, requeue
 from outbox_admin.dispatcher import _Statements
 from outbox_admin.models import DEFAULT_TABLES
+from outbox_admin.patterns import glob_for_postgres, glob_for_sqlite
 from outbox_admin.stats import COUNTER_COLUMNS
 
 EV = DEFAULT_TABLES.events
@@ -85,8 +86,10 @@ def parameters(which: str, postgres: bool) -> dict[str, Any]:
         params["outcomes"] = json.dumps([[i, 0, "COMPLETED", 0, None, 1, None, None] for i in HELD])
     elif which == "renew":
         params["ids"] = json.dumps(HELD)
-    elif which == "claim_unblocked":
-        params["blocked"] = json.dumps([["^BUDGET\\..*$" if postgres else "BUDGET.*", None]])
+    elif which == "claim_unblocked":  # an open breaker's types and org, and two pauses (any org)
+        translate = glob_for_postgres if postgres else glob_for_sqlite
+        blocked = [[translate("BUDGET.*"), "org"], [translate("PROJECT.ARCHIVED"), None], [translate("[AB]*"), None]]
+        params["blocked"] = json.dumps(blocked)
     return params
 
 
@@ -181,7 +184,9 @@ def test_sqlite_plans(sqlite_url: str, state: str) -> None:
         text = "\n".join(plan)
         assert "TEMP B-TREE" not in text, (which, state, plan)
         for line in plan:
-            if line.startswith("SCAN ") and not line.startswith(("SCAN json_each", "SCAN b ")):
+            if line.startswith("SCAN ") and not (
+                line.startswith("SCAN json_each") or line.split()[:2] == ["SCAN", "b"]
+            ):
                 assert "USING INDEX ix_OutboxEvent_due" in line, f"{which} scans events: {line} ({state})"
         assert "SEARCH e USING INDEX sqlite_autoindex_OutboxEvent_1 (id=?)" in text, (which, state, plan)
         assert not [line for line in plan if line.startswith("SEARCH e ") and "autoindex" not in line], (which, plan)
@@ -226,6 +231,126 @@ def test_locked_by_is_set_on_processing_events_only(engine: Engine) -> None:
         held = conn.execute(select(func.count()).where(EV.c.status == "PROCESSING")).scalar_one()
     assert wrong == 0
     assert held == 0
+
+
+# --- a person's recovery and the expired-leases summary (the Overview reads it every refresh) ----------
+
+
+def admin_plans(url: str) -> dict[str, Any]:
+    """The plans of ``admin.recover_expired``'s statement (on a 500-event batch) and of the summary."""
+    from outbox_admin.analytics import _expired_leases_select
+    from outbox_admin.filters import EventFilter
+    from outbox_admin.sql import admin_sql
+
+    engine = make_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    summary = _expired_leases_select(EventFilter(), DEFAULT_TABLES).compile(dialect=engine.dialect)
+    assert not summary.params  # constants only: nothing to bind
+    statements = {
+        "recover": (admin_sql(engine.dialect, DEFAULT_TABLES).recover, {"ids": json.dumps(HELD), "name": "admin:t"}),
+        "summary": (str(summary), {}),
+    }
+    statements["recover"][1]["max_attempts"] = 5
+    found: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for which, (sql, params) in statements.items():
+            if postgres:
+                found[which] = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()[0]["Plan"]
+            else:
+                found[which] = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+        conn.rollback()
+    engine.dispose()
+    return found
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state", STATES)
+def test_postgres_admin_plans(postgres_url: str, state: str) -> None:
+    build_state(postgres_url, state)
+    found = admin_plans(postgres_url)
+    for which, plan in found.items():
+        every = nodes(plan)
+        on_events = [n for n in every if n.get("Relation Name") == "OutboxEvent"]
+        assert on_events and not [n for n in on_events if n["Node Type"] == "Seq Scan"], (which, state)
+        for loop in (n for n in every if n["Node Type"] == "Nested Loop"):
+            inner = loop["Plans"][1]
+            assert inner["Node Type"] not in ("Function Scan", "CTE Scan"), f"{which} walks the batch per row ({state})"
+    assert indexes([n for n in nodes(found["recover"]) if n.get("Relation Name") == "OutboxEvent"], "e") == {
+        "pk_OutboxEvent"
+    }
+    # Only PROCESSING events are read: through their partial index, or the (status, ...) index on that status.
+    reads = [n for n in nodes(found["summary"]) if "Index Name" in n]
+    assert reads and all(n["Index Name"] in ("ix_OutboxEvent_leases", "ix_OutboxEvent_status_time") for n in reads)
+    assert all(
+        "PROCESSING" in n.get("Index Cond", "") for n in reads if n["Index Name"] == "ix_OutboxEvent_status_time"
+    )
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_sqlite_admin_plans(sqlite_url: str, state: str) -> None:
+    build_state(sqlite_url, state)
+    found = admin_plans(sqlite_url)
+    recover = "\n".join(found["recover"])
+    assert "SEARCH e USING INDEX sqlite_autoindex_OutboxEvent_1 (id=?)" in recover, (state, found["recover"])
+    assert not [line for line in found["recover"] if line.startswith("SCAN ") and "json_each" not in line], recover
+    # Only PROCESSING events are read: through their partial index, or the (status, ...) index on that status.
+    [read] = [line for line in found["summary"] if line.startswith(("SEARCH", "SCAN"))]
+    assert read in (
+        "SEARCH OutboxEvent USING INDEX ix_OutboxEvent_leases (locked_until<?)",
+        "SEARCH OutboxEvent USING INDEX ix_OutboxEvent_status_time (status=?)",
+    ), (state, found["summary"])
+
+
+def build_pause_history(url: str, state: str) -> None:
+    """20,000 ended pauses and 3 active ones, with no, stale (taken before the active ones) or fresh statistics."""
+    engine = make_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    analyze = 'ANALYZE "OutboxEventPause"' if postgres else "ANALYZE"
+    ended = (
+        """INSERT INTO "OutboxEventPause" (pattern, reason, paused_by, paused_at, resumed_by, resumed_at)
+           SELECT 'TYPE' || g || '.*', 'r', 'admin:t', now(), 'admin:t', now() FROM generate_series(1, 20000) AS g"""
+        if postgres
+        else """WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 20000)
+           INSERT INTO "OutboxEventPause" (pattern, reason, paused_by, paused_at, resumed_by, resumed_at)
+           SELECT 'TYPE' || i || '.*', 'r', 'admin:t', '2026-01-01 00:00:00.000000', 'admin:t',
+                  '2026-01-01 00:00:01.000000' FROM g"""
+    )
+    with engine.begin() as conn:
+        if postgres:
+            conn.exec_driver_sql('ALTER TABLE "OutboxEventPause" SET (autovacuum_enabled = false)')
+        conn.exec_driver_sql(ended)
+    if state == "stale statistics":
+        with engine.begin() as conn:
+            conn.exec_driver_sql(analyze)
+    for pattern in ("PROJECT.*", "BUDGET.*", "[AB]*"):
+        admin.pause(engine, pattern, reason="plan test")
+    if state == "fresh statistics":
+        with engine.begin() as conn:
+            conn.exec_driver_sql(analyze)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("state", STATES)
+def test_the_read_of_active_pauses_uses_their_index(request: pytest.FixtureRequest, backend: str, state: str) -> None:
+    """Every claim reads the active pauses first: through the partial index of the active rows, however
+    long the pause history has grown."""
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "postgres_url")
+    build_pause_history(url, state)
+    engine = make_engine(url)
+    sql = _Statements(engine.dialect, DEFAULT_TABLES, ordering=None, clocked=False).active_pauses
+    with engine.connect() as conn:
+        assert [r[0] for r in conn.exec_driver_sql(sql)] == ["BUDGET.*", "PROJECT.*", "[AB]*"]
+        if backend == "postgres":
+            plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql).scalar_one()[0]["Plan"]
+            every = nodes(plan)
+            assert not [n for n in every if n["Node Type"] == "Seq Scan"], (state, plan)  # a Sort of the few is fine
+            assert {n.get("Index Name") for n in every if "Index Name" in n} == {"uq_OutboxEventPause_active"}, plan
+        else:
+            plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+            assert len(plan) == 1 and plan[0].startswith("SCAN OutboxEventPause USING "), (state, plan)
+            assert plan[0].endswith("INDEX uq_OutboxEventPause_active"), (state, plan)  # in order: no TEMP B-TREE
+    engine.dispose()
 
 
 # -- the rollup's statements (outbox_admin.stats, outbox_admin.sql.rollup) ------------------------

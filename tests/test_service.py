@@ -303,7 +303,7 @@ def test_cli_dispatch_once(db_url: str) -> None:
     with engine.begin() as conn:
         for i in range(3):
             publish(conn, str(i))
-    result = run_cli("dispatch", "--once", "--json", "--database-url", db_url)
+    result = run_cli("dispatch", "--once", "--log-only", "--json", "--database-url", db_url)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["completed"] == 3
     assert "outbox event" in result.stderr  # the audit log
@@ -319,6 +319,7 @@ def test_cli_dispatch_stops_gracefully_on_sigterm(sqlite_url: str) -> None:
             "-m",
             "outbox_admin",
             "dispatch",
+            "--log-only",
             "--interval",
             "0.2",
             "--json",

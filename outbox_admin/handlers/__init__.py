@@ -29,7 +29,7 @@ from .envelope import DEFAULT_SOURCE, encode_envelope, to_envelope
 from .sink import BatchSink, Sink, SinkBase
 
 if TYPE_CHECKING:
-    from .config import build_sinks, load_sinks
+    from .config import Deliveries, build_sinks, load_deliveries, load_sinks
     from .nats_jetstream import NatsJetStreamSink
     from .rabbitmq import RabbitMQSink
     from .redis_streams import RedisStreamSink
@@ -42,6 +42,8 @@ _LAZY = {
     "RabbitMQSink": ".rabbitmq",
     "load_sinks": ".config",
     "build_sinks": ".config",
+    "load_deliveries": ".config",
+    "Deliveries": ".config",
 }
 
 
@@ -63,6 +65,7 @@ __all__ = [
     "AuditLogHandler",
     "BatchHandler",
     "BatchSink",
+    "Deliveries",
     "DeliveredEvent",
     "Handler",
     "MessageBusHandler",
@@ -79,6 +82,7 @@ __all__ = [
     "default_handlers",
     "encode_envelope",
     "handler_name",
+    "load_deliveries",
     "load_sinks",
     "only",
     "to_envelope",

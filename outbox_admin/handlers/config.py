@@ -14,12 +14,26 @@ Secrets never live in the file: a webhook secret comes from the variable named b
 ``secret`` key or a password inside ``url`` is refused. Every mistake (unknown
 type or key, wrong value type, unset variable) raises ``ConfigurationError``
 naming the file, the sink and the key.
+
+The same file names the application's own handlers, for ``outbox-admin dispatch`` and
+the dashboard's dispatcher::
+
+    handlers = "myapp.outbox:handlers"     # module:attribute
+
+The attribute is a list (or tuple) of handlers, or a factory: a callable taking no
+arguments that returns one (a single handler is written as a one-item list, since a
+handler is callable too). The module is imported with the working directory on
+``sys.path``, as ``python -m`` would. Its ``[dashboard]`` table lists the databases a
+read-only dashboard may switch to: ``databases = { prod = "postgresql://...", ... }``
+(names shown, URLs hidden; URLs with passwords belong in ``url_env``-style variables:
+``{ prod = { url_env = "PROD_DATABASE_URL" } }``).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,11 +41,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from ..errors import ConfigurationError
 
 CONFIG_ENV = "OUTBOX_CONFIG"
 DEFAULT_CONFIG_FILE = "outbox.toml"
-TOP_LEVEL_KEYS = ("sinks",)
+TOP_LEVEL_KEYS = ("sinks", "handlers", "dashboard")
+#: The keys of ``[dashboard]``: ``databases`` read here, the access rules by ``outbox_admin.access``.
+DASHBOARD_KEYS = ("databases", "operators", "viewers", "default_role", "users")
 
 Check = Callable[[Any], bool]
 
@@ -121,17 +140,14 @@ def config_path(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     return default if default.is_file() else None
 
 
-def load_sinks(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> list[Any]:
-    """The sinks a TOML file describes (``[]`` when no path is given, none is configured and there is no outbox.toml).
-
-    ``env`` (default ``os.environ``) supplies ``OUTBOX_CONFIG`` and the variables
-    named by ``secret_env`` / ``url_env``. Sinks connect on first use, so loading
-    them needs no server.
-    """
+def read_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """The parsed config file and its name (``({}, None)`` when there is none)."""
     env = os.environ if env is None else env
     file = config_path(path, env)
     if file is None:
-        return []
+        return {}, None
     hint = f" (named by {CONFIG_ENV})" if path is None and env.get(CONFIG_ENV) else ""
     try:
         text = file.read_text(encoding="utf-8")
@@ -143,7 +159,135 @@ def load_sinks(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{file}: not valid TOML: {exc}") from None
-    return build_sinks(data, env=env, origin=str(file))
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"{file}: unknown top-level key(s) {', '.join(map(repr, unknown))}; expected [[sinks]] tables, "
+            'handlers = "module:attr" or a [dashboard] table'
+        )
+    return data, str(file)
+
+
+def load_sinks(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> list[Any]:
+    """The sinks a TOML file describes (``[]`` when no path is given, none is configured and there is no outbox.toml).
+
+    ``env`` (default ``os.environ``) supplies ``OUTBOX_CONFIG`` and the variables
+    named by ``secret_env`` / ``url_env``. Sinks connect on first use, so loading
+    them needs no server.
+    """
+    env = os.environ if env is None else env
+    data, origin = read_config(path, env=env)
+    if origin is None:
+        return []
+    return build_sinks({"sinks": data.get("sinks", [])}, env=env, origin=origin)
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    """What a dispatcher started from configuration delivers to: the application's handlers, then its sinks."""
+
+    handlers: tuple[Any, ...] = ()
+    sinks: tuple[Any, ...] = ()
+    handlers_spec: str | None = None  # the ``handlers = "module:attr"`` it came from
+    origin: str | None = None  # the config file
+
+    @property
+    def targets(self) -> list[Any]:
+        return [*self.handlers, *self.sinks]
+
+    @property
+    def names(self) -> list[str]:
+        from .base import handler_name
+
+        return [handler_name(target) for target in self.targets]
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def load_deliveries(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Deliveries:
+    """The handlers (``handlers = "module:attr"``) and sinks (``[[sinks]]``) of the config file."""
+    env = os.environ if env is None else env
+    data, origin = read_config(path, env=env)
+    if origin is None:
+        return Deliveries()
+    spec = data.get("handlers")
+    handlers = () if spec is None else tuple(import_handlers(spec, origin=origin))
+    sinks = tuple(build_sinks({"sinks": data.get("sinks", [])}, env=env, origin=origin))
+    return Deliveries(handlers, sinks, spec, origin)
+
+
+def import_handlers(spec: Any, *, origin: str = "config") -> list[Any]:
+    """Import ``"package.module:attribute"``: a list of handlers, or a factory returning one."""
+    where = f"{origin}: handlers = {spec!r}"
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ConfigurationError(f'{origin}: handlers must be a string "package.module:attribute", not {spec!r}')
+    module_name, attribute = spec.split(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does, so an application's own package is found
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any failure of the application's import is a config error
+        raise ConfigurationError(f"{where}: cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"{where}: {module_name} has no attribute {attribute!r}") from None
+    if callable(value) and not isinstance(value, list | tuple):
+        try:
+            value = value()
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigurationError(f"{where}: the factory raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(value, list | tuple):
+        raise ConfigurationError(
+            f"{where}: expected a list of handlers or a factory returning one, got {type(value).__name__}"
+        )
+    for index, handler in enumerate(value):
+        if not callable(handler):
+            raise ConfigurationError(f"{where}: item {index} ({type(handler).__name__}) is not callable")
+    return list(value)
+
+
+def dashboard_databases(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The ``[dashboard] databases`` of the config file: name -> URL."""
+    env = os.environ if env is None else env
+    data, origin = read_config(path, env=env)
+    section = data.get("dashboard", {})
+    where = f"{origin}: [dashboard]"
+    if not isinstance(section, dict):
+        raise ConfigurationError(f"{where} must be a table")
+    unknown = sorted(set(section) - set(DASHBOARD_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(DASHBOARD_KEYS)}"
+        )
+    databases = section.get("databases", {})
+    if not isinstance(databases, dict):
+        raise ConfigurationError(f"{where}: databases must be a table of name = URL")
+    urls: dict[str, str] = {}
+    for name, value in databases.items():
+        if isinstance(value, dict) and set(value) == {"url_env"} and isinstance(value["url_env"], str):
+            url = env.get(value["url_env"])
+            if not url:
+                raise ConfigurationError(f"{where}: databases.{name}: {value['url_env']} is not set")
+            urls[name] = url
+        elif isinstance(value, str):
+            try:
+                has_password = make_url(value).password is not None
+            except ArgumentError:
+                raise ConfigurationError(f"{where}: databases.{name} is not a database URL") from None
+            if has_password:
+                raise ConfigurationError(
+                    f"{where}: databases.{name}: do not write a password in the file; "
+                    'use { url_env = "VARIABLE" } and put the URL in that variable'
+                )
+            urls[name] = value
+        else:
+            raise ConfigurationError(f'{where}: databases.{name} must be a URL or {{ url_env = "VARIABLE" }}')
+    return urls
 
 
 def build_sinks(

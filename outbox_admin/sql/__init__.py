@@ -1,10 +1,12 @@
 """The library's hot SQL, one module per dialect: ``postgres`` and ``sqlite``.
 
 Each module builds the same named statements for a table set — the dispatcher's
-(``DispatcherSql``) and the publisher's (``PublishSql``);
+(``DispatcherSql``), the publisher's (``PublishSql``) and the few of a person's
+actions that must follow the dispatcher's rules (``AdminSql``);
 ``shared`` holds the fragments both write the same way (the SET clauses of a
 finish and of an expired lease). The dispatcher holds the logic and runs them; a
-third dialect is one more module here.
+third dialect is one more module here. Each dialect module also writes the
+filters' payload condition (``payload_equals``, compiled by ``outbox_admin.filters``).
 
 Every hot statement is shaped so that its plan does not depend on the table's
 statistics (none yet, stale after a burst, fresh): rows are reached by primary
@@ -32,14 +34,25 @@ class DispatcherSql:
     """The dispatcher's statements for one table set on one dialect, in the driver's parameter style."""
 
     claim: str  # claim up to :limit due PENDING events, oldest first; returns CLAIMED_COLUMNS
-    claim_unblocked: str  # the same, leaving out events matching :blocked (open circuit breakers)
+    claim_unblocked: str  # the same, leaving out events matching :blocked (open breakers, pauses)
     renew: str  # extend the lease of :ids still held by :name; returns their ids
     finish: str  # write a batch's outcomes (:outcomes, JSON) guarded by holder and attempt; returns ids
     recover: str  # expired leases back to PENDING (or FAILED); returns (id, status, retry_count, error_message)
     history: str | None  # SQLite: history rows from :rows (JSON); PostgreSQL writes them in each statement
+    active_pauses: str  # the patterns of the active pauses, read once per claim (the partial unique index)
     # SQLite: add a row of sums (stats.summed; executemany) to the rollup (outbox_admin.stats) after a
     # finish or a recovery; PostgreSQL counts in those statements themselves.
     count: str | None
+
+
+@dataclass(frozen=True)
+class AdminSql:
+    """The statements of a person's actions (``outbox_admin.admin``) that must match the dispatcher's."""
+
+    recover: str  # the dispatcher's recovery of expired leases, on the events of :ids (JSON) only
+    history: str | None  # SQLite: history rows from :rows (JSON), as the dispatcher's
+    notify: str | None  # PostgreSQL: wake every dispatcher once the transaction commits
+    count: str | None  # SQLite: the rollup's sums after a recovery, as the dispatcher's ``count``
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,18 @@ def publish_sql(dialect: Any, tables: OutboxTables) -> PublishSql:
     return sqlite.publish_sql(names, dialect)
 
 
+def admin_sql(dialect: Any, tables: OutboxTables) -> AdminSql:
+    """The admin statements of ``dialect`` for ``tables`` (always on the database's clock)."""
+    names = _names(dialect, tables)
+    if dialect.name == "postgresql":
+        from . import postgres
+
+        return postgres.admin_sql(names, dialect)
+    from . import sqlite
+
+    return sqlite.admin_sql(names, dialect)
+
+
 def _names(dialect: Any, tables: OutboxTables) -> _Names:
     quote = dialect.identifier_preparer
     return _Names(
@@ -83,6 +108,8 @@ def _names(dialect: Any, tables: OutboxTables) -> _Names:
         stats=quote.format_table(tables.stats),
         due_index=quote.quote(f"ix_{tables.events.name}_due"),
         leases_index=quote.quote(f"ix_{tables.events.name}_leases"),
+        pauses=quote.format_table(tables.pauses),
+        active_pauses_index=quote.quote(f"uq_{tables.pauses.name}_active"),
         published_columns=", ".join(quote.quote(c) for c in PUBLISHED_COLUMNS),
         idempotency_target=f"({quote.quote('org_id')}, {quote.quote('idempotency_key')})",
     )
@@ -118,6 +145,8 @@ class _Names:
     stats: str
     due_index: str
     leases_index: str
+    pauses: str
+    active_pauses_index: str  # the partial unique index of the active pauses
     published_columns: str  # the PUBLISHED_COLUMNS, quoted
     idempotency_target: str  # (org_id, idempotency_key), quoted
 

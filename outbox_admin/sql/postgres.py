@@ -18,6 +18,8 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   FAILED into the rollup (``outbox_admin.stats``), from their own RETURNING rows: an
   upsert of this dispatcher's own rows (keyed by its name), so dispatchers side by
   side never wait for each other there.
+- The read of the active pauses (``active_pauses``) reads the partial unique
+  index of the active rows in its order, so a long pause history costs nothing.
 - The finish, the renewal and the recovery's UPDATE reach rows only through the
   primary key. Their guards (``locked_by = :name``, the attempt) have no index,
   and the status is not tested at all: ``locked_by`` is set on PROCESSING rows
@@ -38,6 +40,7 @@ from . import (
     HISTORY_COLUMNS,
     PUBLISHED_COLUMNS,
     PUBLISHER_ACTOR,
+    AdminSql,
     DispatcherSql,
     PublishSql,
     _Names,
@@ -56,13 +59,17 @@ from .shared import (
     out_of_attempts,
 )
 
-#: Events routed to a handler whose breaker is open stay unclaimed: ``:blocked`` is a JSON array of
-#: [regular expression, org or null] (``outbox_admin.patterns.glob_for_postgres``).
+#: Events routed to a handler whose breaker is open, or of a paused type, stay unclaimed: ``:blocked`` is
+#: a JSON array of [regular expression, org or null] (``outbox_admin.patterns.glob_for_postgres``).
+#: The list is decoded once, in a MATERIALIZED CTE: a pause can hold back a large backlog that each claim
+#: walks past, and taking the fields out of the JSON per walked row cost three times as much.
+BLOCKED = """blocked AS MATERIALIZED (
+                SELECT value ->> 0 AS pattern, value ->> 1 AS org_id FROM json_array_elements(CAST(:blocked AS json))
+            ), """
 NOT_BLOCKED = """
               AND NOT EXISTS (
-                  SELECT 1 FROM json_array_elements(CAST(:blocked AS json)) AS b
-                  WHERE candidate.event_type ~ (b.value ->> 0)
-                    AND (b.value ->> 1 IS NULL OR candidate.org_id = b.value ->> 1))"""
+                  SELECT 1 FROM blocked AS b
+                  WHERE candidate.event_type ~ b.pattern AND (b.org_id IS NULL OR candidate.org_id = b.org_id))"""
 
 #: The batch's ids as an array, for ``id = ANY(...)`` on the primary key.
 IDS = "ARRAY(SELECT json_array_elements_text(CAST(:ids AS json)))"
@@ -93,9 +100,9 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
     columns = ", ".join(CLAIMED_COLUMNS)
     returning = ", ".join(f"e.{c}" for c in CLAIMED_COLUMNS)
 
-    def claim(extra: str) -> str:
+    def claim(extra: str, blocked: str = "") -> str:
         return f"""
-            WITH due AS MATERIALIZED (
+            WITH {blocked}due AS MATERIALIZED (
                 SELECT candidate.id FROM {ev} AS candidate
                 WHERE candidate.status = '{PENDING}' AND candidate.available_at <= {now}{order}{extra}
                 ORDER BY candidate.created_at, candidate.id, candidate.available_at
@@ -131,12 +138,34 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 {_counted(names, "outcome")}
             )
             SELECT id FROM changed"""
+    recover = _recover(names, now, "\n                LIMIT :limit")
+    active_pauses = f"SELECT pattern FROM {names.pauses} WHERE resumed_at IS NULL ORDER BY pattern"
+    return DispatcherSql(
+        claim=driver_style(claim(""), pyformat=True),
+        claim_unblocked=driver_style(claim(NOT_BLOCKED, BLOCKED), pyformat=True),
+        renew=driver_style(renew, pyformat=True),
+        finish=driver_style(finish, pyformat=True),
+        recover=driver_style(recover, pyformat=True),
+        history=None,
+        active_pauses=driver_style(active_pauses, pyformat=True),
+        count=None,
+    )
+
+
+def _recover(names: _Names, now: str, which: str) -> str:
+    """Expired leases back to PENDING (or FAILED), a failed attempt each, with their history rows.
+
+    ``which`` narrows the candidates: ``LIMIT :limit`` (the dispatcher) or the ids of ``:ids``
+    (a person's recovery, ``admin.recover_expired``). The lease is tested on the locked row
+    (READ COMMITTED re-checks it after the lock), so a lease renewed meanwhile is left alone.
+    The events it fails are counted into the rollup (``counted``).
+    """
+    ev, tr = names.events, names.transitions
     status_after_expiry = out_of_attempts("CAST(:max_attempts AS integer)")
-    recover = f"""
+    return f"""
             WITH expired AS MATERIALIZED (
                 SELECT held.id FROM {ev} AS held
-                WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}
-                LIMIT :limit
+                WHERE held.status = '{PROCESSING}' AND held.locked_until < {now}{which}
                 FOR UPDATE OF held SKIP LOCKED
             ), changed AS (
                 {expire_set(ev, status_after_expiry, now=now)}
@@ -149,14 +178,18 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 {_counted(names, "status")}
             )
             SELECT id, status, retry_count, error_message FROM changed"""
-    return DispatcherSql(
-        claim=driver_style(claim(""), pyformat=True),
-        claim_unblocked=driver_style(claim(NOT_BLOCKED), pyformat=True),
-        renew=driver_style(renew, pyformat=True),
-        finish=driver_style(finish, pyformat=True),
+
+
+def admin_sql(names: _Names, dialect: Any) -> AdminSql:
+    """A person's recovery: ``_recover`` on the ids of ``:ids`` (JSON), with the database's clock; and the
+    NOTIFY that wakes every dispatcher once the action's transaction commits."""
+    now = str(db_now().compile(dialect=dialect))
+    recover = _recover(names, now, f" AND held.id = ANY({IDS})")
+    return AdminSql(
         recover=driver_style(recover, pyformat=True),
         history=None,
         count=None,
+        notify=f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')",
     )
 
 
@@ -188,3 +221,20 @@ def publish_sql(names: _Names, dialect: Any) -> PublishSql:
         insert_one=None,
         history_one=None,
     )
+
+
+def payload_equals(payload: str, keys: list[tuple[str, str]], value: str) -> str:
+    """The jsonb value at a path of ``payload`` equals ``value`` (a parameter holding JSON text).
+
+    ``keys`` are (parameter, kind) per path segment: ``k`` is a key only, read with ``->`` on text,
+    which never indexes an array (so ``-1`` or `` 1`` stay keys, as on SQLite); ``d`` (ASCII digits)
+    goes through ``jsonb_extract_path``, an array index on an array and a key on an object. jsonb
+    equality compares numbers as numbers (42 = 42.0) and types strictly (true <> 1, "42" <> 42).
+    Used by ``outbox_admin.filters.payload_equals``.
+    """
+    found = payload
+    for key, kind in keys:
+        found = (
+            f"jsonb_extract_path({found}, CAST({key} AS text))" if kind == "d" else f"({found} -> CAST({key} AS text))"
+        )
+    return f"{found} = CAST({value} AS jsonb)"

@@ -3,7 +3,8 @@
 At a fixed interval a render slower than it never settles: the next refresh is due
 before the last one ended, so an open tab renders without pause and burns a core.
 ``backoff`` is the rule (a pure function, tested by itself); ``interval`` and
-``rendered`` keep the last render time of each page in the session. Streamlit fixes
+``rendered`` keep the last render time of each page in the session;
+``components.live(..., name=...)`` applies them to a live part. Streamlit fixes
 a fragment's ``run_every`` when the fragment is declared, so when a render changes
 the interval, ``rendered`` reruns the page once to declare it anew.
 """
@@ -34,12 +35,14 @@ def backoff(base: float, last_render: float | None) -> float:
     return min(MAX_SECONDS, base * 2**steps)
 
 
-def interval(base: float | None, page: str) -> float | None:
-    """The interval to declare ``page``'s live fragment with (None: refresh paused), and note that the
-    fragment's next run is the one of a full page run (``rendered`` does not rerun the page for it)."""
+def interval(base: float | None, page: str, *, declare: bool = True) -> float | None:
+    """The interval ``page``'s live part refreshes at (None: refresh paused). ``declare``: the fragment is
+    being declared with it, so its next run is the one of a full page run (``rendered`` does not rerun
+    the page for it)."""
     if base is None:
         return None
-    st.session_state[_DECLARED_KEY.format(page)] = True
+    if declare:
+        st.session_state[_DECLARED_KEY.format(page)] = True
     return backoff(base, st.session_state.get(_RENDER_KEY.format(page)))
 
 

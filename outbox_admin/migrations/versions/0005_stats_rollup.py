@@ -7,7 +7,7 @@ Stop the dispatchers of older versions before upgrading: they do not count their
 work (``outbox_admin.stats.rebuild`` recounts it if they ran meanwhile).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01
 """
 
@@ -20,7 +20,7 @@ from outbox_admin.coltypes import UTCDateTime
 from outbox_admin.stats import COUNTER_COLUMNS, backfill_in
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,4 @@
-"""The Failures page: error groups and their dead letters."""
+"""The Failures page: error groups, most dead letters first, and each group's dead letters, every list paged."""
 
 from __future__ import annotations
 
@@ -7,59 +7,85 @@ import streamlit as st
 from ... import analytics, charts
 from ...display import visible
 from ...filters import EventFilter
-from .. import components
-from ..context import current
+from .. import auth, components, links
+from ..context import Context, current
 from . import actions
+
+GROUPS_PAGE = 50
+EVENTS_PAGE = 200
 
 
 def failures() -> None:
     ctx = current()
     st.title("Failures")
     components.flash()
-    groups = analytics.error_summary(ctx.engine, limit=50)
-    if groups.empty:
+    total_groups = analytics.count_error_groups(ctx.engine)
+    if total_groups == 0:
         st.success("No errors recorded.")
         return
     st.caption(
-        "Errors grouped by message with ids and numbers stripped; FAILED events are dead letters waiting for a person."
+        "Errors grouped by message with ids and numbers stripped, most FAILED events first; FAILED events are "
+        "dead letters waiting for a person."
     )
+    offset = components.pager("failures_groups_page", total_groups, GROUPS_PAGE, "error groups")
+    groups = analytics.error_summary(ctx.engine, limit=GROUPS_PAGE, offset=offset, order="failed")
     table = groups[["error_group", "events", "failed", "first_seen", "last_seen", "event_types", "example_event_id"]]
     key = components.table_key("groups", groups["error_group"])
+    table = table.assign(example_event_id=table["example_event_id"].map(links.event_url))
     chosen = st.dataframe(
         components.data(table),
+        column_config={"example_event_id": links.link_column("example")},
         hide_index=True,
         width="stretch",
         on_select="rerun",
         selection_mode="single-row",
         key=key,
     )
-    rows = list(chosen.selection.rows) if chosen is not None else []
+    rows = [r for r in (chosen.selection.rows if chosen is not None else []) if r < len(groups)]
     group = groups["error_group"].iloc[rows[0]] if rows else None
     left, right = st.columns(2)
     left.plotly_chart(charts.error_groups_figure(components.for_chart(groups, ["error_group"])), width="stretch")
     right.plotly_chart(charts.retry_histogram_figure(analytics.rollup_totals(ctx.engine).retries), width="stretch")
     if group is None:
-        st.caption("Select a group to see its FAILED events and requeue them.")
+        st.caption("Select a group to see its FAILED events, requeue or discard them.")
         return
+    _group(ctx, group)
+
+
+def _group(ctx: Context, group: str) -> None:
+    """One group's FAILED events, paged, with its actions and a link to all its events on the Events page."""
+    engine = ctx.engine
     st.subheader("FAILED events of this group")
     st.code(visible(group), language=None)
-    dead = analytics.events_frame(ctx.engine, status="FAILED", error_group=group, limit=200)
+    st.markdown(components.events_link(EventFilter(error_group=group), "Open this group in Events"))
+    dead_filter = EventFilter(status=("FAILED",), error_group=group)
+    total = analytics.count_events(engine, dead_filter)
+    offset = components.pager(components.table_key("failures_dead_page", [group]), total, EVENTS_PAGE, "FAILED events")
+    dead = analytics.events_frame(engine, dead_filter, limit=EVENTS_PAGE, offset=offset)
     key = components.table_key("dead", dead["id"])
     columns = ["id", "created_at", "event_type", "entity_id", "org_id", "status", "retry_count", "error_message"]
     picked = st.dataframe(
-        components.styled(components.data(dead[columns])),
+        components.styled(components.data(dead[columns].assign(id=dead["id"].map(links.event_url)))),
+        column_config={"id": links.link_column("id"), "error_message": st.column_config.TextColumn("error")},
         hide_index=True,
         width="stretch",
         on_select="rerun",
         selection_mode="multi-row",
         key=key,
     )
-    picked_ids = [dead["id"].iloc[r] for r in (picked.selection.rows if picked is not None else []) if r < len(dead)]
-    if ctx.readonly:
+    picked_ids = tuple(
+        dead["id"].iloc[r] for r in (picked.selection.rows if picked is not None else []) if r < len(dead)
+    )
+    if not auth.can_write(ctx):
         return
-    left, right = st.columns(2)
-    if left.button("Requeue the whole group", disabled=dead.empty, width="stretch"):
-        actions.request("requeue", filters=EventFilter(error_group=group), status="FAILED")
-    if right.button("Requeue selected", disabled=not picked_ids, width="stretch"):
-        actions.request("requeue", event_ids=tuple(picked_ids), status="FAILED")
+    first, second, third, fourth = st.columns(4)
+    whole = EventFilter(error_group=group)
+    if first.button("Requeue the whole group", disabled=total == 0, width="stretch"):
+        actions.request("requeue", filters=whole, status="FAILED")
+    if second.button("Discard the whole group", disabled=total == 0, width="stretch"):
+        actions.request("discard", filters=whole, status="FAILED")
+    if third.button("Requeue selected", disabled=not picked_ids, width="stretch"):
+        actions.request("requeue", event_ids=picked_ids, status="FAILED")
+    if fourth.button("Discard selected", disabled=not picked_ids, width="stretch"):
+        actions.request("discard", event_ids=picked_ids, status="FAILED")
     actions.pending_dialog()

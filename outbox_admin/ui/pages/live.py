@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import streamlit as st
 
 from ... import analytics, charts
-from .. import components, refresh, sidebar
+from .. import components, links, sidebar
 from ..context import current
 
 
@@ -19,12 +18,8 @@ def live() -> None:
         "Only manual actions", key="live_manual_only", help="Requeues and discards people made, with who made them."
     )
 
-    base = sidebar.refresh_interval(ctx)
-    every = refresh.interval(base, "live")
-
-    @st.fragment(run_every=every)
+    @components.live(sidebar.refresh_interval(ctx), name="live")
     def feed() -> None:
-        started = time.perf_counter()
         recent = analytics.transitions_frame(
             ctx.engine, since=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), limit=5000, manual_only=manual_only
         )
@@ -45,7 +40,16 @@ def live() -> None:
                 "event_id",
             ]
         ]
-        st.dataframe(components.styled(components.data(shown)), hide_index=True, width="stretch")
-        refresh.rendered(base, "live", time.perf_counter() - started, every)
+        shown = shown.assign(event_id=shown["event_id"].map(links.event_url))
+        st.dataframe(
+            components.styled(components.data(shown)),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "at": "at (UTC)",
+                "error_message": st.column_config.TextColumn("error", width="large"),
+                "event_id": links.link_column("event"),
+            },
+        )
 
     feed()

@@ -1,4 +1,5 @@
-"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live.
+"""The Overview page: counts, latency, throughput, retries and error groups, refreshed live; the paused
+event types above them.
 
 Its numbers come from the rollup (``analytics.overview``, ``outbox_admin.stats``), so a
 refresh costs the same at 7 days as at 15 minutes, and are shared by every tab for a
@@ -16,9 +17,12 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 
-from ... import analytics, charts, demo
-from .. import components, refresh, sidebar
+from ... import analytics, charts
+from ...filters import EventFilter
+from .. import auth, components, refresh, schema, sidebar
 from ..context import Context, current
+from . import actions
+from .pauses import pauses_panel
 
 WINDOWS = {
     "15 minutes": dt.timedelta(minutes=15),
@@ -43,27 +47,28 @@ def overview() -> None:
     ctx = current()
     st.title("Overview")
     components.flash()
+    pauses_panel(ctx)
     if not analytics.has_events(ctx.engine):
         _empty_state(ctx)
         return
-    window = st.segmented_control("Window", list(WINDOWS), default="1 hour", key="overview_window") or "1 hour"
-    base = sidebar.refresh_interval(ctx)
-    every = refresh.interval(base, "overview")
+    window = (
+        st.segmented_control(
+            "Window", list(WINDOWS), default=components.remembered("overview_window", "1 hour"), key="overview_window"
+        )
+        or "1 hour"
+    )
 
-    @st.fragment(run_every=every)
+    @components.live(sidebar.refresh_interval(ctx), name="overview")
     def live_numbers() -> None:
-        started = time.perf_counter()
         numbers = _numbers(ctx.engine, ctx.url, window, int(time.time() // CACHE_SECONDS[window]))
         counts = numbers.totals.counts
-        columns = st.columns(len(counts))
-        for column, (status, count) in zip(columns, zip(counts["status"], counts["count"], strict=True), strict=True):
-            column.metric(status.title(), f"{count:,}")
+        _status_tiles(ctx, counts)
         stats = numbers.window
         left, right, third = st.columns(3)
         left.metric(f"Latency p50 ({window})", _seconds(stats.latency_p50, approximate=True))
         right.metric(f"Latency p95 ({window})", _seconds(stats.latency_p95, approximate=True))
         third.metric(f"Completed ({window})", f"{stats.completed:,}")
-        st.caption(_about(numbers, window, every, base))
+        st.caption(_about(numbers, window, sidebar.refresh_interval(ctx)))
         # template=None: Streamlit's theme styles the charts, and each refresh saves validating a template.
         first, second = st.columns([2, 1])
         title = f"Events published per {stats.bucket}, and now done"
@@ -73,12 +78,54 @@ def overview() -> None:
         first.plotly_chart(charts.retry_histogram_figure(numbers.totals.retries, template=None), width="stretch")
         errors = components.for_chart(numbers.errors, ["error_group"])
         second.plotly_chart(charts.error_groups_figure(errors, template=None), width="stretch")
-        refresh.rendered(base, "overview", time.perf_counter() - started, every)
 
     live_numbers()
+    actions.pending_dialog()
 
 
-def _about(numbers: analytics.Overview, window: str, every: float | None, base: float | None) -> str:
+#: A short tile label (a long one is clipped), explained in its help.
+EXPIRED_HELP = (
+    "PROCESSING events whose lease expired: the dispatcher that claimed them stopped renewing it, and they "
+    "are stuck until a recovery (a dispatcher's next tick, or Recover now)."
+)
+
+
+def _status_tiles(ctx: Context, counts: pd.DataFrame) -> None:
+    """A tile per status, PROCESSING split in two: events whose dispatcher holds a live lease, and those
+    whose lease expired (stuck until a recovery), with who held them and "Recover now"."""
+    expired = analytics.expired_leases(ctx.engine)
+    tiles: list[tuple[str, int, str | None]] = []
+    for status, count in zip(counts["status"], counts["count"], strict=True):
+        if status == "PROCESSING":
+            # Two reads a moment apart: a lease that expired in between must not make this negative.
+            tiles += [
+                ("Processing", max(0, int(count) - expired.count), "PROCESSING events whose lease is live."),
+                ("Expired leases", expired.count, EXPIRED_HELP),
+            ]
+        else:
+            tiles.append((status.title(), int(count), None))
+    for column, (label, count, help_text) in zip(st.columns(len(tiles)), tiles, strict=True):
+        column.metric(label, f"{count:,}", help=help_text)
+    if not expired.count:
+        return
+    holders = expired.by_dispatcher
+    held = ", ".join(
+        f"{components.literal(name or '?')} ({events:,})"
+        for name, events in zip(holders["dispatcher"].head(3), holders["events"].head(3), strict=True)
+    ) + (f" and {len(holders) - 3:,} more" if len(holders) > 3 else "")
+    text, button = st.columns([5, 1])
+    text.warning(
+        f"{expired.count:,} event(s) are stuck in PROCESSING: their lease expired (the oldest "
+        f"{components.duration(expired.oldest_seconds or 0)} ago) and the dispatcher that held them stopped "
+        f"renewing it. Held by {held}. A running dispatcher recovers them at its next tick. "
+        + components.events_link(EventFilter(lease_expired=True), "Show them in Events")
+    )
+    if auth.can_write(ctx) and button.button("Recover now", type="primary", width="stretch"):
+        actions.request("recover", status=None)
+        st.rerun(scope="app")  # the dialog is drawn by the page, outside this fragment
+
+
+def _about(numbers: analytics.Overview, window: str, base: float | None) -> str:
     """What the numbers cover and how fresh they are, in one line."""
     stats = numbers.window
     since = stats.since.strftime("%Y-%m-%d %H:%M UTC")
@@ -93,6 +140,7 @@ def _about(numbers: analytics.Overview, window: str, every: float | None, base: 
             f"error groups of the newest {analytics.OVERVIEW_ERRORS:,} errors, since "
             f"{numbers.errors_since:%Y-%m-%d %H:%M} UTC"
         )
+    every = refresh.interval(base, "overview", declare=False)
     if every is not None and base is not None and every > base:
         last = refresh.last_render("overview") or 0.0
         parts.append(f"refreshing every {every:g} s instead of {base:g} s: the last refresh took {last:.1f} s")
@@ -107,17 +155,11 @@ def _seconds(value: Any, *, approximate: bool = False) -> str:
 
 
 def _empty_state(ctx: Context) -> None:
-    st.info(
-        "Application code writes each event into the outbox table in the same transaction as its change, "
-        "so an event exists only if the change committed. A dispatcher then delivers every event at least "
-        "once, retrying failures and parking poison events as FAILED for a person to requeue."
-    )
-    if ctx.readonly:
-        st.caption("This dashboard is read-only.")
+    st.info(schema.INTRO)
+    st.caption("No events yet.")
+    if not auth.can_write(ctx):
+        st.caption("This dashboard is read-only." if ctx.readonly else "Viewers cannot load demo data.")
         return
     if st.button("Load demo data", type="primary"):
-        bar = st.progress(0.0, text="Running demo mutations...")
-        demo.load_demo_data(ctx.engine, progress=lambda done, total: bar.progress(done / total))
-        bar.empty()
-        components.flash("Demo data loaded: projects created, updated and archived, some deliveries failed.")
-        st.rerun()
+        schema.load_demo(ctx)
+    st.caption("Load demo data also creates the demo's own tables (projects) and marks this database as a demo one.")
