@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     streamlit.logger.set_log_level(logging.ERROR)  # AppTest outside a server warns on every render
     events = 2_000 if args.smoke else args.events
-    cpu_seconds = 4.0 if args.smoke else args.cpu_seconds
+    cpu_seconds = 2.0 if args.smoke else args.cpu_seconds
     rounds = repeats(args)
     burst_events = args.burst if args.burst is not None else max(1, events // 20)
     params = {"events": events, "days": args.days, "burst": burst_events, "repeats": rounds, "url": bool(args.url)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,27 @@ def test_outage_smoke_dead_letters_nothing_with_breakers(tmp_path: Path) -> None
     assert failed["breakers (default): FAILED events"] == 0
     assert failed["breakers (default): attempts spent"] < failed["no breakers: attempts spent"]
     assert all(t["met"] for t in data["targets"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_scale_smoke_renders_every_page_in_both_states(backend: str, request: pytest.FixtureRequest, tmp_path: Path):
+    """``bench.scale --smoke``: every page through AppTest, both states, and the open Overview's CPU."""
+    if backend == "postgres":
+        request.getfixturevalue("postgres_databases")
+    main = sys.modules.get("__main__")
+    bench = importlib.import_module("bench.scale")
+    out = tmp_path / "scale.json"
+    try:
+        bench.main(["--smoke", "--quiet", "--db", backend, "--json", str(out), "--postgres-url", PG_ADMIN_URL])
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+    data = json.loads(out.read_text())
+    cases = {row["case"] for row in data["results"]}
+    for state in ("never analysed", "stale statistics after a burst"):
+        for page in ("Overview, 7 days", "Events, search '503'", "Failures", "Publish"):
+            assert f"{state}: {page}" in cases
+        assert f"{state}: open Overview, 1 hour, share of a core" in cases
+    assert all(row["value"] > 0 for row in data["results"])
+    assert {t["name"] for t in data["targets"]} >= {"never analysed: Overview, 7 days, first and median"}

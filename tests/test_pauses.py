@@ -382,7 +382,7 @@ def test_a_database_at_0003_upgrades(db_url: str, request: pytest.FixtureRequest
     ids = publish(engine, "PROJECT.CREATED", 2)
     init_db(engine)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM outbox_alembic_version")).scalar_one() == "0004"
+        assert conn.execute(text("SELECT version_num FROM outbox_alembic_version")).scalar_one() == "0005"
     assert inspect(engine).has_table("OutboxEventPause")
     admin.pause(engine, "PROJECT.*", reason="after the upgrade")
     assert Dispatcher(engine, [Recording()]).dispatch_once().claimed == 0

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, insert, select, text
 
 from outbox_admin import Dispatcher, analytics, demo, init_db, make_engine, publish_outbox_event, stats
-from outbox_admin.admin import discard, purge, requeue
+from outbox_admin.admin import discard, purge, recover_expired, requeue
 from outbox_admin.dispatcher import Backoff
 from outbox_admin.migrate import upgrade
 from outbox_admin.models import DEFAULT_TABLES, STATS_RETRY_BUCKETS
@@ -120,6 +120,15 @@ def test_the_rollup_counts_what_the_events_table_holds_after_every_kind_of_write
         assert dt.datetime.now(dt.UTC) < deadline, "the expired leases were never recovered"
         rescuer.recover_expired_leases()
     assert analytics.count_events(engine, status="FAILED") > 0
+    assert_rollup_matches(engine)
+
+    # A person's recovery of a dead dispatcher's leases (admin.recover_expired), out of attempts: FAILED.
+    publish(engine, 4, start=150)
+    Dispatcher(engine, [], lease_seconds=0.001, max_attempts=1, name="gone too", breaker=None)._claim()
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)
+    while analytics.count_events(engine, status="PROCESSING"):
+        assert dt.datetime.now(dt.UTC) < deadline, "the expired leases were never recovered"
+        recover_expired(engine, max_attempts=1, actor="t")
     assert_rollup_matches(engine)
 
     failed = list(analytics.events_frame(engine, status="FAILED", limit=1000)["id"])

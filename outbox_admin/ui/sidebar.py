@@ -23,7 +23,8 @@ DATABASE_ERROR_KEY = "database_error"
 
 
 def refresh_interval(ctx: Context) -> float | None:
-    """Seconds between live refreshes, or None when paused."""
+    """Seconds between live refreshes, or None when paused; a live part given a ``name`` waits longer
+    after a slow refresh (``components.live``, ``ui.refresh.backoff``)."""
     if not st.session_state.get(REFRESH_KEY, True):
         return None
     return float(st.session_state.get(REFRESH_SECONDS_KEY, ctx.settings.refresh_seconds))
@@ -93,7 +94,7 @@ def _hide_password(url: str) -> str:
 
 
 def _dispatcher_panel(ctx: Context) -> None:
-    @components.live(refresh_interval(ctx))
+    @components.live(refresh_interval(ctx), name="sidebar")
     def panel() -> None:
         _dispatcher(ctx)
 
