@@ -436,32 +436,88 @@ def error_summary(
     Groups events by the normalised form of their current ``error_message``;
     ``failed`` counts those now FAILED (dead letters); first and last seen are the
     events' creation times. ``order="failed"`` puts the most dead letters first (then the most
-    events); ``limit``/``offset`` page through the groups (``count_error_groups`` says how many).
+    events); ``limit``/``offset`` page through the groups (``count_error_groups`` says how many,
+    ``error_groups_page`` gives both in one read).
     """
+    return _error_groups(engine, as_filter(filters, **loose), limit, offset, order, tables)[0]
+
+
+@dataclass(frozen=True)
+class ErrorGroupsPage:
+    """A page of ``error_summary`` and how many groups there are in all."""
+
+    frame: pd.DataFrame
+    total: int
+
+
+def error_groups_page(
+    engine: Engine,
+    filters: EventFilter | None = None,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    order: Literal["events", "failed"] = "events",
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> ErrorGroupsPage:
+    """``error_summary`` and ``count_error_groups`` in one read of the events with an error."""
     flt = as_filter(filters, **loose)
+    frame, total = _error_groups(engine, flt, limit, offset, order, tables)
+    if total is None:  # past the last group: counted apart
+        total = count_error_groups(engine, flt, tables=tables)
+    return ErrorGroupsPage(frame, total)
+
+
+def _error_groups(
+    engine: Engine,
+    flt: EventFilter,
+    limit: int,
+    offset: int,
+    order: str,
+    tables: OutboxTables,
+) -> tuple[pd.DataFrame, int | None]:
+    """The page of groups and, when the page is not empty, how many groups there are (a window count)."""
     limit, offset = _page(limit, offset)
     if order not in ("events", "failed"):
         raise FilterError("order", "must be 'events' or 'failed'")
     ev = tables.events
-    group = normalized_error(ev.c.error_message).label("error_group")
-    if engine.dialect.name == "postgresql":
-        types = func.string_agg(ev.c.event_type.distinct(), literal_column("','"))
-    else:
-        types = func.group_concat(ev.c.event_type.distinct())
-    events = func.count().label("events")
-    failed = func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0)).label("failed")
+    postgres = engine.dialect.name == "postgresql"
+
+    def type_list(column: Any, distinct: bool) -> Any:
+        values = column.distinct() if distinct else column
+        return func.string_agg(values, literal_column("','")) if postgres else func.group_concat(values)
+
+    # Each distinct message first (cheap: no regular expression), then their groups: messages repeat, so
+    # the normalisation (four regular expressions) runs once per message, not once per event.
+    messages = (
+        select(
+            ev.c.error_message.label("message"),
+            func.count().label("events"),
+            func.sum(case((ev.c.status == EventStatus.FAILED.value, 1), else_=0)).label("failed"),
+            func.min(ev.c.created_at).label("first_seen"),
+            func.max(ev.c.created_at).label("last_seen"),
+            type_list(ev.c.event_type, True).label("event_types"),
+            func.max(ev.c.id).label("example_event_id"),
+        )
+        .where(and_(ev.c.error_message.is_not(None), flt.clause(tables)))
+        .group_by(ev.c.error_message)
+        .subquery("messages")
+    )
+    group = normalized_error(messages.c.message).label("error_group")
+    events = func.sum(messages.c.events).label("events")
+    failed = func.sum(messages.c.failed).label("failed")
     ranking = (desc(failed), desc(events)) if order == "failed" else (desc(events),)
     groups = (
         select(
             group,
             events,
             failed,
-            func.min(ev.c.created_at).label("first_seen"),
-            func.max(ev.c.created_at).label("last_seen"),
-            types.label("event_types"),
-            func.max(ev.c.id).label("example_event_id"),
+            func.min(messages.c.first_seen).label("first_seen"),
+            func.max(messages.c.last_seen).label("last_seen"),
+            type_list(messages.c.event_types, False).label("event_types"),
+            func.max(messages.c.example_event_id).label("example_event_id"),
+            func.count().over().label("total_groups"),
         )
-        .where(and_(ev.c.error_message.is_not(None), flt.clause(tables)))
         .group_by(group)
         .order_by(*ranking, group)
         .limit(limit)
@@ -491,25 +547,28 @@ def error_summary(
         "example_event_id",
         "example_message",
     ]
-    frame = _frame(rows, columns, ("first_seen", "last_seen"))
+    total = int(rows[0][7]) if rows else None
+    frame = _frame([(*r[:7], r[8]) for r in rows], columns, ("first_seen", "last_seen"))
     frame["event_types"] = [",".join(sorted(set((v or "").split(",")))) for v in frame["event_types"]]
-    return frame.astype({"events": "int64", "failed": "int64"})
+    return frame.astype({"events": "int64", "failed": "int64"}), total
 
 
 def count_error_groups(
     engine: Engine, filters: EventFilter | None = None, *, tables: OutboxTables = DEFAULT_TABLES, **loose: Any
 ) -> int:
-    """How many error groups ``error_summary`` has for these filters (for paging through them)."""
+    """How many error groups ``error_summary`` has for these filters (for paging through them); the
+    distinct messages first, as there."""
     flt = as_filter(filters, **loose)
     ev = tables.events
-    groups = (
-        select(normalized_error(ev.c.error_message).label("error_group"))
+    messages = (
+        select(ev.c.error_message.label("message"))
         .where(and_(ev.c.error_message.is_not(None), flt.clause(tables)))
-        .group_by(normalized_error(ev.c.error_message))
-        .subquery("groups")
+        .group_by(ev.c.error_message)
+        .subquery("messages")
     )
+    stmt = select(func.count(normalized_error(messages.c.message).distinct()))
     with _reading(engine) as conn:
-        return int(conn.execute(select(func.count()).select_from(groups)).scalar_one())
+        return int(conn.execute(stmt).scalar_one())
 
 
 @dataclass(frozen=True)

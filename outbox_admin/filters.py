@@ -84,6 +84,16 @@ def normalize_error(message: str | None) -> str | None:
     return message
 
 
+_PLACEHOLDERS = re.compile("|".join(sorted({re.escape(r) for _, r in ERROR_PATTERNS}, key=len, reverse=True)))
+
+
+def group_pattern(group: str) -> str:
+    """A LIKE pattern every message of ``group`` matches (its placeholders become ``%``; backslash escapes):
+    normalising only replaces parts of a message, so the rest of the group is in it, in order."""
+    parts = _PLACEHOLDERS.split(group)
+    return "%".join(escape_like(part) for part in parts)
+
+
 class normalized_error(FunctionElement[str]):
     """SQL for ``normalize_error(column)``."""
 
@@ -431,6 +441,9 @@ class EventFilter:
                 )
             )
         if self.error_group:
+            # The LIKE first: cheap, and only the messages it lets through are normalised (four
+            # regular expressions each) to be compared exactly.
+            where.append(ev.c.error_message.like(group_pattern(self.error_group), escape="\\"))
             where.append(normalized_error(ev.c.error_message) == self.error_group)
         for condition in self.payload or ():
             where.append(payload_equals(ev.c.payload, condition))

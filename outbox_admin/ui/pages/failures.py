@@ -19,16 +19,20 @@ def failures() -> None:
     ctx = current()
     st.title("Failures")
     components.flash()
-    total_groups = analytics.count_error_groups(ctx.engine)
-    if total_groups == 0:
+    # One read for the page of groups and their number (the pager then shows the page it was given).
+    wanted = max(0, int(st.session_state.get("failures_groups_page", 0)))
+    found = analytics.error_groups_page(ctx.engine, limit=GROUPS_PAGE, offset=wanted * GROUPS_PAGE, order="failed")
+    if found.total == 0:
         st.success("No errors recorded.")
         return
     st.caption(
         "Errors grouped by message with ids and numbers stripped, most FAILED events first; FAILED events are "
         "dead letters waiting for a person."
     )
-    offset = components.pager("failures_groups_page", total_groups, GROUPS_PAGE, "error groups")
-    groups = analytics.error_summary(ctx.engine, limit=GROUPS_PAGE, offset=offset, order="failed")
+    offset = components.pager("failures_groups_page", found.total, GROUPS_PAGE, "error groups")
+    groups = found.frame
+    if offset != wanted * GROUPS_PAGE:  # the page asked for is past the last one: the last one
+        groups = analytics.error_summary(ctx.engine, limit=GROUPS_PAGE, offset=offset, order="failed")
     table = groups[["error_group", "events", "failed", "first_seen", "last_seen", "event_types", "example_event_id"]]
     key = components.table_key("groups", groups["error_group"])
     table = table.assign(example_event_id=table["example_event_id"].map(links.event_url))
@@ -59,9 +63,13 @@ def _group(ctx: Context, group: str) -> None:
     st.code(visible(group), language=None)
     st.markdown(components.events_link(EventFilter(error_group=group), "Open this group in Events"))
     dead_filter = EventFilter(status=("FAILED",), error_group=group)
-    total = analytics.count_events(engine, dead_filter)
-    offset = components.pager(components.table_key("failures_dead_page", [group]), total, EVENTS_PAGE, "FAILED events")
-    dead = analytics.events_frame(engine, dead_filter, limit=EVENTS_PAGE, offset=offset)
+    page_key = components.table_key("failures_dead_page", [group])
+    # One read for the page and the count (events_page): the pager shows the page it found.
+    found = analytics.events_page(
+        engine, dead_filter, page=int(st.session_state.get(page_key, 0)), page_size=EVENTS_PAGE
+    )
+    total, dead = found.total, found.frame
+    components.pager(page_key, total, EVENTS_PAGE, "FAILED events")
     key = components.table_key("dead", dead["id"])
     columns = ["id", "created_at", "event_type", "entity_id", "org_id", "status", "retry_count", "error_message"]
     picked = st.dataframe(
