@@ -118,3 +118,37 @@ def test_rare_matches_are_found_by_one_scan_that_counts_and_common_ones_among_th
     analytics.events_page(engine, search="common", page_size=3)
     analytics.events_page(engine, status="FAILED", page_size=3)
     assert len(scans) == 1  # found among the newest; the index walk for a status
+
+
+TRICKY = [
+    "webhook: timeout after 30s for 0x1f",
+    "webhook: timeout after 5s for 0xFF",
+    "100% done_ but \\ failed <n> times",
+    "100% done_ but \\ failed 7 times",
+    "100x done- but / failed 7 times",  # differs only where the pattern must not be loose
+    "id 12345678-1234-1234-1234-123456789abc refused",
+    "ID 12345678-1234-1234-1234-123456789ABC REFUSED",
+]
+
+
+def test_an_error_group_matches_exactly_the_messages_that_normalise_to_it(engine: Engine) -> None:
+    from outbox_admin.filters import normalize_error
+
+    events = rows(len(TRICKY))
+    for row, message in zip(events, TRICKY, strict=True):
+        row.update(error_message=message, status="FAILED")
+    with engine.begin() as conn:
+        conn.execute(insert(EVENTS), events)
+    for message in TRICKY:
+        group = normalize_error(message)
+        expected_ids = sorted(r["id"] for r in events if normalize_error(r["error_message"]) == group)
+        assert sorted(analytics.event_ids(engine, error_group=group)) == expected_ids, group
+        assert analytics.count_events(engine, error_group=group) == len(expected_ids)
+
+
+def test_a_page_of_error_groups_comes_with_their_number(engine: Engine, data: list[dict[str, Any]]) -> None:
+    for order in ("events", "failed"):
+        for offset in (0, 1, 5):
+            page = analytics.error_groups_page(engine, limit=1, offset=offset, order=order)
+            assert page.total == analytics.count_error_groups(engine) == 2  # "rare: timeout", "common: refused"
+            assert page.frame.equals(analytics.error_summary(engine, limit=1, offset=offset, order=order))

