@@ -154,6 +154,7 @@ def test_publish_tick_and_see_it_completed_in_a_real_browser(dashboard, browser_
     engine = make_engine(url)
     try:
         assert analytics.count_events(engine, status="PENDING") == 1
+        event_id = analytics.events_frame(engine)["id"][0]
         page.get_by_role("button", name="Tick").click()
         deadline = time.monotonic() + 30
         while analytics.count_events(engine, status="COMPLETED") != 1:
@@ -165,6 +166,14 @@ def test_publish_tick_and_see_it_completed_in_a_real_browser(dashboard, browser_
     open_page(page, base, "events?status=COMPLETED", "Events")
     page.get_by_text("of 1 matching events").wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "events.png"), full_page=True)
+
+    # A link to the event opens its detail, and the link survives a reload.
+    open_page(page, base, f"events?id={event_id}", "Events")
+    page.get_by_text("Last error, in full").or_(page.get_by_text("Payload", exact=True)).first.wait_for(timeout=30_000)
+    assert page.get_by_text(event_id).count() > 0
+    page.reload()
+    page.get_by_text("Payload", exact=True).first.wait_for(timeout=30_000)
+    assert f"id={event_id}" in page.url
 
     for path, heading in (("", "Overview"), ("live", "Live"), ("failures", "Failures")):
         open_page(page, base, path, heading)
