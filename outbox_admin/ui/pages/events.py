@@ -109,7 +109,7 @@ def events() -> None:
     frozen = bool(links.selected_ids())
 
     # The table refreshes live, except while rows are selected: then it holds still.
-    @components.live(None if frozen else sidebar.refresh_interval(ctx))
+    @components.live(None if frozen else sidebar.refresh_interval(ctx), name="events")
     def table() -> None:
         found = analytics.events_page(ctx.engine, flt, page=links.page_number(), page_size=PAGE_SIZE)
         frame, total, page, pages = found.frame, found.total, found.page, found.pages

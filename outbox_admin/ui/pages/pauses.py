@@ -16,7 +16,7 @@ from ..context import Context
 
 
 def pauses_panel(ctx: Context) -> None:
-    @components.live(sidebar.refresh_interval(ctx))
+    @components.live(sidebar.refresh_interval(ctx), name="pauses")
     def active_pauses() -> None:  # live: a pause made elsewhere (the CLI, another tab) shows up
         for pause in analytics.pauses(ctx.engine).itertuples():
             text, action = st.columns([6, 1], vertical_alignment="center")
