@@ -734,6 +734,7 @@ def retry_now(
     until: UntilOpt = None,
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
     actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
     database_url: DatabaseUrl = None,
@@ -741,7 +742,7 @@ def retry_now(
 ) -> None:
     """Make PENDING events waiting on a backoff due now (all of them, the given ones, or those matching);
     their attempts are kept."""
-    flt = _filters(None, event_type, org, entity, since, until, search, error_group)
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group, payload=payload)
     _run_action("retry_now", event_ids, dry_run, json_output, database_url, filters=flt, status=None, actor=actor)
 
 
@@ -754,6 +755,7 @@ def recover(
     since: SinceOpt = None,
     until: UntilOpt = None,
     search: SearchOpt = None,
+    payload: PayloadOpt = None,
     max_attempts: Annotated[
         int | None,
         typer.Option(
@@ -769,7 +771,7 @@ def recover(
     failed attempt (FAILED when it was the last). Events with a live lease are never touched."""
     from .config import Settings
 
-    flt = _filters(None, event_type, org, entity, since, until, search)
+    flt = _filters(None, event_type, org, entity, since, until, search, payload=payload)
     _run_action(
         "recover",
         event_ids,

@@ -81,3 +81,14 @@ def test_bad_input_is_a_usage_error_and_no_database_a_failure(
         monkeypatch, capsys, "recover", "--dry-run", "--database-url", "postgresql+psycopg://nobody@127.0.0.1:1/nope"
     )
     assert code == 1 and err.startswith("error: database:")
+
+
+def test_retry_now_and_recover_take_the_payload_filter(
+    engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mixed(engine)
+    for command in ("retry-now", "recover"):
+        code, out, _ = cli(monkeypatch, capsys, db_url, command, "--payload", "absent.key=1", "--dry-run", "--json")
+        assert code == 0 and json.loads(out)["count"] == 0  # no payload has that key: nothing would move
+    code, out, _ = cli(monkeypatch, capsys, db_url, "retry-now", "--dry-run", "--json")
+    assert json.loads(out)["count"] == 2  # without it, both waiting events
