@@ -223,7 +223,16 @@ class Dispatcher:
 
     @routes.setter
     def routes(self, routes: Iterable[Route]) -> None:
-        self._routes = list(routes)
+        routes = list(routes)
+        seen: set[str] = set()
+        for route in routes:
+            if route.name in seen:
+                raise ConfigurationError(
+                    f"two handlers are named {route.name!r}: give each a unique name (its `name` attribute, "
+                    "or a sink's name= option), since a handler's name is how its deliveries are recorded"
+                )
+            seen.add(route.name)
+        self._routes = routes
         # One breaker per route (a handler listed twice with different routes is two routes).
         policy = self.breaker_policy
         self._breakers = [

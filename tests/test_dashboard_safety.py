@@ -398,3 +398,15 @@ def test_a_refresh_that_fails_is_one_line_too() -> None:
     assert [e.value for e in at.error] == [
         "This page failed: `RuntimeError: the database went away`. The server log has the details."
     ]
+
+
+def test_two_sinks_with_one_name_are_a_sentence_not_a_crash(sqlite_url: str, monkeypatch, tmp_path: Path) -> None:
+    (tmp_path / "outbox.toml").write_text(
+        '[[sinks]]\ntype = "redis-streams"\nurl = "redis://127.0.0.1:6379/0"\nname = "bus"\n'
+        '[[sinks]]\ntype = "redis-streams"\nurl = "redis://127.0.0.1:6379/1"\nname = "bus"\n'
+    )
+    monkeypatch.setenv("OUTBOX_DATABASE_URL", sqlite_url)
+    at = page("overview").run()
+    assert not at.exception
+    assert any("two handlers are named 'bus'" in c.value for c in at.sidebar.caption)
+    assert all(b.disabled for b in at.sidebar.button if b.label in ("Start", "Tick", "Drain"))

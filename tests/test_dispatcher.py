@@ -222,9 +222,9 @@ def test_a_failing_bus_subscriber_makes_the_delivery_retry(engine: Engine) -> No
 def test_handlers_limited_by_type_and_org(engine: Engine) -> None:
     created = publish(engine, 2, event_type="PROJECT.CREATED")
     updated = publish(engine, 1, entity="u", event_type="PROJECT.UPDATED", org_id="org-2")
-    projects_created = RecordingHandler(event_types=["PROJECT.CREATED"])
-    everything = RecordingHandler()
-    org_two = RecordingHandler()
+    projects_created = RecordingHandler(event_types=["PROJECT.CREATED"], name="created")
+    everything = RecordingHandler(name="everything")
+    org_two = RecordingHandler(name="org-two")
     dispatcher = Dispatcher(
         engine, [projects_created, only("PROJECT.*", everything), only("*", org_two, org_ids=["org-2"])]
     )
@@ -455,8 +455,21 @@ def test_close_closes_every_handler_once_even_when_one_fails(engine: Engine, cap
     closed: list[str] = []
     broken = _ClosingSink("broken", closed, fail=True)
     shared = _ClosingSink("shared", closed)
-    handlers = [broken, shared, only("PROJECT.*", shared), lambda e: None]
+    # One handler on two routes (each with its own name): closed once.
+    handlers = [broken, shared, only("PROJECT.*", shared, name="shared-projects"), lambda e: None]
     with caplog.at_level(logging.ERROR, logger="outbox_admin.dispatcher"), Dispatcher(engine, handlers):
         pass
     assert closed == ["broken", "shared"]
     assert "closing handler broken failed" in caplog.text
+
+
+def test_two_handlers_with_one_name_are_refused(engine: Engine) -> None:
+    """A handler's name is how its breaker, its errors and (issue 15) its deliveries are recorded."""
+    with pytest.raises(ConfigurationError, match="two handlers are named 'recording'"):
+        Dispatcher(engine, [RecordingHandler(), RecordingHandler()])
+    shared = RecordingHandler()
+    with pytest.raises(ConfigurationError, match="two handlers are named 'recording'"):
+        Dispatcher(engine, [shared, only("PROJECT.*", shared)])
+    dispatcher = Dispatcher(engine, [shared, only("PROJECT.*", shared, name="projects")])
+    assert [route.name for route in dispatcher.routes] == ["recording", "projects"]
+    dispatcher.close()

@@ -66,10 +66,12 @@ class Route:
     handler: Any
     event_types: tuple[str, ...] | None = None
     org_ids: frozenset[str] | None = None
+    label: str | None = None  # an explicit name, else the handler's own (``handler_name``)
 
     @property
     def name(self) -> str:
-        return handler_name(self.handler)
+        """Unique within a dispatcher: how its breaker, its errors and its deliveries are named."""
+        return self.label or handler_name(self.handler)
 
     def accepts(self, event: DeliveredEvent) -> bool:
         if self.org_ids is not None and event.org_id not in self.org_ids:
@@ -91,10 +93,13 @@ class Route:
         )
 
 
-def only(event_types: str | Iterable[str], handler: Any, *, org_ids: Iterable[str] | None = None) -> Route:
-    """Limit ``handler`` to event types matching the patterns (``"PROJECT.*"``) and, optionally, orgs."""
+def only(
+    event_types: str | Iterable[str], handler: Any, *, org_ids: Iterable[str] | None = None, name: str | None = None
+) -> Route:
+    """Limit ``handler`` to event types matching the patterns (``"PROJECT.*"``) and, optionally, orgs;
+    ``name`` names the route when the handler's own name is taken by another route."""
     patterns = (event_types,) if isinstance(event_types, str) else tuple(event_types)
-    return Route(handler, patterns, frozenset(org_ids) if org_ids is not None else None)
+    return Route(handler, patterns, frozenset(org_ids) if org_ids is not None else None, name)
 
 
 class AuditLogHandler:
@@ -148,7 +153,9 @@ class RecordingHandler:
 
     name = "recording"
 
-    def __init__(self, event_types: Iterable[str] | None = None) -> None:
+    def __init__(self, event_types: Iterable[str] | None = None, *, name: str | None = None) -> None:
+        if name is not None:
+            self.name = name
         self.events: list[DeliveredEvent] = []
         self.event_types = tuple(event_types) if event_types else None
 

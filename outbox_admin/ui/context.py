@@ -27,7 +27,7 @@ from ..demo import DemoHandler, demo_dispatcher, is_demo_database
 from ..dispatcher import Dispatcher
 from ..display import error_line
 from ..errors import AdminActionError, ConfigurationError, DatabaseUnavailableError, OutboxError
-from ..handlers.config import CONFIG_ENV, config_path, dashboard_databases, load_deliveries
+from ..handlers.config import CONFIG_ENV, Deliveries, config_path, dashboard_databases, load_deliveries
 from ..migrate import SchemaStatus, schema_status
 from ..service import DispatcherService
 
@@ -174,6 +174,16 @@ def get_dispatcher(url: str, demo: bool, config: tuple[str | None, float | None]
     except ConfigurationError as exc:
         log.warning("the dashboard's dispatcher cannot use the configuration: %s", exc)
         return DashboardDispatcher(None, (), reason=f"The configuration cannot be used: {error_line(exc)}")
+    try:
+        return _build_dispatcher(url, demo, deliveries, settings, origin)
+    except ConfigurationError as exc:  # two handlers with one name, a bad setting
+        log.warning("the dashboard's dispatcher cannot be built: %s", exc)
+        return DashboardDispatcher(None, (), reason=f"The configuration cannot be used: {error_line(exc)}")
+
+
+def _build_dispatcher(
+    url: str, demo: bool, deliveries: Deliveries, settings: Settings, origin: str | None
+) -> DashboardDispatcher:
     engine = get_write_engine(url)
     handler: DemoHandler | None = None
     source: str | None
