@@ -6,6 +6,9 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from streamlit.testing.v1 import AppTest
+
+TIMEOUT = 60
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +25,18 @@ def linked_ids(links: object) -> list[str]:
     from urllib.parse import parse_qs, urlsplit
 
     return [parse_qs(urlsplit(str(link)).query)["id"][0] for link in links]  # type: ignore[attr-defined]
+
+
+def render(name: str, as_user: str | None = None) -> None:
+    """The script AppTest runs: one page inside the dashboard's frame."""
+    from outbox_admin.ui.app import render_page
+
+    render_page(name, as_user=as_user)
+
+
+def page(name: str, user: str | None = None, /, **query: str | list[str]) -> AppTest:
+    """An AppTest of one page, as ``user`` (AppTest sends no cookie), opened with ``query`` in its link."""
+    at = AppTest.from_function(render, kwargs={"name": name, "as_user": user}, default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at

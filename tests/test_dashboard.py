@@ -13,22 +13,11 @@ from outbox_admin import analytics, demo, init_db, make_engine
 from outbox_admin.ui.components import table_key
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module, linked_ids  # noqa: F401 - an autouse fixture
+from .dashboard_support import keep_main_module, linked_ids, page  # noqa: F401 - an autouse fixture
 
 DASHBOARD = str(Path(__file__).resolve().parents[1] / "dashboard.py")
 TIMEOUT = 60
 PAGES = {"overview": "Overview", "live": "Live", "events": "Events", "failures": "Failures", "publish": "Publish"}
-
-
-def render(name: str) -> None:
-    """The script AppTest runs: one page inside the dashboard's frame."""
-    from outbox_admin.ui.app import render_page
-
-    render_page(name)
-
-
-def page(name: str) -> AppTest:
-    return AppTest.from_function(render, kwargs={"name": name}, default_timeout=TIMEOUT)
 
 
 @pytest.fixture

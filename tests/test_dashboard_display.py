@@ -17,14 +17,13 @@ from typing import Any
 import pandas as pd
 import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from outbox_admin import Dispatcher, analytics, init_db, make_engine, publish_outbox_event
 from outbox_admin.display import visible, visible_json
 from outbox_admin.ui.components import literal, table_key
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module  # noqa: F401 - an autouse fixture
+from .dashboard_support import keep_main_module, page  # noqa: F401 - an autouse fixture
 
 TIMEOUT = 60
 MARKDOWN = "**b** _i_ [x](https://evil.example) :red[r] :smile: $x$ <b>h</b> `t` ``u"
@@ -55,16 +54,6 @@ def assert_shown_literally(markdown: str, text: str) -> None:
     for fragment in ("**", "](", ":red[", ":smile:", "$x$", "<b>", "<a "):
         assert fragment not in outside, (fragment, markdown)
     assert not RAW_CONTROLS.search(markdown)
-
-
-def render(name: str) -> None:
-    from outbox_admin.ui.app import render_page
-
-    render_page(name)
-
-
-def page(name: str) -> AppTest:
-    return AppTest.from_function(render, kwargs={"name": name}, default_timeout=TIMEOUT)
 
 
 def frame_of(element: Any) -> pd.DataFrame:

@@ -14,20 +14,7 @@ from outbox_admin import analytics, demo, init_db, make_engine, publish_outbox_e
 from outbox_admin.ui.components import table_key
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module, linked_ids  # noqa: F401 - an autouse fixture
-
-
-def render(name: str) -> None:
-    from outbox_admin.ui.app import render_page
-
-    render_page(name)
-
-
-def page(name: str, **query: str | list[str]) -> AppTest:
-    at = AppTest.from_function(render, kwargs={"name": name}, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at
+from .dashboard_support import keep_main_module, linked_ids, page  # noqa: F401 - an autouse fixture
 
 
 @pytest.fixture

@@ -19,21 +19,11 @@ from outbox_admin import analytics, demo, init_db, make_engine
 from outbox_admin.ui.components import table_key
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module, linked_ids  # noqa: F401 - an autouse fixture
+from .dashboard_support import keep_main_module, linked_ids, page  # noqa: F401 - an autouse fixture
 from .test_dashboard import DASHBOARD, TIMEOUT
 
 WRITE_BUTTONS = {"Requeue selected", "Discard selected", "Requeue all FAILED matching", "Discard all FAILED matching"}
 DISPATCHER_BUTTONS = {"Start", "Stop", "Tick"}
-
-
-def render(name: str, as_user: str) -> None:
-    from outbox_admin.ui.app import render_page
-
-    render_page(name, as_user=as_user)
-
-
-def page(name: str, user: str) -> AppTest:
-    return AppTest.from_function(render, kwargs={"name": name, "as_user": user}, default_timeout=TIMEOUT)
 
 
 @pytest.fixture

@@ -22,20 +22,10 @@ from outbox_admin.handlers import Route
 from outbox_admin.migrate import upgrade
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module  # noqa: F401 - an autouse fixture
+from .dashboard_support import keep_main_module, page  # noqa: F401 - an autouse fixture
 
 TIMEOUT = 60
 PAGES = ("overview", "live", "events", "failures", "publish")
-
-
-def render(name: str) -> None:
-    from outbox_admin.ui.app import render_page
-
-    render_page(name)
-
-
-def page(name: str) -> AppTest:
-    return AppTest.from_function(render, kwargs={"name": name}, default_timeout=TIMEOUT)
 
 
 @pytest.fixture(autouse=True)

@@ -18,23 +18,10 @@ from outbox_admin.filters import EventFilter
 from outbox_admin.ui.components import table_key
 from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module, linked_ids  # noqa: F401 - an autouse fixture
+from .dashboard_support import keep_main_module, linked_ids, page  # noqa: F401 - an autouse fixture
 from .test_stuck import events, history, mixed, row, seed
 
 TIMEOUT = 60
-
-
-def render(name: str) -> None:
-    from outbox_admin.ui.app import render_page
-
-    render_page(name)
-
-
-def page(name: str, **query: str) -> AppTest:
-    at = AppTest.from_function(render, kwargs={"name": name}, default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at
 
 
 @pytest.fixture
