@@ -1,5 +1,5 @@
-"""Writes a person triggers: requeue, discard, retry now, recover expired leases, purge, and pausing
-event types (pause, resume).
+"""Writes a person triggers: requeue, discard, retry now, recover expired leases, replay to chosen
+handlers, purge, and pausing event types (pause, resume).
 
 Each action covers one id, a list of ids, or a filter (``EventFilter``), runs in
 one transaction, and writes a history row per event naming who did it (actor
@@ -16,7 +16,10 @@ Each action also corrects the rollup (``outbox_admin.stats``) in its transaction
 event leaving COMPLETED, FAILED or DISCARDED is taken out of its count, one entering
 DISCARDED (or FAILED, by a recovery) counted in, a purged one taken out.
 
-Requeue, retry now, recover and resume make events due at once, so after their
+``replay`` sends finished events again to the named handlers only (the delivery
+ledger, ``models.OutboxEventDelivery``, records what each handler still owes).
+
+Requeue, retry now, recover, replay and resume make events due at once, so after their
 commit they wake the dispatchers: the ``DispatcherService`` of this process through
 ``outbox_admin.wakeup``, and on PostgreSQL every dispatcher that listens, through
 a ``NOTIFY`` sent in the action's transaction (delivered only if it commits). On
@@ -43,13 +46,14 @@ from .config import DEFAULT_MAX_ATTEMPTS
 from .db import db_now, db_now_plus, read_connection, write_transaction
 from .errors import AdminActionError, FilterError
 from .filters import EventFilter, as_filter, check_text, prepare_connection
-from .models import DEFAULT_TABLES, MANUAL_ACTOR_PREFIX, EventStatus, OutboxTables
+from .models import ALL_HANDLERS, DEFAULT_TABLES, MANUAL_ACTOR_PREFIX, MAX_HANDLER_NAME, EventStatus, OutboxTables
 from .patterns import check_pattern
 from .sql import admin_sql
 from .wakeup import WakeSignal, wake_signal
 
 PENDING, PROCESSING, COMPLETED, FAILED, DISCARDED = (s.value for s in EventStatus)
 REQUEUEABLE = (FAILED, PENDING, DISCARDED)
+REPLAYABLE = (COMPLETED, FAILED, DISCARDED)
 DISCARDABLE = (FAILED, PENDING)
 NEVER_PURGED = (PENDING, PROCESSING)
 CHUNK = 1000
@@ -57,8 +61,8 @@ DEFAULT_ACTOR = "admin"
 
 RETRY_NOW_NOTE = "retry now: due at once instead of after its backoff"
 
-Action = Literal["requeue", "discard", "retry_now", "recover"]
-ACTIONS = ("requeue", "discard", "retry_now", "recover")
+Action = Literal["requeue", "discard", "retry_now", "recover", "replay"]
+ACTIONS = ("requeue", "discard", "retry_now", "recover", "replay")
 #: The actions that apply to one kind of event only, with the status and the filter flag that select it.
 _OWN_EVENTS: dict[str, tuple[str, dict[str, bool]]] = {
     "retry_now": (PENDING, {"scheduled": True}),
@@ -94,7 +98,7 @@ _BY_IDS_OR_FAILED: Any = object()  # the default status of requeue and plan_acti
 
 
 def _statuses_for(action: Action, status: str | Iterable[str] | None, force: bool) -> tuple[str, ...]:
-    allowed = REQUEUEABLE if action == "requeue" else DISCARDABLE
+    allowed = {"requeue": REQUEUEABLE, "replay": REPLAYABLE}.get(action, DISCARDABLE)
     if status is None:
         return allowed + ((PROCESSING, COMPLETED) if force and action == "requeue" else ())
     wanted = EventFilter.build(status=status).status or ()
@@ -149,6 +153,7 @@ def plan_action(
         return _plan(engine, action, flt, statuses, sample, tables)
     if status is _BY_IDS_OR_FAILED:
         status = FAILED if action == "requeue" and event_ids is None else None
+    loose.pop("handlers", None)  # replay's handlers do not change which events it moves
     statuses = _statuses_for(action, status, force)
     flt = _scope(event_ids, filters, loose).with_(status=statuses)
     return _plan(engine, action, flt, statuses, sample, tables)
@@ -216,6 +221,7 @@ def _move(
     force: bool,
     reset_attempts: bool = False,
     wake: bool = False,
+    on_moved: Callable[[Connection, list[str], str], None] | None = None,
 ) -> int:
     ev, tr = tables.events, tables.transitions
     who = actor_name(actor)
@@ -239,6 +245,8 @@ def _move(
                     stats.record(conn, chunk, sign=1, status=to_status, writer=stats.ADMIN_WRITER, tables=tables)
                 if reset_attempts:
                     conn.execute(update(ev).where(ev.c.id.in_(chunk)).values(retry_count=0))
+                if on_moved is not None:
+                    on_moved(conn, chunk, who)
                 source = select(
                     ev.c.id, literal(old), literal(to_status), db_now(), literal(who), ev.c.retry_count, literal(note)
                 ).where(ev.c.id.in_(chunk))
@@ -322,6 +330,98 @@ def requeue(
         reset_attempts=reset_attempts,
         wake=True,
     )
+
+
+def check_handler_names(handlers: str | Iterable[str]) -> tuple[str, ...]:
+    """The handler names a replay names, checked: at least one, each text of a handler's length
+    that is not the ledger's ``*``; duplicates dropped, order kept."""
+    names = (handlers,) if isinstance(handlers, str) else tuple(handlers)
+    if not names:
+        raise AdminActionError("replay needs the name of at least one handler")
+    for name in names:
+        check_text("handler", name, limit=MAX_HANDLER_NAME)
+        if not name.strip() or name == ALL_HANDLERS:
+            raise AdminActionError(f"{name!r} is not a handler's name")
+    return tuple(dict.fromkeys(names))
+
+
+def replay(
+    engine: Engine,
+    event_ids: str | Sequence[str] | None = None,
+    *,
+    handlers: str | Iterable[str],
+    status: str | Iterable[str] | None = None,
+    filters: EventFilter | None = None,
+    actor: str = DEFAULT_ACTOR,
+    tables: OutboxTables = DEFAULT_TABLES,
+    **loose: Any,
+) -> int:
+    """Send finished events (COMPLETED, FAILED or DISCARDED) again to the named ``handlers`` only; returns
+    how many events will be.
+
+    Each event keeps its id (consumers de-duplicate on it), goes back to PENDING, due now, with
+    its attempts reset (the replay is a new delivery with the full number of attempts), and owes
+    the named handlers a delivery in the ledger (``requested_at``, ``requested_by``): while it does,
+    a dispatcher runs those handlers only, and the event is COMPLETED once they have it, unless
+    another handler is still failing for it (a FAILED event replayed to a handler other than the
+    one that failed goes back to FAILED: ``requeue`` runs exactly the missing ones). A name this
+    dispatcher does not have fails the attempt with a message saying so: check names against
+    the configured handlers first (``outbox-admin replay`` does). With explicit ids, an event that
+    is PENDING or PROCESSING refuses the whole call (nothing written); ``status`` narrows to the
+    statuses given. History rows name the actor and the handlers. Wakes the dispatchers.
+    """
+    names = check_handler_names(handlers)
+    statuses = _statuses_for("replay", status, False)
+    flt = _scope(event_ids, filters, loose)
+    note = _clip_note("replay to " + ", ".join(names))
+    values: dict[str, Any] = {"status": PENDING, "available_at": db_now(), "locked_by": None, "locked_until": None}
+
+    def owe(conn: Connection, chunk: list[str], who: str) -> None:
+        _owe_deliveries(conn, chunk, names, who, tables)
+
+    return _move(
+        engine,
+        "replay",
+        flt,
+        statuses,
+        PENDING,
+        values,
+        actor,
+        note,
+        tables,
+        check_ids=status is None,
+        force=False,
+        reset_attempts=True,
+        wake=True,
+        on_moved=owe,
+    )
+
+
+def _clip_note(text: str) -> str:
+    return text if len(text) <= 2000 else text[:1999] + "…"
+
+
+def _owe_deliveries(conn: Connection, ids: list[str], names: Sequence[str], who: str, tables: OutboxTables) -> None:
+    """Ledger rows saying the events of ``ids`` owe ``names`` a delivery: new rows, or existing ones reset."""
+    ledger = tables.deliveries
+    rows = [
+        {"event_id": i, "handler": n, "attempt": 0, "requested_by": who} for i in ids for n in names
+    ]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(ledger).values(requested_at=db_now())
+    reset = {
+        "attempt": 0,
+        "delivered_at": None,
+        "duration_ms": None,
+        "last_error": None,
+        "requested_at": db_now(),
+        "requested_by": statement.excluded.requested_by,
+    }
+    for start in range(0, len(rows), CHUNK):
+        conn.execute(
+            statement.on_conflict_do_update(index_elements=[ledger.c.event_id, ledger.c.handler], set_=reset),
+            rows[start : start + CHUNK],
+        )
 
 
 def discard(
@@ -446,7 +546,7 @@ def purge(
     tables: OutboxTables = DEFAULT_TABLES,
 ) -> PurgeResult:
     """Delete events created before ``older_than`` ago (or before a datetime) in the given statuses,
-    with their history, ``batch_size`` events per transaction so the table is never locked for long.
+    with their history and their delivery ledger rows, ``batch_size`` events per transaction so the table is never locked for long.
 
     PENDING and PROCESSING events are never purged. ``progress(n)`` is called with
     the number of events deleted after each batch.
@@ -484,6 +584,7 @@ def purge(
                 chunk = ids[start : start + CHUNK]
                 stats.record(conn, chunk, sign=-1, writer=stats.PURGE_WRITER, tables=tables)  # rows still locked
                 transitions += conn.execute(delete(tr).where(tr.c.event_id.in_(chunk))).rowcount or 0
+                conn.execute(delete(tables.deliveries).where(tables.deliveries.c.event_id.in_(chunk)))
                 events += conn.execute(delete(ev).where(ev.c.id.in_(chunk), ev.c.status.in_(wanted))).rowcount or 0
         batches += 1
         if progress is not None:

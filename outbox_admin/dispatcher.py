@@ -60,7 +60,7 @@ from .db import check_engine, write_connection, write_transaction
 from .errors import ConfigurationError
 from .handlers.base import BatchHandler, DeliveredEvent, Route, default_handlers
 from .lease import LeaseKeeper
-from .models import DEFAULT_TABLES, EventStatus, OutboxTables
+from .models import ALL_HANDLERS, DEFAULT_TABLES, MAX_HANDLER_NAME, EventStatus, OutboxTables
 from .patterns import glob_for_postgres, glob_for_sqlite, matches_everything
 from .sql import dispatcher_sql
 
@@ -226,6 +226,11 @@ class Dispatcher:
         routes = list(routes)
         seen: set[str] = set()
         for route in routes:
+            if route.name == ALL_HANDLERS or not route.name or len(route.name) > MAX_HANDLER_NAME:
+                raise ConfigurationError(
+                    f"a handler's name must be 1 to {MAX_HANDLER_NAME} characters and not {ALL_HANDLERS!r} "
+                    f"(it stands for every handler in the delivery ledger): {route.name[:MAX_HANDLER_NAME]!r}"
+                )
             if route.name in seen:
                 raise ConfigurationError(
                     f"two handlers are named {route.name!r}: give each a unique name (its `name` attribute, "
@@ -359,7 +364,7 @@ class Dispatcher:
         if time.monotonic() >= self._next_compaction:
             self._next_compaction = time.monotonic() + self.compact_every_seconds
             self.compact_stats(conn)
-        events, undecodable = ([], {}) if self.stopping else self._claim(conn, report)
+        events, undecodable, ledger = ([], {}, _Ledger()) if self.stopping else self._claim(conn, report)
         report.claimed = len(events)
         if events:
             # Renewed only while this tick runs: a dispatcher that stops ticking must let its leases
@@ -367,8 +372,8 @@ class Dispatcher:
             # at the next tick, before this dispatcher recovers any expired lease itself.
             self._lease_keeper.hold([e.id for e in events])
             try:
-                errors, waiting, unhandled = self._handle([e for e in events if e.id not in undecodable])
-                self._finish(conn, events, errors, unhandled, report, waiting=waiting, undecodable=undecodable)
+                handled = self._handle([e for e in events if e.id not in undecodable], ledger)
+                self._finish(conn, events, handled, report, undecodable=undecodable)
             finally:
                 self._lease_keeper.release()
         report.seconds = time.perf_counter() - started
@@ -454,21 +459,23 @@ class Dispatcher:
 
     def _claim(
         self, conn: Connection | None = None, report: DispatchReport | None = None
-    ) -> tuple[list[DeliveredEvent], dict[str, str]]:
+    ) -> tuple[list[DeliveredEvent], dict[str, str], _Ledger]:
         """Claim up to ``batch_size`` due events (PROCESSING, under this dispatcher's lease), oldest first.
 
-        Returns the events and, by id, why a claimed row could not be decoded (it is failed
-        alone; the rest of the batch is handled as usual). Events routed to a handler whose
+        Returns the events, by id why a claimed row could not be decoded (it is failed
+        alone; the rest of the batch is handled as usual), and what the delivery ledger
+        says of them (one read by primary key). Events routed to a handler whose
         breaker is open, and events whose type matches an active pause, are not claimed;
         ``report.paused`` says how many pauses there were.
         """
         sql = self._sql()
         blocked = self._blocked()
         if blocked is None:
-            return [], {}
+            return [], {}, _Ledger()
         params = {"limit": self.batch_size, "name": self.name, **self._times(lease_until=self.lease_seconds)}
         if self.clock is None:
             params["lease_seconds"] = self.lease_seconds
+        ledger = _Ledger()
         with self._connection(conn) as c:
             if self._postgres:
                 rows = self._claim_rows(c, blocked, params, report)
@@ -478,6 +485,9 @@ class Dispatcher:
                     if rows:
                         history = [(r[0], PENDING, PROCESSING, r[6] + 1, None) for r in rows]
                         c.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
+                        ledger = self._read_ledger(c, rows)
+            if self._postgres and rows:
+                ledger = self._read_ledger(c, rows)
         events: list[DeliveredEvent] = []
         undecodable: dict[str, str] = {}
         for row in rows:
@@ -488,7 +498,19 @@ class Dispatcher:
                 events.append(sql.placeholder(row))
                 log.error("event %s cannot be decoded and is failed: %s", row[0], undecodable[row[0]])
         events.sort(key=lambda e: (e.created_at, e.id))
-        return events, undecodable
+        return events, undecodable, ledger
+
+    def _read_ledger(self, c: Connection, rows: Sequence[Any]) -> _Ledger:
+        ledger = _Ledger()
+        found = c.exec_driver_sql(self._sql().read_ledger, {"ids": json.dumps([r[0] for r in rows])})
+        for event_id, name, delivered, requested in found:
+            if delivered:
+                ledger.delivered.setdefault(event_id, set()).add(name)
+            elif requested:
+                ledger.owed.setdefault(event_id, set()).add(name)
+            else:
+                ledger.failing.setdefault(event_id, set()).add(name)
+        return ledger
 
     def _claim_rows(
         self, c: Connection, blocked: list[list[str | None]], params: dict[str, Any], report: DispatchReport | None
@@ -512,21 +534,40 @@ class Dispatcher:
 
     # -- handling ------------------------------------------------------------------
 
-    def _handle(self, events: list[DeliveredEvent]) -> tuple[dict[str, str], dict[str, str], list[DeliveredEvent]]:
-        """Run the handlers, minding their breakers.
+    def _handle(self, events: list[DeliveredEvent], ledger: _Ledger | None = None) -> _Handled:
+        """Run, for each event, the handlers that do not have it yet (``ledger``), minding their breakers.
 
-        Returns error messages by event id, the events put back to wait for an open
-        breaker (with why), and the events left unhandled (stop requested).
+        Handlers are independent: one failing or waiting for its breaker does not keep the
+        others from an event. The result holds the errors by event and handler, the events
+        put back to wait for an open breaker (with why), the events left unhandled (stop
+        requested), and each success with how long the call took.
         """
-        errors: dict[str, str] = {}
-        waiting: dict[str, str] = {}
+        ledger = ledger or _Ledger()
+        handled = _Handled()
+        errors, waiting = handled.errors, handled.waiting
         # Per route: the events whose failures make up its current streak. If the streak opens the
         # breaker, they were failures of the handler, not of the events: they wait, no attempt spent.
         streaks: dict[int, list[str]] = {}
+        names = {route.name for route in self.routes}
+        for event in events:
+            for name in ledger.owed.get(event.id, ()):
+                if name not in names:
+                    errors.setdefault(event.id, {})[name] = _clip(
+                        f"{name}: a replay asked for handler {name!r}, which dispatcher {self.name} does not have"
+                    )
+
+        def wanted(route: Route, event: DeliveredEvent) -> bool:
+            owed = ledger.owed.get(event.id)
+            if owed is not None:
+                return route.name in owed
+            done = ledger.delivered.get(event.id)
+            if done is not None and (route.name in done or ALL_HANDLERS in done):
+                return False
+            return route.accepts(event)
 
         def failed(index: int, event_id: str, exc: BaseException, name: str) -> None:
             message = _error_text(name, exc)
-            errors.setdefault(event_id, message)
+            errors.setdefault(event_id, {})[name] = message
             breaker = self._breakers[index]
             if breaker is None:
                 return
@@ -541,11 +582,13 @@ class Dispatcher:
             # The handler's fault: give the failures back, each event once (see outbox_admin.breaker)
             # so a run of poison events still moves on. A failed probe is always given back.
             for held in [*streak, event_id] if verdict != "probe-failed" else [event_id]:
-                if held not in errors:
+                if name not in errors.get(held, {}):
                     continue
                 if verdict != "probe-failed" and self._forgiven.pop(held, False):
                     continue  # forgiven once already: this failure counts
-                waiting[held] = _waiting_text(breaker, errors.pop(held))
+                waiting[held] = _waiting_text(breaker, errors[held].pop(name))
+                if not errors[held]:
+                    del errors[held]
                 self._forgive(held)
             streak.clear()
 
@@ -555,8 +598,8 @@ class Dispatcher:
                 breaker.succeeded()
                 streaks.pop(index, None)
 
-        def settled(event_id: str) -> bool:
-            return event_id in errors or event_id in waiting
+        def delivered(event_id: str, name: str, seconds: float) -> None:
+            handled.delivered.append((event_id, name, round(seconds * 1000, 3)))
 
         def fewest_attempts_first(targets: list[DeliveredEvent]) -> list[DeliveredEvent]:
             # A probe risks one event's attempt: take the one with the fewest, so a long outage spreads
@@ -567,7 +610,7 @@ class Dispatcher:
         for index, route in enumerate(self.routes):
             if not isinstance(route.handler, BatchHandler):
                 continue
-            targets = [e for e in events if not settled(e.id) and route.accepts(e)]
+            targets = [e for e in events if wanted(route, e)]
             breaker = self._breakers[index]
             while targets:
                 decision = "call" if breaker is None else breaker.allow()
@@ -578,81 +621,103 @@ class Dispatcher:
                 if decision == "probe":
                     targets = fewest_attempts_first(targets)
                 sent, targets = (targets[:1], targets[1:]) if decision == "probe" else (targets, [])
+                started = time.perf_counter()
                 try:
                     failures = route.handler.handle_batch(sent) or {}
                 except Exception as exc:  # noqa: BLE001 - a handler failure is data, not a crash
                     failures = {e.id: exc for e in sent}
+                took = time.perf_counter() - started
                 for e in sent:
                     if e.id in failures:
                         failed(index, e.id, failures[e.id], route.name)
                     else:
                         succeeded(index)
+                        delivered(e.id, route.name, took)
         single = [(i, r) for i, r in enumerate(self.routes) if not isinstance(r.handler, BatchHandler)]
         for index, route in single:
             breaker = self._breakers[index]
             if breaker is not None and breaker.state == "half-open":
-                targets = [e for e in events if not settled(e.id) and route.accepts(e)]
+                targets = [e for e in events if wanted(route, e)]
                 if targets:
                     probe = fewest_attempts_first(targets)[0]
                     events = [probe, *(e for e in events if e is not probe)]
-        unhandled: list[DeliveredEvent] = []
         for position, event in enumerate(events):
             if self.stopping:
-                unhandled = [e for e in events[position:] if not settled(e.id)]
+                handled.unhandled = [e for e in events[position:] if e.id not in errors and e.id not in waiting]
                 break
-            if settled(event.id):
-                continue
             for index, route in single:
-                if not route.accepts(event):
+                if not wanted(route, event):
                     continue
                 breaker = self._breakers[index]
                 if breaker is not None and breaker.allow() == "skip":
                     waiting[event.id] = _waiting_text(breaker)
-                    break
+                    continue
+                started = time.perf_counter()
                 try:
                     route.handler(event)
                 except Exception as exc:  # noqa: BLE001
                     failed(index, event.id, exc, route.name)
-                    break
+                    continue
                 succeeded(index)
-        return errors, waiting, unhandled
+                delivered(event.id, route.name, time.perf_counter() - started)
+        for event_id in ledger.owed.keys() & ledger.failing.keys():
+            handled.still_failing[event_id] = sorted(ledger.failing[event_id] - ledger.owed[event_id])
+        return handled
 
     def _finish(
         self,
         conn: Connection,
         events: list[DeliveredEvent],
-        errors: dict[str, str],
-        unhandled: list[DeliveredEvent],
+        handled: _Handled,
         report: DispatchReport,
         *,
-        waiting: dict[str, str] | None = None,
         undecodable: dict[str, str] | None = None,
     ) -> None:
-        """Record every outcome of the batch in one statement, guarded by the claim (holder and attempt).
+        """Record every outcome of the batch, and its deliveries, in one statement guarded by the claim
+        (holder and attempt).
 
-        If the database cannot be written (it went away), the outcomes are kept and written
-        first at the next tick (guarded like any finish); the error is raised.
+        An event is COMPLETED when every handler it was owed succeeded; a failure of any makes
+        it a failed attempt whose message names each handler still failing. If the database
+        cannot be written (it went away), the outcomes are kept and written first at the next
+        tick (guarded like any finish); the error is raised.
         """
-        unhandled_ids = {e.id for e in unhandled}
-        waiting = waiting or {}
+        unhandled_ids = {e.id for e in handled.unhandled}
+        waiting, errors = handled.waiting, handled.errors
         undecodable = undecodable or {}
+        deliveries: dict[str, list[tuple[str, float | None, str | None]]] = {}
+        for event_id, name, ms in handled.delivered:
+            deliveries.setdefault(event_id, []).append((name, ms, None))
+        for event_id, failures in errors.items():
+            deliveries.setdefault(event_id, []).extend((name, None, message) for name, message in failures.items())
         outcomes: list[_Outcome] = []
         for e in events:
+            done = tuple(deliveries.get(e.id, ()))
             if e.id in undecodable:  # no attempt can succeed: straight to the dead letters
                 outcomes.append(_Outcome(e, FAILED, 1, undecodable[e.id], e.retry_count + 1, 0.0))
-            elif e.id in waiting:
-                outcomes.append(_Outcome(e, PENDING, 0, waiting[e.id], e.retry_count, 0.0, waiting=True))
             elif e.id in errors:
+                message = _clip("; ".join(errors[e.id].values()))
                 attempts = e.retry_count + 1
                 if self.max_attempts is not None and attempts >= self.max_attempts:
-                    outcomes.append(_Outcome(e, FAILED, 1, errors[e.id], attempts, 0.0))
+                    outcomes.append(_Outcome(e, FAILED, 1, message, attempts, 0.0, deliveries=done))
                 else:
                     delay = self.backoff.delay(attempts)
-                    outcomes.append(_Outcome(e, PENDING, 1, errors[e.id], attempts, delay))
+                    outcomes.append(_Outcome(e, PENDING, 1, message, attempts, delay, deliveries=done))
+            elif e.id in waiting:
+                outcomes.append(
+                    _Outcome(e, PENDING, 0, waiting[e.id], e.retry_count, 0.0, waiting=True, deliveries=done)
+                )
             elif e.id in unhandled_ids:
-                outcomes.append(_Outcome(e, PENDING, 0, RELEASED_MESSAGE, e.retry_count, 0.0, released=True))
+                outcomes.append(
+                    _Outcome(e, PENDING, 0, RELEASED_MESSAGE, e.retry_count, 0.0, released=True, deliveries=done)
+                )
+            elif handled.still_failing.get(e.id):  # replayed to others: the failing handlers still lack it
+                note = _clip(
+                    "replay delivered; still not delivered to " + ", ".join(handled.still_failing[e.id])
+                    + " (requeue it to retry those)"
+                )
+                outcomes.append(_Outcome(e, FAILED, 0, note, e.retry_count + 1, None, deliveries=done))
             else:
-                outcomes.append(_Outcome(e, COMPLETED, 0, None, e.retry_count + 1, None))
+                outcomes.append(_Outcome(e, COMPLETED, 0, None, e.retry_count + 1, None, deliveries=done))
         try:
             written = self._write_outcomes(conn, outcomes)
         except DBAPIError as exc:
@@ -716,12 +781,18 @@ class Dispatcher:
                 for o, due in zip(outcomes, dues, strict=True)
             ]
         )
+        ledger = [[o.event.id, name, ms, error] for o in outcomes for name, ms, error in o.deliveries]
         if self._postgres:
+            params["deliveries"] = json.dumps(ledger)
             with _planned_per_execution(conn):
                 return {r[0] for r in conn.exec_driver_sql(sql.finish, params)}
         with conn.begin():
             rows = conn.exec_driver_sql(sql.finish, params).all()
             written = {r[0] for r in rows}
+            ledger = [row for row in ledger if row[0] in written]
+            if ledger:
+                deliveries = {"deliveries": json.dumps(ledger), **({"now": params["now"]} if "now" in params else {})}
+                conn.exec_driver_sql(sql.record_deliveries, deliveries)
             history = [(o.event.id, PROCESSING, o.status, o.step, o.message) for o in outcomes if o.event.id in written]
             if history:
                 conn.exec_driver_sql(sql.history, sql.history_params(history, self.name, params))
@@ -766,6 +837,32 @@ class _Outcome:
     delay: float | None  # seconds until due again; None keeps available_at (completed)
     released: bool = False
     waiting: bool = False  # put back for an open breaker: no attempt spent
+    # The ledger rows this outcome writes: (handler, duration ms, None) per success, (handler, None, error)
+    # per failure.
+    deliveries: tuple[tuple[str, float | None, str | None], ...] = ()
+
+
+@dataclass
+class _Ledger:
+    """What the ledger says of a claimed batch: by event, the handlers that have it, the handlers that
+    failed it and never delivered it, and for events a replay asked for again the handlers still owed
+    it (then only those run)."""
+
+    delivered: dict[str, set[str]] = field(default_factory=dict)
+    owed: dict[str, set[str]] = field(default_factory=dict)
+    failing: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Handled:
+    """What running the handlers on a batch gave (``Dispatcher._handle``)."""
+
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)  # event id -> handler -> error text
+    waiting: dict[str, str] = field(default_factory=dict)  # event id -> why it waits (an open breaker)
+    unhandled: list[DeliveredEvent] = field(default_factory=list)  # a stop came first
+    delivered: list[tuple[str, str, float]] = field(default_factory=list)  # (event id, handler, ms)
+    # Replayed events whose owed handlers all have them, but which other handlers still fail: by event id.
+    still_failing: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _Statements:
@@ -791,6 +888,8 @@ class _Statements:
         self.history = statements.history or ""
         self.count = statements.count or ""
         self.active_pauses = statements.active_pauses
+        self.read_ledger = statements.delivered
+        self.record_deliveries = statements.record_deliveries or ""
 
     def bind_time(self, value: dt.datetime) -> Any:
         """A datetime as the driver should receive it (SQLite: UTCDateTime's text form)."""

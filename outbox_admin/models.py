@@ -1,5 +1,6 @@
-"""The outbox tables: ``OutboxEvent``, its history ``OutboxEventTransition``, and
-``OutboxEventPause`` (event types an operator paused, kept after resume as the audit trail).
+"""The outbox tables: ``OutboxEvent``, its history ``OutboxEventTransition``,
+``OutboxEventPause`` (event types an operator paused, kept after resume as the audit trail),
+``OutboxEventDelivery`` (the ledger: which handler has which event) and the rollup.
 
 Table names default to those of the original Prisma schema and can be changed
 with ``OutboxTables.named(...)``; every part of the package takes an
@@ -208,10 +209,47 @@ def _define_pauses(metadata: MetaData, name: str, schema: str | None) -> Table:
     return pauses
 
 
+#: A ledger row with this handler name stands for every handler: events delivered before the ledger
+#: existed (migration 0006) count as delivered to all their handlers.
+ALL_HANDLERS = "*"
+#: A handler's name is stored in the ledger: at most this long.
+MAX_HANDLER_NAME = 255
+
+
+def _define_deliveries(metadata: MetaData, name: str, schema: str | None) -> Table:
+    """The delivery ledger: one row per (event, handler) the dispatcher tried, so a retry runs only the
+    handlers that do not have the event yet, and a replay can send it again to one handler.
+
+    ``delivered_at`` is set when the handler succeeded (``duration_ms`` is how long that call took;
+    ``attempt`` how many tries it took); a row with ``delivered_at`` null records the handler's failures
+    (``last_error``), or, with ``requested_at`` set, a replay that asked for the event again
+    (``admin.replay``): while an event has such rows, only those handlers are run for it. No foreign
+    key (as for the history on PostgreSQL): ``admin.purge`` deletes the rows with their events.
+    """
+    deliveries = Table(
+        name,
+        metadata,
+        Column("event_id", String(36), nullable=False),
+        Column("handler", String(MAX_HANDLER_NAME), nullable=False),
+        Column("attempt", Integer, nullable=False, server_default="0"),
+        Column("delivered_at", UTCDateTime),
+        Column("duration_ms", Float),
+        Column("last_error", Text),
+        Column("requested_at", UTCDateTime),
+        Column("requested_by", String(255)),
+        PrimaryKeyConstraint("event_id", "handler", name=f"pk_{name}"),
+        schema=schema,
+    )
+    # The Overview's per-handler rates read a recent window of deliveries.
+    Index(f"ix_{name}_delivered", deliveries.c.delivered_at)
+    return deliveries
+
+
 @dataclass(frozen=True)
 class OutboxTables:
-    """The outbox tables as SQLAlchemy Core ``Table`` objects: the events, their history, the pauses
-    and the rollup (``stats``, named ``<events>Stats``).
+    """The outbox tables as SQLAlchemy Core ``Table`` objects: the events, their history, the pauses,
+    the rollup (``stats``, named ``<events>Stats``) and the delivery ledger (``deliveries``,
+    named ``<events>Delivery``).
 
     ``OutboxTables.named(events="app_outbox", transitions="app_outbox_history")``
     makes a set with other names (validated as plain identifiers) in its own
@@ -223,6 +261,7 @@ class OutboxTables:
     transitions: Table
     pauses: Table
     stats: Table
+    deliveries: Table
 
     @property
     def version_table(self) -> str:
@@ -247,21 +286,26 @@ class OutboxTables:
         transitions = transitions or f"{events}Transition"
         pauses = pauses or f"{events}Pause"
         stats = f"{events}Stats"
+        deliveries = f"{events}Delivery"
         for kind, name in (
             ("table name", events),
             ("table name", transitions),
             ("table name", pauses),
             ("table name", stats),
+            ("table name", deliveries),
             ("schema name", schema),
         ):
             _check_identifier(kind, name)
-        if len({events, transitions, pauses, stats}) < 4:
-            raise ConfigurationError("the events, transitions, pauses and stats tables need different names")
+        if len({events, transitions, pauses, stats, deliveries}) < 5:
+            raise ConfigurationError(
+                "the events, transitions, pauses, stats and delivery tables need different names"
+            )
         metadata = MetaData(naming_convention=NAMING_CONVENTION)
         return cls(
             *_define_tables(metadata, events, transitions, schema),
             _define_pauses(metadata, pauses, schema),
             _define_stats(metadata, stats, schema),
+            _define_deliveries(metadata, deliveries, schema),
         )
 
 
@@ -270,6 +314,7 @@ DEFAULT_TABLES = OutboxTables(
     *_define_tables(metadata, "OutboxEvent", "OutboxEventTransition", None),
     _define_pauses(metadata, "OutboxEventPause", None),
     _define_stats(metadata, "OutboxEventStats", None),
+    _define_deliveries(metadata, "OutboxEventDelivery", None),
 )
 
 
@@ -335,3 +380,23 @@ class OutboxEventPause(Base):
 
     def __repr__(self) -> str:
         return f"<OutboxEventPause {self.pattern} {'active' if self.resumed_at is None else 'resumed'}>"
+
+
+class OutboxEventDelivery(Base):
+    """One handler's state for one event: delivered (when, after how many tries, how long it took),
+    still failing (its last error), or asked for again by a replay (``requested_at``)."""
+
+    __table__ = DEFAULT_TABLES.deliveries
+
+    event_id: Mapped[str]
+    handler: Mapped[str]
+    attempt: Mapped[int]
+    delivered_at: Mapped[dt.datetime | None]
+    duration_ms: Mapped[float | None]
+    last_error: Mapped[str | None]
+    requested_at: Mapped[dt.datetime | None]
+    requested_by: Mapped[str | None]
+
+    def __repr__(self) -> str:
+        state = "delivered" if self.delivered_at is not None else "requested" if self.requested_at else "failing"
+        return f"<OutboxEventDelivery {self.event_id} {self.handler} {state}>"

@@ -116,13 +116,16 @@ class WebhookReceiver:
     ``/ok`` answers 204, ``/fail`` 500 with a body, ``/redirect`` 302 to ``/ok``,
     ``/slow`` holds the answer until ``close()`` (so a client times out),
     ``/trickle`` sends its 200 answer one byte every 0.2 s (about 8 s in all),
-    ``/late`` answers 204 after ``late_seconds``.
+    ``/late`` answers 204 after ``late_seconds``, ``/flaky`` answers 503 to the first
+    ``flaky_failures`` deliveries of each event (by the envelope's id), then 204.
     """
 
     late_seconds = 2.5
+    flaky_failures = 2
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        self._tries: dict[str, int] = {}
         self._lock = threading.Lock()
         self._release = threading.Event()
         receiver = self
@@ -143,7 +146,18 @@ class WebhookReceiver:
                         self.wfile.flush()
                     self.close_connection = True
                     return
+                if self.path == "/flaky":
+                    event_id = json.loads(body)["id"]
+                    with receiver._lock:
+                        tries = receiver._tries[event_id] = receiver._tries.get(event_id, 0) + 1
+                    if tries <= receiver.flaky_failures:
+                        self.send_response(503)
+                        self.send_header("content-length", "11")
+                        self.end_headers()
+                        self.wfile.write(b"maintenance")
+                        return
                 status, extra, text = {
+                    "/flaky": (204, {}, b""),
                     "/ok": (204, {}, b""),
                     "/late": (204, {}, b""),
                     "/fail": (500, {}, b"boom: database is down"),

@@ -84,6 +84,7 @@ def parameters(which: str, postgres: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"limit": BATCH, "name": "d", "lease_seconds": 60, "max_attempts": 5}
     if which == "finish":
         params["outcomes"] = json.dumps([[i, 0, "COMPLETED", 0, None, 1, None, None] for i in HELD])
+        params["deliveries"] = json.dumps([[i, "webhook", 1.5, None] for i in HELD])
     elif which == "renew":
         params["ids"] = json.dumps(HELD)
     elif which == "claim_unblocked":  # an open breaker's types and org, and two pauses (any org)
@@ -231,6 +232,82 @@ def test_locked_by_is_set_on_processing_events_only(engine: Engine) -> None:
         held = conn.execute(select(func.count()).where(EV.c.status == "PROCESSING")).scalar_one()
     assert wrong == 0
     assert held == 0
+
+
+def build_ledger_state(url: str, state: str) -> None:
+    """``build_state`` plus the ledger: 30,000 rows of delivered events (stale: analyzed before the burst's
+    rows), then a row per held event for each of two handlers (one delivered, one failing). A small table
+    is read with a sequential scan, rightly: the state here is the one that matters, a large ledger."""
+    engine = make_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    analyze = 'ANALYZE "OutboxEventDelivery"' if postgres else "ANALYZE"
+    series = (
+        "SELECT 'c' || lpad(g::text, 9, '0') AS id, g FROM generate_series(0, 29999) AS g"
+        if postgres
+        else "WITH RECURSIVE s(g) AS (SELECT 0 UNION ALL SELECT g + 1 FROM s WHERE g < 29999) "
+        "SELECT printf('c%09d', g) AS id, g FROM s"
+    )
+    with engine.begin() as conn:
+        if postgres:
+            conn.exec_driver_sql('ALTER TABLE "OutboxEventDelivery" SET (autovacuum_enabled = false)')
+        conn.exec_driver_sql(
+            f'INSERT INTO "OutboxEventDelivery" (event_id, handler, attempt, delivered_at) '
+            f"SELECT id, 'webhook', 1, '2026-01-01 00:00:00' FROM ({series}) AS x"
+        )
+    if state == "stale statistics":
+        with engine.begin() as conn:
+            conn.exec_driver_sql(analyze)
+    with engine.begin() as conn:
+        for handler, delivered in (("redis", "'2026-01-01 00:00:00'"), ("webhook", "NULL")):
+            conn.exec_driver_sql(
+                f'INSERT INTO "OutboxEventDelivery" (event_id, handler, attempt, delivered_at, last_error) '
+                f"SELECT id, '{handler}', 1, {delivered}, 'boom' FROM \"OutboxEvent\" WHERE status = 'PROCESSING'"
+            )
+    if state == "fresh statistics":
+        with engine.begin() as conn:
+            conn.exec_driver_sql(analyze)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("state", STATES)
+def test_the_ledger_is_read_and_written_by_its_primary_key(
+    request: pytest.FixtureRequest, backend: str, state: str
+) -> None:
+    """Each claimed batch reads its ledger rows, and each finish writes them (SQLite: its own statement;
+    PostgreSQL: a CTE of the finish, checked with the finish above): by the ledger's primary key."""
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "postgres_url")
+    build_state(url, state)
+    build_ledger_state(url, state)
+    engine = make_engine(url)
+    statements = _Statements(engine.dialect, DEFAULT_TABLES, ordering=None, clocked=False)
+    read = (statements.read_ledger, {"ids": json.dumps(HELD)})
+    with engine.connect() as conn:
+        assert len(conn.exec_driver_sql(*read).all()) == 2 * BATCH
+        if backend == "postgres":
+            plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + read[0], read[1]).scalar_one()[0]["Plan"]
+            every = nodes(plan)
+            assert not [n for n in every if n["Node Type"] == "Seq Scan"], (state, plan)
+            assert {n["Index Name"] for n in every if "Index Name" in n} == {"pk_OutboxEventDelivery"}, (state, plan)
+            finish = parameters("finish", True)
+            sql = statements.finish
+            plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, finish).scalar_one()[0]["Plan"]
+            on_ledger = [n for n in nodes(plan) if n.get("Relation Name") == "OutboxEventDelivery"]
+            assert not [n for n in on_ledger if n["Node Type"] == "Seq Scan"], (state, plan)
+        else:
+            plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + read[0], read[1])]
+            searches = [line for line in plan if "OutboxEventDelivery" in line]
+            assert searches == [
+                "SEARCH OutboxEventDelivery USING INDEX sqlite_autoindex_OutboxEventDelivery_1 (event_id=?)"
+            ], (state, plan)
+            deliveries = {"deliveries": parameters("finish", False)["deliveries"]}
+            plan = [
+                row[3]
+                for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statements.record_deliveries, deliveries)
+            ]
+            assert not [line for line in plan if line.startswith("SCAN") and "json_each" not in line], (state, plan)
+        conn.rollback()
+    engine.dispose()
 
 
 # --- a person's recovery and the expired-leases summary (the Overview reads it every refresh) ----------

@@ -43,6 +43,11 @@ class DispatcherSql:
     # SQLite: add a row of sums (stats.summed; executemany) to the rollup (outbox_admin.stats) after a
     # finish or a recovery; PostgreSQL counts in those statements themselves.
     count: str | None
+    # The ledger rows of the claimed :ids (JSON), which decide the handlers to run: (event id, handler,
+    # delivered, requested by a replay). One read per batch, by the ledger's primary key.
+    delivered: str
+    # SQLite: the finish's ledger rows from :deliveries (JSON); PostgreSQL writes them in the finish.
+    record_deliveries: str | None
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ PUBLISHER_ACTOR = "publisher"
 
 CLAIMED_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "retry_count", "created_at")
 HISTORY_COLUMNS = "event_id, from_status, to_status, at, actor, attempt, error_message"
+LEDGER_COLUMNS = "event_id, handler, attempt, delivered_at, duration_ms, last_error"
 
 
 def publish_sql(dialect: Any, tables: OutboxTables) -> PublishSql:
@@ -106,6 +112,7 @@ def _names(dialect: Any, tables: OutboxTables) -> _Names:
         events=quote.format_table(tables.events),
         transitions=quote.format_table(tables.transitions),
         stats=quote.format_table(tables.stats),
+        deliveries=quote.format_table(tables.deliveries),
         due_index=quote.quote(f"ix_{tables.events.name}_due"),
         leases_index=quote.quote(f"ix_{tables.events.name}_leases"),
         pauses=quote.format_table(tables.pauses),
@@ -143,6 +150,7 @@ class _Names:
     events: str
     transitions: str
     stats: str
+    deliveries: str
     due_index: str
     leases_index: str
     pauses: str

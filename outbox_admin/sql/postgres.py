@@ -18,6 +18,10 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   FAILED into the rollup (``outbox_admin.stats``), from their own RETURNING rows: an
   upsert of this dispatcher's own rows (keyed by its name), so dispatchers side by
   side never wait for each other there.
+- The finish also writes the delivery ledger (``recorded_deliveries``): one row per
+  handler that succeeded or failed, for the events the finish changed (so a
+  dispatcher that lost its claim records nothing), upserted on the ledger's primary
+  key. The read of a batch's ledger rows (``delivered``) reaches them by that key.
 - The read of the active pauses (``active_pauses``) reads the partial unique
   index of the active rows in its order, so a long pause history costs nothing.
 - The finish, the renewal and the recovery's UPDATE reach rows only through the
@@ -38,6 +42,7 @@ from ..wakeup import NOTIFY_CHANNEL
 from . import (
     CLAIMED_COLUMNS,
     HISTORY_COLUMNS,
+    LEDGER_COLUMNS,
     PUBLISHED_COLUMNS,
     PUBLISHER_ACTOR,
     AdminSql,
@@ -93,6 +98,21 @@ def _counted(names: _Names, status: str) -> str:
     return upsert_sql("postgresql", names.stats, source)
 
 
+def _recorded_deliveries(names: _Names, now: str) -> str:
+    """A CTE body upserting the ledger rows of :deliveries ([event id, handler, duration ms, error]) of the
+    events in ``changed``: a success sets ``delivered_at``, a failure ``last_error``; each counts a try."""
+    return f"""
+                INSERT INTO {names.deliveries} AS d ({LEDGER_COLUMNS})
+                SELECT value ->> 0, value ->> 1, 1, CASE WHEN value ->> 3 IS NULL THEN {now} END,
+                       CAST(value ->> 2 AS double precision), value ->> 3
+                FROM json_array_elements(CAST(:deliveries AS json))
+                WHERE value ->> 0 IN (SELECT id FROM changed)
+                ON CONFLICT (event_id, handler) DO UPDATE SET
+                    attempt = d.attempt + 1, delivered_at = EXCLUDED.delivered_at,
+                    duration_ms = coalesce(EXCLUDED.duration_ms, d.duration_ms),
+                    last_error = coalesce(EXCLUDED.last_error, d.last_error)"""
+
+
 def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked: bool) -> DispatcherSql:
     ev, tr = names.events, names.transitions
     now, lease_until, due = clock(dialect, clocked=clocked, time_param="CAST({} AS timestamptz)")
@@ -136,8 +156,12 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 SELECT id, '{PROCESSING}', outcome, {now}, :name, step, message FROM changed
             ), counted AS (
                 {_counted(names, "outcome")}
+            ), recorded_deliveries AS ({_recorded_deliveries(names, now)}
             )
             SELECT id FROM changed"""
+    delivered = f"""
+            SELECT event_id, handler, delivered_at IS NOT NULL, requested_at IS NOT NULL FROM {names.deliveries}
+            WHERE event_id = ANY({IDS})"""
     recover = _recover(names, now, "\n                LIMIT :limit")
     active_pauses = f"SELECT pattern FROM {names.pauses} WHERE resumed_at IS NULL ORDER BY pattern"
     return DispatcherSql(
@@ -149,6 +173,8 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
         history=None,
         active_pauses=driver_style(active_pauses, pyformat=True),
         count=None,
+        delivered=driver_style(delivered, pyformat=True),
+        record_deliveries=None,
     )
 
 

@@ -1,0 +1,238 @@
+"""Fan-out without duplicates: the delivery ledger, retries of the missing handlers only, replay to one.
+
+Real sinks: a webhook receiver on a real socket that fails each event twice before it
+accepts it, beside the Redis Streams sink on the real Redis.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, select
+
+from outbox_admin import Dispatcher, admin
+from outbox_admin.errors import AdminActionError, ConfigurationError
+from outbox_admin.handlers.base import DeliveredEvent, RecordingHandler, only
+from outbox_admin.handlers.redis_streams import RedisStreamSink
+from outbox_admin.handlers.webhook import WebhookSink, generate_secret
+from outbox_admin.models import DEFAULT_TABLES
+
+from .services import REDIS_URL, require_redis
+from .sinks_support import NO_WAIT, WebhookReceiver, publish_demo, rows
+
+LEDGER = DEFAULT_TABLES.deliveries
+TRANSITIONS = DEFAULT_TABLES.transitions
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def stream() -> Iterator[str]:
+    """A Redis stream of this test's own, deleted afterwards."""
+    require_redis()
+    name = f"outbox-test:{uuid.uuid4().hex[:12]}"
+    yield name
+    redis.Redis.from_url(REDIS_URL).delete(name)
+
+
+def stream_ids(stream: str) -> list[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return [fields[b"id"].decode() for _, fields in client.xrange(stream)]
+    finally:
+        client.close()
+
+
+def ledger(engine: Engine) -> dict[tuple[str, str], Any]:
+    with engine.connect() as conn:
+        return {(r.event_id, r.handler): r for r in conn.execute(select(LEDGER))}
+
+
+def webhook_posts(receiver: WebhookReceiver, path: str = "/flaky") -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for request in receiver.at(path):
+        event_id = request.json()["id"]
+        counts[event_id] = counts.get(event_id, 0) + 1
+    return counts
+
+
+def sinks(receiver: WebhookReceiver, stream: str) -> list[Any]:
+    return [
+        WebhookSink(receiver.url("/flaky"), secret=generate_secret(), name="webhook"),
+        RedisStreamSink(REDIS_URL, stream=stream, name="redis"),
+    ]
+
+
+def drain(engine: Engine, handlers: list[Any]) -> None:
+    with Dispatcher(engine, handlers, max_attempts=5, backoff=NO_WAIT, breaker=None) as dispatcher:
+        dispatcher.drain(max_seconds=30)
+
+
+
+def test_a_flaky_webhook_beside_redis_each_event_reaches_redis_once(
+    engine: Engine, receiver: WebhookReceiver, stream: str
+) -> None:
+    published = [e["id"] for e in publish_demo(engine, 5)]
+    drain(engine, sinks(receiver, stream))
+    assert sorted(stream_ids(stream)) == sorted(published), "Redis holds exactly one entry per event"
+    assert webhook_posts(receiver) == dict.fromkeys(published, 3), "the webhook failed twice, then accepted"
+    events = rows(engine)
+    assert {events[i].status for i in published} == {"COMPLETED"}
+    assert {events[i].retry_count for i in published} == {2}
+    found = ledger(engine)
+    for event_id in published:
+        webhook, redis_row = found[(event_id, "webhook")], found[(event_id, "redis")]
+        assert (webhook.attempt, redis_row.attempt) == (3, 1)
+        assert webhook.delivered_at is not None and redis_row.delivered_at is not None
+        assert webhook.duration_ms is not None and webhook.duration_ms >= 0
+        assert "503" in webhook.last_error, "the last error before the delivery is kept"
+        assert redis_row.last_error is None
+
+
+
+def test_replay_to_the_webhook_only_leaves_redis_alone(engine: Engine, receiver: WebhookReceiver, stream: str) -> None:
+    receiver.flaky_failures = 0
+    published = [e["id"] for e in publish_demo(engine, 12)]
+    drain(engine, sinks(receiver, stream))
+    assert len(receiver.at("/flaky")) == 12
+    chosen = published[:10]
+    plan = admin.plan_action(engine, "replay", chosen, handlers=["webhook"])
+    assert plan.count == 10 and set(plan.sample_ids) == set(chosen)
+    assert len(receiver.at("/flaky")) == 12, "a dry run sends nothing"
+    assert admin.replay(engine, chosen, handlers=["webhook"], actor="alice") == 10
+    drain(engine, sinks(receiver, stream))
+    assert len(receiver.at("/flaky")) == 22, "ten more POSTs"
+    assert webhook_posts(receiver) == {**dict.fromkeys(chosen, 2), **dict.fromkeys(published[10:], 1)}
+    assert sorted(stream_ids(stream)) == sorted(published), "Redis unchanged"
+    replayed = [r.json()["id"] for r in receiver.at("/flaky")[12:]]
+    assert sorted(replayed) == sorted(chosen), "each replay keeps the event's id"
+    events = rows(engine)
+    assert {events[i].status for i in published} == {"COMPLETED"}
+    with engine.connect() as conn:
+        history = conn.execute(
+            select(TRANSITIONS.c.event_id, TRANSITIONS.c.actor, TRANSITIONS.c.error_message).where(
+                TRANSITIONS.c.from_status == "COMPLETED", TRANSITIONS.c.to_status == "PENDING"
+            )
+        ).all()
+    assert sorted(h.event_id for h in history) == sorted(chosen)
+    assert {(h.actor, h.error_message) for h in history} == {("admin:alice", "replay to webhook")}
+    found = ledger(engine)
+    assert all(found[(i, "webhook")].requested_by == "admin:alice" for i in chosen)
+    assert all(found[(i, "webhook")].delivered_at is not None for i in chosen)
+    assert all(found[(i, "webhook")].requested_at is None for i in published[10:])
+
+
+def test_two_handlers_with_one_name_are_refused(engine: Engine) -> None:
+    with pytest.raises(ConfigurationError, match="two handlers are named 'sink'"):
+        Dispatcher(engine, [RecordingHandler(name="sink"), RecordingHandler(name="sink")])
+    with pytest.raises(ConfigurationError, match="not '\\*'"):
+        Dispatcher(engine, [RecordingHandler(name="*")])
+
+
+class Flaky:
+    """Fails the events whose entity id is in ``failing``, while they stay there."""
+
+    def __init__(self, name: str, failing: set[str] | None = None) -> None:
+        self.name = name
+        self.failing = failing or set()
+        self.seen: list[str] = []
+
+    def __call__(self, event: DeliveredEvent) -> None:
+        self.seen.append(event.id)
+        if event.entity_id in self.failing:
+            raise ConnectionError(f"{self.name} refused {event.entity_id}")
+
+
+def test_a_retry_runs_only_the_handlers_still_missing_and_names_them(engine: Engine) -> None:
+    published = [e["id"] for e in publish_demo(engine, 3)]
+    good, bad, worse = Flaky("good"), Flaky("bad", {"p-1"}), Flaky("worse", {"p-1", "p-2"})
+    dispatcher = Dispatcher(engine, [good, bad, worse], max_attempts=5, backoff=NO_WAIT, breaker=None)
+    dispatcher.dispatch_once()
+    events = rows(engine)
+    assert events[published[0]].status == "COMPLETED"
+    assert events[published[1]].error_message == (
+        "bad: ConnectionError: bad refused p-1; worse: ConnectionError: worse refused p-1"
+    )
+    assert events[published[2]].error_message == "worse: ConnectionError: worse refused p-2"
+    bad.failing.clear()
+    worse.failing.clear()
+    dispatcher.dispatch_once()
+    assert {r.status for r in rows(engine).values()} == {"COMPLETED"}
+    assert sorted(good.seen) == sorted(published), "the handler that succeeded never ran again"
+    assert sorted(bad.seen) == sorted([*published, published[1]])
+    assert sorted(worse.seen) == sorted([*published, published[1], published[2]])
+
+
+def test_a_requeued_dead_letter_runs_only_the_failed_handler(engine: Engine) -> None:
+    (event_id,) = [e["id"] for e in publish_demo(engine, 1)]
+    good, bad = Flaky("good"), Flaky("bad", {"p-0"})
+    Dispatcher(engine, [good, bad], max_attempts=2, backoff=NO_WAIT, breaker=None).drain(max_seconds=10)
+    assert rows(engine)[event_id].status == "FAILED"
+    assert (len(good.seen), len(bad.seen)) == (1, 2)
+    bad.failing.clear()
+    admin.requeue(engine, event_id, reset_attempts=True)
+    Dispatcher(engine, [good, bad], backoff=NO_WAIT, breaker=None).drain(max_seconds=10)
+    assert rows(engine)[event_id].status == "COMPLETED"
+    assert (len(good.seen), len(bad.seen)) == (1, 3)
+
+
+def test_replaying_a_dead_letter_to_another_handler_leaves_it_failed(engine: Engine) -> None:
+    (event_id,) = [e["id"] for e in publish_demo(engine, 1)]
+    good, bad = Flaky("good"), Flaky("bad", {"p-0"})
+    Dispatcher(engine, [good, bad], max_attempts=1, breaker=None).dispatch_once()
+    assert admin.replay(engine, event_id, handlers="good") == 1
+    Dispatcher(engine, [good, bad], breaker=None).dispatch_once()
+    event = rows(engine)[event_id]
+    assert (event.status, len(good.seen), len(bad.seen)) == ("FAILED", 2, 1)
+    assert event.error_message == "bad: ConnectionError: bad refused p-0", "the failing handler is still named"
+    with engine.connect() as conn:
+        note = conn.execute(
+            select(TRANSITIONS.c.error_message).where(TRANSITIONS.c.event_id == event_id).order_by(TRANSITIONS.c.id)
+        ).all()[-1][0]
+    assert note == "replay delivered; still not delivered to bad (requeue it to retry those)"
+
+
+def test_a_replay_to_a_handler_the_dispatcher_lacks_fails_visibly(engine: Engine) -> None:
+    (event_id,) = [e["id"] for e in publish_demo(engine, 1)]
+    good = Flaky("good")
+    Dispatcher(engine, [good], breaker=None).dispatch_once()
+    admin.replay(engine, event_id, handlers=["gone"])
+    Dispatcher(engine, [good], max_attempts=1, breaker=None).dispatch_once()
+    event = rows(engine)[event_id]
+    assert event.status == "FAILED"
+    assert "a replay asked for handler 'gone'" in event.error_message
+    assert len(good.seen) == 1
+
+
+def test_replay_refuses_unfinished_events_and_bad_names(engine: Engine) -> None:
+    ids = [e["id"] for e in publish_demo(engine, 2)]
+    with pytest.raises(AdminActionError, match="cannot replay"):
+        admin.replay(engine, ids, handlers=["webhook"])
+    with pytest.raises(AdminActionError, match="at least one handler"):
+        admin.replay(engine, ids, handlers=[])
+    with pytest.raises(AdminActionError, match="not a handler's name"):
+        admin.replay(engine, ids, handlers=["*"])
+    assert {r.status for r in rows(engine).values()} == {"PENDING"}
+    assert ledger(engine) == {}
+
+
+def test_replay_by_filter_moves_only_finished_events_of_the_filter(engine: Engine) -> None:
+    publish_demo(engine, 4)
+    recorder = RecordingHandler(name="rec")
+    Dispatcher(engine, [only("PROJECT.CREATED", recorder)], breaker=None).dispatch_once()
+    publish_demo(engine, 2, prefix="late")  # PENDING: a filter replay leaves them alone
+    assert admin.plan_action(engine, "replay", event_type="PROJECT.CREATED", handlers=["rec"]).count == 2
+    assert admin.replay(engine, event_type="PROJECT.CREATED", handlers=["rec"]) == 2
+    Dispatcher(engine, [only("PROJECT.CREATED", recorder)], breaker=None).dispatch_once()
+    created = [i for i, r in rows(engine).items() if r.event_type == "PROJECT.CREATED"]
+    replayed = [i for i in created if rows(engine)[i].entity_id.startswith("p-")]
+    assert sorted(recorder.ids) == sorted(created + replayed), "the replayed twice, the late one once"
