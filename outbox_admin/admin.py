@@ -404,9 +404,7 @@ def _clip_note(text: str) -> str:
 def _owe_deliveries(conn: Connection, ids: list[str], names: Sequence[str], who: str, tables: OutboxTables) -> None:
     """Ledger rows saying the events of ``ids`` owe ``names`` a delivery: new rows, or existing ones reset."""
     ledger = tables.deliveries
-    rows = [
-        {"event_id": i, "handler": n, "attempt": 0, "requested_by": who} for i in ids for n in names
-    ]
+    rows = [{"event_id": i, "handler": n, "attempt": 0, "requested_by": who} for i in ids for n in names]
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(ledger).values(requested_at=db_now())
     reset = {
@@ -546,7 +544,8 @@ def purge(
     tables: OutboxTables = DEFAULT_TABLES,
 ) -> PurgeResult:
     """Delete events created before ``older_than`` ago (or before a datetime) in the given statuses,
-    with their history and their delivery ledger rows, ``batch_size`` events per transaction so the table is never locked for long.
+    with their history and their delivery ledger rows, ``batch_size`` events per transaction so the
+    table is never locked for long.
 
     PENDING and PROCESSING events are never purged. ``progress(n)`` is called with
     the number of events deleted after each batch.

@@ -712,7 +712,8 @@ class Dispatcher:
                 )
             elif handled.still_failing.get(e.id):  # replayed to others: the failing handlers still lack it
                 note = _clip(
-                    "replay delivered; still not delivered to " + ", ".join(handled.still_failing[e.id])
+                    "replay delivered; still not delivered to "
+                    + ", ".join(handled.still_failing[e.id])
                     + " (requeue it to retry those)"
                 )
                 outcomes.append(_Outcome(e, FAILED, 0, note, e.retry_count + 1, None, deliveries=done))

@@ -297,9 +297,7 @@ class OutboxTables:
         ):
             _check_identifier(kind, name)
         if len({events, transitions, pauses, stats, deliveries}) < 5:
-            raise ConfigurationError(
-                "the events, transitions, pauses, stats and delivery tables need different names"
-            )
+            raise ConfigurationError("the events, transitions, pauses, stats and delivery tables need different names")
         metadata = MetaData(naming_convention=NAMING_CONVENTION)
         return cls(
             *_define_tables(metadata, events, transitions, schema),

@@ -77,7 +77,6 @@ def drain(engine: Engine, handlers: list[Any]) -> None:
         dispatcher.drain(max_seconds=30)
 
 
-
 def test_a_flaky_webhook_beside_redis_each_event_reaches_redis_once(
     engine: Engine, receiver: WebhookReceiver, stream: str
 ) -> None:
@@ -96,7 +95,6 @@ def test_a_flaky_webhook_beside_redis_each_event_reaches_redis_once(
         assert webhook.duration_ms is not None and webhook.duration_ms >= 0
         assert "503" in webhook.last_error, "the last error before the delivery is kept"
         assert redis_row.last_error is None
-
 
 
 def test_replay_to_the_webhook_only_leaves_redis_alone(engine: Engine, receiver: WebhookReceiver, stream: str) -> None:
@@ -236,3 +234,49 @@ def test_replay_by_filter_moves_only_finished_events_of_the_filter(engine: Engin
     created = [i for i, r in rows(engine).items() if r.event_type == "PROJECT.CREATED"]
     replayed = [i for i in created if rows(engine)[i].entity_id.startswith("p-")]
     assert sorted(recorder.ids) == sorted(created + replayed), "the replayed twice, the late one once"
+
+
+def test_a_database_at_0005_upgrades_and_its_delivered_events_count_for_every_handler(
+    db_url: str, request: pytest.FixtureRequest
+) -> None:
+    from sqlalchemy import text
+
+    from outbox_admin import init_db, make_engine
+    from outbox_admin.migrate import upgrade
+
+    url = (
+        request.getfixturevalue("empty_postgres_url")
+        if db_url.startswith("postgresql")
+        else db_url.replace("outbox.db", "at_0005.db")
+    )
+    engine = make_engine(url)
+    try:
+        upgrade(engine, revision="0005")
+        done, dead, waiting = (e["id"] for e in publish_demo(engine, 3))
+        with engine.begin() as conn:  # dispatched by an older version: no ledger
+            conn.execute(
+                text(
+                    "UPDATE \"OutboxEvent\" SET status = 'COMPLETED', processed_at = created_at, retry_count = 1 "
+                    "WHERE id = :id"
+                ),
+                {"id": done},
+            )
+            conn.execute(
+                text("UPDATE \"OutboxEvent\" SET status = 'FAILED', retry_count = 3 WHERE id = :id"), {"id": dead}
+            )
+            conn.execute(text('UPDATE "OutboxEvent" SET retry_count = 1 WHERE id = :id'), {"id": waiting})
+        init_db(engine)
+        found = ledger(engine)
+        assert list(found) == [(done, "*")], "only the delivered event counts as delivered, to every handler"
+        assert found[(done, "*")].attempt == 2 and found[(done, "*")].delivered_at is not None
+        a, b = Flaky("a"), Flaky("b")
+        Dispatcher(engine, [a, b], breaker=None).dispatch_once()  # the retry of `waiting`: nothing recorded
+        assert (a.seen, b.seen) == ([waiting], [waiting])
+        admin.replay(engine, done, handlers=["b"])
+        admin.requeue(engine, dead)
+        Dispatcher(engine, [a, b], breaker=None).dispatch_once()
+        assert sorted(a.seen) == sorted([waiting, dead]), "the old delivered event went to the replayed handler only"
+        assert sorted(b.seen) == sorted([waiting, dead, done])
+        assert {r.status for r in rows(engine).values()} == {"COMPLETED"}
+    finally:
+        engine.dispose()

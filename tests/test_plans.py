@@ -302,8 +302,7 @@ def test_the_ledger_is_read_and_written_by_its_primary_key(
             ], (state, plan)
             deliveries = {"deliveries": parameters("finish", False)["deliveries"]}
             plan = [
-                row[3]
-                for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statements.record_deliveries, deliveries)
+                row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statements.record_deliveries, deliveries)
             ]
             assert not [line for line in plan if line.startswith("SCAN") and "json_each" not in line], (state, plan)
         conn.rollback()
