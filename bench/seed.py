@@ -23,7 +23,10 @@ What the rows look like (deterministic for a given ``n``; the mix is a parameter
   ``PENDING -> PROCESSING`` and ``PROCESSING -> PENDING`` (or ``FAILED``), then
   the last claim and, for COMPLETED, ``PROCESSING -> COMPLETED``;
 - the rollup of the new COMPLETED and FAILED events (``outbox_admin.stats``), as the
-  dispatcher would have written it, compacted.
+  dispatcher would have written it, compacted;
+- the delivery ledger of the COMPLETED and FAILED events for the handlers ``webhook`` and
+  ``redis-stream`` (``LEDGER_HANDLERS``): delivered at ``processed_at`` (a FAILED event by the
+  handler its error does not name), the named handler's tries and last error kept.
 
 ``seed(engine, n, mix={"PENDING": 1}, retry_fraction=0)`` gives a plain backlog
 of due events, as the dispatch benchmark uses.
@@ -57,6 +60,9 @@ ERRORS = (
     "redis-stream: ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused.",
     "message-bus: ValueError: budget must be positive",
 )
+
+#: The handlers the seeded ledger rows name (the first two handlers the error messages name).
+LEDGER_HANDLERS = ("webhook", "redis-stream")
 
 # Pseudo-random integers in [0, 2**32) from the row number, the same on both databases
 # (Weyl sequences): no random() call, so a given n always gives the same rows.
@@ -203,6 +209,24 @@ def _transitions_sql(d: _Dialect, events: str, transitions: str, max_attempts: i
     """
 
 
+def _ledger_sql(d: _Dialect, events: str, ledger: str) -> str:
+    """The delivery ledger of this run's finished events, one row per (event, handler of LEDGER_HANDLERS)."""
+    handlers = " UNION ALL ".join(f"SELECT '{name}' AS name" for name in LEDGER_HANDLERS)
+    names_it = "e.error_message LIKE h.name || ':%'"
+    return f"""
+    INSERT INTO {ledger} (event_id, handler, attempt, delivered_at, duration_ms, last_error)
+    SELECT e.id, h.name,
+        CASE WHEN {names_it} THEN e.retry_count + CASE WHEN e.status = 'COMPLETED' THEN 1 ELSE 0 END ELSE 1 END,
+        CASE WHEN e.status = 'COMPLETED' THEN e.processed_at
+             WHEN {names_it} THEN NULL
+             ELSE {d.plus_seconds("e.created_at", "0.05")} END,
+        CASE WHEN e.status = 'COMPLETED' OR NOT {names_it} THEN 2.5 END,
+        CASE WHEN {names_it} THEN e.error_message END
+    FROM {events} AS e CROSS JOIN ({handlers}) AS h
+    WHERE substr(e.id, 25, 4) = :run AND e.status IN ('COMPLETED', 'FAILED')
+    """
+
+
 def _rollup_sql(conn: Connection, tables: OutboxTables) -> str:
     """The rollup rows of this run's events (its ids carry the run at position 25), as the
     dispatcher counts them."""
@@ -242,12 +266,14 @@ def seed(
     history: bool = True,
     rebuild_indexes: bool = True,
     backlog: int = 0,
+    ledger: bool = True,
 ) -> int:
     """Insert ``n`` events (and their history) in one transaction; returns ``n``.
 
     ``created_at`` runs evenly from ``end - span_seconds`` to ``end`` (default: now,
     as the host's Unix time). The tables must exist (``init_db``); rows already
-    there are kept. ``history=False`` skips the transition rows. Into empty tables the
+    there are kept. ``history=False`` skips the transition rows, ``ledger=False`` the delivery
+    ledger's. Into empty tables the
     secondary indexes are dropped and rebuilt after the load (faster); on PostgreSQL
     that build also records the table's size in ``pg_class``, which inserts alone do
     not: ``rebuild_indexes=False`` loads through the live indexes, as publishing does.
@@ -281,6 +307,8 @@ def seed(
             _execute(conn, _events_sql(d, events), params)
             if history:
                 _execute(conn, _transitions_sql(d, events, transitions, max_attempts), {"run": params["run"]})
+            if ledger:
+                _execute(conn, _ledger_sql(d, events, quote(tables.deliveries)), {"run": params["run"]})
         _execute(conn, _rollup_sql(conn, tables), {"run": params["run"]})
         stats.compact_in(conn, tables)
     return n
@@ -334,10 +362,10 @@ def _indexes_rebuilt_after(conn: Connection, tables: OutboxTables, *, enabled: b
     if not enabled:
         yield
         return
-    names = [tables.events.name, tables.transitions.name]
+    names = [tables.events.name, tables.transitions.name, tables.deliveries.name]
     if conn.dialect.name == "sqlite":
         found = conn.exec_driver_sql(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN (?, ?)",
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN (?, ?, ?)",
             tuple(names),
         ).all()
     else:
