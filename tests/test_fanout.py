@@ -280,3 +280,60 @@ def test_a_database_at_0005_upgrades_and_its_delivered_events_count_for_every_ha
         assert {r.status for r in rows(engine).values()} == {"COMPLETED"}
     finally:
         engine.dispose()
+
+
+class Batch:
+    """A batch handler that accepts everything and records what it got."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[str] = []
+
+    def handle_batch(self, events: list[DeliveredEvent]) -> dict[str, BaseException]:
+        self.seen.extend(e.id for e in events)
+        return {}
+
+
+def test_a_stop_mid_batch_keeps_the_deliveries_already_made(engine: Engine) -> None:
+    published = [e["id"] for e in publish_demo(engine, 5)]
+    batch, single = Batch("batch"), Flaky("single")
+    dispatcher = Dispatcher(engine, [], breaker=None)
+
+    def stop_after_two(event: DeliveredEvent) -> None:
+        single(event)
+        if len(single.seen) == 2:
+            dispatcher.request_stop()
+
+    dispatcher.routes = Dispatcher(engine, [batch, only("*", stop_after_two, name="single")]).routes
+    report = dispatcher.dispatch_once()
+    assert (report.completed, report.released) == (2, 3)
+    found = ledger(engine)
+    assert all(found[(i, "batch")].delivered_at is not None for i in published), "the batch handler had them all"
+    assert {i for i in published if (i, "single") in found} == set(published[:2])
+    dispatcher.clear_stop()
+    dispatcher.drain(max_seconds=10)
+    assert sorted(batch.seen) == sorted(published), "the released events did not go to the batch handler again"
+    assert sorted(single.seen) == sorted(published)
+    assert {r.status for r in rows(engine).values()} == {"COMPLETED"}
+
+
+def test_a_dispatcher_that_lost_its_claim_records_no_delivery(engine: Engine) -> None:
+    import datetime as dt
+
+    (event_id,) = [e["id"] for e in publish_demo(engine, 1)]
+    now = dt.datetime.now(dt.UTC)
+    late = Flaky("late")
+    rescuer = Dispatcher(
+        engine, [Flaky("late")], name="B", lease_seconds=60, clock=lambda: now + dt.timedelta(minutes=2)
+    )
+
+    def stall(event: DeliveredEvent) -> None:
+        late(event)
+        rescuer.drain(max_seconds=10)  # A's lease expires meanwhile: B recovers and delivers
+
+    stalled = Dispatcher(engine, [only("*", stall, name="late")], name="A", lease_seconds=60, clock=lambda: now)
+    assert stalled.dispatch_once().lost == 1
+    found = ledger(engine)
+    assert list(found) == [(event_id, "late")]
+    assert found[(event_id, "late")].attempt == 1, "only B's delivery is recorded"
+    assert found[(event_id, "late")].delivered_at == now + dt.timedelta(minutes=2), "at B's clock"
