@@ -269,7 +269,7 @@ def _deliveries(ctx: Context, event_id: str) -> None:
         column_config={
             "attempt": st.column_config.NumberColumn("tries", help="How many times this handler was called."),
             "delivered_at": "delivered (UTC)",
-            "duration_ms": st.column_config.NumberColumn("call (ms)", format="%.1f"),
+            "duration_ms": st.column_config.NumberColumn("call (ms)", format="%.2f"),
             "last_error": st.column_config.TextColumn("last error", width="large"),
             "requested_at": "replay asked (UTC)",
             "requested_by": "replay asked by",

@@ -183,7 +183,7 @@ def _handlers(summary: analytics.HandlerSummary) -> None:
             ),
             "latency_p50": st.column_config.NumberColumn("latency p50 (ms)", format="%.0f"),
             "latency_p95": st.column_config.NumberColumn("latency p95 (ms)", format="%.0f"),
-            "duration_ms_mean": st.column_config.NumberColumn("call (ms, mean)", format="%.1f"),
+            "duration_ms_mean": st.column_config.NumberColumn("call (ms, mean)", format="%.2f"),
             "last_delivery": "last delivery (UTC)",
         },
     )
