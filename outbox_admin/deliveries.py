@@ -325,15 +325,14 @@ def handler_summary(
         raise FilterError("newest", "must be at least 1")
     until = now or dt.datetime.now(dt.UTC)
     since = until - window
-    statements = summary_statements(since, until, newest=newest, tables=tables)
     with reading(engine) as conn:
-        delivered = conn.execute(statements["delivered"]).all()
-        failing = dict(conn.execute(statements["failing"]).all())
-    read = sum(int(r[1]) for r in delivered)
-    capped = read >= newest
-    start = since
-    if capped:  # the window's start as far back as the newest deliveries reach
-        start = max(since, min(r[4] for r in delivered))
+        delivered = conn.execute(summary_statements(since, until, newest=newest, tables=tables)["delivered"]).all()
+        capped = sum(int(r[1]) for r in delivered) >= newest
+        # A shortened window starts where its newest deliveries reach back to; its failures are counted from there.
+        start = max(since, min(r[4] for r in delivered)) if capped else since
+        failing: dict[str, int] = dict(
+            conn.execute(summary_statements(start, until, newest=newest, tables=tables)["failing"]).all()
+        )
     by_handler: dict[str, list[Any]] = {}
     for handler, count, retried, duration, _first, last, p50, p95, worst in delivered:
         by_handler[handler] = [int(count), int(retried or 0), p50, p95, worst, duration, last]
