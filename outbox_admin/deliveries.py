@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import and_, case, desc, func, select, true, union
+from sqlalchemy import Engine, and_, case, desc, func, select, true, union
 from sqlalchemy.sql import Select
 
 from .db import db_now
@@ -95,7 +95,7 @@ def _handlers(handler: str | Iterable[str] | None) -> tuple[str, ...] | None:
 
 
 def deliveries_frame(
-    engine: Any,
+    engine: Engine,
     filters: EventFilter | None = None,
     *,
     since: dt.datetime | str | None = None,
@@ -218,18 +218,14 @@ class HandlerSummary:
     (its last error kept in the ledger); ``failure_rate`` is ``failing / (deliveries + failing)``;
     ``retried``: deliveries that took this handler more than one try; latencies in seconds, from
     the event's commit to the acknowledgement (nearest rank); ``duration_ms_mean``: how long its
-    successful calls took. ``capped``: the window held more than ``SUMMARY_ROWS`` deliveries or
-    failed attempts, so it counts from ``since`` on, later than asked.
+    successful calls took. ``capped``: the window held more deliveries than the summary reads
+    (``SUMMARY_ROWS``), so it counts from ``since`` on, later than asked.
     """
 
     frame: pd.DataFrame
     since: dt.datetime
     until: dt.datetime
     capped: bool
-
-    @property
-    def minutes(self) -> float:
-        return max((self.until - self.since).total_seconds() / 60, 1 / 60)
 
 
 def summary_statements(
@@ -306,7 +302,7 @@ def _attempts(tr: Any, status: str, since: dt.datetime, until: dt.datetime | Non
 
 
 def handler_summary(
-    engine: Any,
+    engine: Engine,
     window: dt.timedelta = dt.timedelta(hours=1),
     *,
     now: dt.datetime | None = None,
@@ -373,7 +369,7 @@ def _state(delivered_at: Any, last_error: Any, requested_at: Any) -> str:
     return "replay requested" if requested_at is not None else "not delivered"
 
 
-def event_deliveries(engine: Any, event_id: str, *, tables: OutboxTables = DEFAULT_TABLES) -> pd.DataFrame:
+def event_deliveries(engine: Engine, event_id: str, *, tables: OutboxTables = DEFAULT_TABLES) -> pd.DataFrame:
     """One event's state per handler: ``EVENT_DELIVERY_COLUMNS``, the ``*`` row first, then by name.
 
     ``state`` is ``delivered``, ``delivered (replayed)``, ``failing`` (``last_error`` holds why),
@@ -445,7 +441,7 @@ def _failing_rows(flt: EventFilter, tables: OutboxTables, dialect_name: str) -> 
 
 
 def handler_failures(
-    engine: Any,
+    engine: Engine,
     filters: EventFilter | None = None,
     *,
     limit: int = 50,
@@ -534,7 +530,7 @@ def handler_failures_statement(
     return stmt
 
 
-def _count_handler_failures(engine: Any, flt: EventFilter, tables: OutboxTables) -> int:
+def _count_handler_failures(engine: Engine, flt: EventFilter, tables: OutboxTables) -> int:
     rows = _failing_rows(flt, tables, engine.dialect.name).subquery("failing")
     messages = select(rows.c.handler, rows.c.last_error.label("message")).group_by(rows.c.handler, rows.c.last_error)
     listed = messages.subquery("messages")
@@ -544,7 +540,7 @@ def _count_handler_failures(engine: Any, flt: EventFilter, tables: OutboxTables)
 
 
 def failing_event_ids(
-    engine: Any,
+    engine: Engine,
     handler: str,
     error_group: str | None = None,
     *,
@@ -570,7 +566,7 @@ def failing_event_ids(
 
 
 def known_handlers(
-    engine: Any,
+    engine: Engine,
     event_ids: Iterable[str] | None = None,
     *,
     newest: int = 10_000,
