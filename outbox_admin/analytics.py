@@ -4,14 +4,16 @@ Every aggregate is computed in SQL (GROUP BY, COUNT, window functions) so a
 table of millions of events never travels to pandas; only pages and summaries
 do. Every function takes the same filters (``EventFilter`` or the keywords of
 ``EventFilter.build``) and returns the same columns on SQLite and PostgreSQL.
+
+The reads of the delivery ledger (per handler: ``deliveries_frame``, ``handler_summary``,
+``event_deliveries``, ``handler_failures``...) live in ``outbox_admin.deliveries`` and are
+exposed here with the others.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any, Literal
@@ -21,12 +23,23 @@ from sqlalchemy import Connection, Engine, and_, case, desc, false, func, litera
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
-from sqlalchemy.types import Float
 
-from .db import db_now, read_connection
+from .db import db_now
+from .deliveries import (  # noqa: F401 - the ledger's reads, exposed here with the other read models
+    ALL_HANDLERS_LABEL,
+    HandlerFailuresPage,
+    HandlerSummary,
+    deliveries_frame,
+    event_deliveries,
+    failing_event_ids,
+    handler_failures,
+    handler_label,
+    handler_summary,
+    known_handlers,
+)
 from .display import time_text
 from .errors import FilterError
-from .filters import EventFilter, as_filter, check_text, normalized_error, prepare_connection
+from .filters import EventFilter, as_filter, check_text, normalized_error
 from .models import (
     DEFAULT_TABLES,
     MANUAL_ACTOR_PATTERN,
@@ -35,8 +48,11 @@ from .models import (
     EventStatus,
     OutboxTables,
 )
+from .reads import MAX_PAGE, seconds_between, unindexed
+from .reads import page_bounds as _page
+from .reads import reading as _reading
+from .reads import rows_frame as _frame
 
-MAX_PAGE = 10_000
 EVENT_COLUMNS = [
     "id",
     "org_id",
@@ -67,64 +83,6 @@ TRANSITION_COLUMNS = [
     "attempt",
     "error_message",
 ]
-
-
-class seconds_between(FunctionElement[float]):
-    """SQL for the seconds from the first timestamp to the second."""
-
-    type = Float()
-    inherit_cache = True
-
-
-@compiles(seconds_between, "postgresql")
-@compiles(seconds_between, "sqlite")
-def _seconds(element: seconds_between, compiler: Any, **kw: Any) -> str:
-    from .sql.rollup import latency_sql  # the rollup's latencies are computed with the very same SQL
-
-    start, end = (compiler.process(c, **kw) for c in element.clauses)
-    return latency_sql(compiler.dialect.name, start, end)
-
-
-@contextmanager
-def _reading(engine: Engine) -> Iterator[Connection]:
-    # Deferred on SQLite: a report never takes the write lock, and reads beside writers (WAL).
-    with read_connection(engine) as conn:
-        yield prepare_connection(conn)
-
-
-def _page(limit: int, offset: int) -> tuple[int, int]:
-    if not 1 <= limit <= MAX_PAGE:
-        raise FilterError("limit", f"must be between 1 and {MAX_PAGE}")
-    if offset < 0:
-        raise FilterError("offset", "must not be negative")
-    return limit, offset
-
-
-def _frame(rows: Any, columns: list[str], times: tuple[str, ...] = ()) -> pd.DataFrame:
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
-    for name in times:
-        frame[name] = pd.to_datetime(frame[name], utc=True)
-    return frame
-
-
-class unindexed(FunctionElement[Any]):
-    """``column`` in a form no index matches (``+column`` on SQLite, ``COALESCE(column, column)``
-    elsewhere), so ordering by it makes the database scan and sort instead of walking an index."""
-
-    inherit_cache = True
-
-
-@compiles(unindexed)
-def _unindexed_default(element: unindexed, compiler: Any, **kw: Any) -> str:
-    (column,) = list(element.clauses)
-    text = compiler.process(column, **kw)
-    return f"COALESCE({text}, {text})"
-
-
-@compiles(unindexed, "sqlite")
-def _unindexed_sqlite(element: unindexed, compiler: Any, **kw: Any) -> str:
-    (column,) = list(element.clauses)
-    return f"+{compiler.process(column, **kw)}"
 
 
 #: Filters an index serves newest first (status, org, entity, ids; time bounds): a page walks that index

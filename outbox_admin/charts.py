@@ -6,11 +6,14 @@ the same colour in every chart, badge and feed.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from .deliveries import handler_label
+from .display import visible
 from .models import EventStatus
 
 STATUS_COLORS: dict[str, str] = {
@@ -175,6 +178,29 @@ def latency_figure(stats: pd.DataFrame, title: str = "Latency, created to proces
         )
     fig.update_layout(barmode="group")
     return _layout(fig, title, "event type", "seconds")
+
+
+def handler_latency_figure(
+    deliveries: pd.DataFrame,
+    title: str = "Latency per handler, commit to acknowledgement",
+    *,
+    template: str | None = DEFAULT_TEMPLATE,
+) -> go.Figure:
+    """A box per handler of the seconds from each event's commit to that handler's acknowledgement
+    (``analytics.deliveries_frame``'s ``latency_ms``), handlers in name order.
+
+    Handler names come from the database: they are made visible and HTML-escaped here (plotly reads
+    ``<b>`` and ``<a href>`` in trace names), so the frame is passed as the read gave it.
+    """
+    if deliveries.empty:
+        return _empty(title, "No deliveries recorded", template=template)
+    fig = go.Figure()
+    for name in sorted(set(deliveries["handler"])):
+        seconds = deliveries.loc[deliveries["handler"] == name, "latency_ms"] / 1000
+        label = html.escape(visible(handler_label(name)), quote=False)
+        fig.add_trace(go.Box(y=seconds, name=label, boxpoints="outliers"))
+    fig.update_layout(showlegend=False)
+    return _layout(fig, title, "handler", "seconds", template=template)
 
 
 def timeline_figure(transitions: pd.DataFrame, title: str = "Status timeline") -> go.Figure:

@@ -348,19 +348,26 @@ def load_demo_data(
     fail_share: float = 0.25,
     always_fail_share: float = 0.08,
     progress: Callable[[int, int], object] | None = None,
+    extra_handlers: Sequence[Any] = (),
 ) -> DispatchReport:
     """Fill an empty outbox with a realistic mix: completed, retried, failed and pending events.
 
-    Runs ``count`` mutations, then dispatches them with a ``DemoHandler`` and no
-    waiting between retries until only the dead letters fail, then publishes a few
-    more that stay PENDING. Returns what the dispatcher did.
+    Runs ``count`` mutations, then dispatches them with a ``DemoHandler`` (after any
+    ``extra_handlers``, which the delivery ledger then records beside it) and no waiting
+    between retries until only the dead letters fail, then publishes a few more that stay
+    PENDING. Returns what the dispatcher did.
     """
     generate_activity(engine, count, seed=seed, progress=progress)
     handler = DemoHandler(fail_share=fail_share, always_fail_share=always_fail_share, seed=seed)
     # No breaker: the loader retries at once until only the dead letters fail, and a run of
     # random failures must not pause it halfway.
     dispatcher = Dispatcher(
-        engine, [handler], max_attempts=3, backoff=Backoff(base=0, jitter=0), name=DEMO_LOADER_NAME, breaker=None
+        engine,
+        [*extra_handlers, handler],
+        max_attempts=3,
+        backoff=Backoff(base=0, jitter=0),
+        name=DEMO_LOADER_NAME,
+        breaker=None,
     )
     report = DispatchReport()
     for _ in range(6):

@@ -236,3 +236,20 @@ def test_error_groups_keep_long_groups_apart() -> None:
     assert list(fig.data[0].x) == [0, 3, 2] and list(fig.data[1].x) == [1, 0, 3]  # largest group on top
     top_two = charts.error_groups_figure(frame, top=2)
     assert len(top_two.data[0].y) == 2
+
+
+def test_handler_latency_boxes_escape_handler_names(engine: Engine) -> None:
+    """One box per handler from a real dispatch; a handler's name is text, not plotly's HTML."""
+    from .ledger_support import two_handlers
+
+    run = two_handlers(engine, beta_name="<b>beta</b>\u202e")
+    frame = analytics.deliveries_frame(engine)
+    figure = charts.handler_latency_figure(frame)
+    names = sorted(trace.name for trace in figure.data)
+    assert names == ["&lt;b&gt;beta&lt;/b&gt;\\u202e", "alpha"]
+    beta = next(trace for trace in figure.data if trace.name.startswith("&lt;b&gt;"))
+    assert sorted(beta.y) == sorted(frame.loc[frame["handler"] == run.beta.name, "latency_ms"] / 1000)
+    empty = charts.handler_latency_figure(analytics.deliveries_frame(engine, since="2999-01-01"))
+    assert not empty.data and empty.layout.annotations[0].text == "No deliveries recorded"
+    star = frame.assign(handler="*")
+    assert [t.name for t in charts.handler_latency_figure(star).data] == [analytics.ALL_HANDLERS_LABEL]

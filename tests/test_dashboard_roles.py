@@ -22,7 +22,14 @@ from outbox_admin.ui.context import stop_all_services
 from .dashboard_support import keep_main_module, linked_ids, page  # noqa: F401 - an autouse fixture
 from .test_dashboard import DASHBOARD, TIMEOUT
 
-WRITE_BUTTONS = {"Requeue selected", "Discard selected", "Requeue all FAILED matching", "Discard all FAILED matching"}
+WRITE_BUTTONS = {
+    "Requeue selected",
+    "Discard selected",
+    "Requeue all FAILED matching",
+    "Discard all FAILED matching",
+    "Replay selected",
+    "Replay all finished matching",
+}
 DISPATCHER_BUTTONS = {"Start", "Stop", "Tick"}
 
 

@@ -210,6 +210,9 @@ def test_02_retries_and_errors_analyses_the_activity(run, tmp_path: Path) -> Non
             "latency_events": "int(latency['events'][0])",
             "published": "int(flow['published'].sum())",
             "bucket": "bucket",
+            "deliveries": "len(deliveries)",
+            "handlers": "sorted(per_handler.index)",
+            "demo_p95": "float(per_handler.loc['demo', '95%'])",
         },
     )
     total = analytics.count_events(engine)
@@ -223,7 +226,16 @@ def test_02_retries_and_errors_analyses_the_activity(run, tmp_path: Path) -> Non
     text = markdown_outputs(nb)
     assert f"The largest group is `{expected[0]['error_group']}`: {expected[0]['events']} events" in text
     assert "needed no retry" in text and "Half of the" in text and "events were published" in text
-    assert_charts(nb, 6)
+    # Per handler, from the ledger: every delivery of the demo's three handlers, charted one box each.
+    ledger = analytics.deliveries_frame(engine, limit=10_000)
+    assert got["deliveries"] == len(ledger) > 0
+    assert got["handlers"] == ["audit-log", "demo", "message-bus"] == sorted(set(ledger["handler"]))
+    demo_ms = ledger.loc[ledger["handler"] == "demo", "latency_ms"]
+    assert got["demo_p95"] == pytest.approx(demo_ms.quantile(0.95))
+    assert f"Of {len(ledger)} deliveries to 3 handlers, the slowest at the 95th percentile is" in text
+    [boxes] = [f for f in figures(nb) if f["data"][0]["type"] == "box"]
+    assert sorted(trace["name"] for trace in boxes["data"]) == ["audit-log", "demo", "message-bus"]
+    assert_charts(nb, 7)
     engine.dispose()
 
 

@@ -144,6 +144,7 @@ def guarded(render: Callable[[], object]) -> None:
 #: that does not draw it, so leaving a page would reset it.
 KEPT_WIDGETS = (
     "overview_window",
+    "failures_grouping",
     "live_manual_only",
     "publish_type",
     "publish_org",

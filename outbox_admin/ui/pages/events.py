@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from ... import analytics, charts, demo
+from ...admin import REPLAYABLE
 from ...display import time_text, visible, visible_json
 from ...errors import OutboxError
 from ...event_types import registered_event_types
@@ -246,7 +247,34 @@ def _event_detail(ctx: Context, event_id: str) -> None:
             ),
             hide_index=True,
             width="stretch",
+            # A person's action keeps its note here ("replay to webhook", a discard's reason).
+            column_config={"error_message": st.column_config.TextColumn("error or note", width="large")},
         )
+    _deliveries(ctx, str(event["id"]))
+
+
+def _deliveries(ctx: Context, event_id: str) -> None:
+    """The event's state per handler, from the delivery ledger: delivered when, after how many tries and how
+    fast, failing with which error, or owed by a replay (who asked, when)."""
+    found = analytics.event_deliveries(ctx.engine, event_id)
+    st.caption("Deliveries, per handler")
+    if found.empty:
+        st.caption("No handler has tried this event yet.")
+        return
+    shown = found.assign(handler=found["handler"].map(analytics.handler_label))
+    st.dataframe(
+        components.data(shown),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "attempt": st.column_config.NumberColumn("tries", help="How many times this handler was called."),
+            "delivered_at": "delivered (UTC)",
+            "duration_ms": st.column_config.NumberColumn("call (ms)", format="%.2f"),
+            "last_error": st.column_config.TextColumn("last error", width="large"),
+            "requested_at": "replay asked (UTC)",
+            "requested_by": "replay asked by",
+        },
+    )
 
 
 def _schedule(ctx: Context, event: dict[str, object]) -> None:
@@ -321,6 +349,25 @@ def _bulk_actions(ctx: Context, flt: EventFilter, selected_ids: list[str], total
         help="PROCESSING events whose lease expired." if processing else excluded.format("PROCESSING"),
     ):
         actions.request("recover", filters=flt, status=None)
+    # A replay moves finished events only: the filter's own statuses among those, or all three.
+    finished = tuple(s for s in REPLAYABLE if flt.allows_status(s)) if total > 0 else ()
+    first, second, _, _ = st.columns(4)
+    if first.button(
+        "Replay selected",
+        disabled=not selected,
+        width="stretch",
+        help="Deliver them again to the handlers you pick only (COMPLETED, FAILED or DISCARDED events).",
+    ):
+        actions.request("replay", event_ids=selected, status=None)
+    if second.button(
+        "Replay all finished matching",
+        disabled=not finished,
+        width="stretch",
+        help=f"Every {'/'.join(finished)} event of the filter, to the handlers you pick."
+        if finished
+        else "The filter leaves no COMPLETED, FAILED or DISCARDED events.",
+    ):
+        actions.request("replay", filters=flt.with_(status=finished), status=finished)
     actions.pending_dialog()
 
 

@@ -1,4 +1,5 @@
-"""The Failures page: error groups, most dead letters first, and each group's dead letters, every list paged."""
+"""The Failures page: error groups, most dead letters first, and each group's dead letters, every list paged;
+or the dead letters' failing handlers, grouped by handler and error (from the delivery ledger)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,19 @@ from . import actions
 
 GROUPS_PAGE = 50
 EVENTS_PAGE = 200
+GROUPINGS = ("By error", "By handler")
 
 
 def failures() -> None:
     ctx = current()
     st.title("Failures")
     components.flash()
+    grouping = st.segmented_control(
+        "Group", GROUPINGS, default=components.remembered("failures_grouping", GROUPINGS[0]), key="failures_grouping"
+    )
+    if grouping == "By handler":
+        _by_handler(ctx)
+        return
     # One read for the page of groups and their number (the pager then shows the page it was given).
     wanted = max(0, int(st.session_state.get("failures_groups_page", 0)))
     found = analytics.error_groups_page(ctx.engine, limit=GROUPS_PAGE, offset=wanted * GROUPS_PAGE, order="failed")
@@ -96,4 +104,63 @@ def _group(ctx: Context, group: str) -> None:
         actions.request("requeue", event_ids=picked_ids, status="FAILED")
     if fourth.button("Discard selected", disabled=not picked_ids, width="stretch"):
         actions.request("discard", event_ids=picked_ids, status="FAILED")
+    actions.pending_dialog()
+
+
+def _by_handler(ctx: Context) -> None:
+    """FAILED events per failing handler and error group: which handler refuses what, from the ledger; a
+    group's events, and requeueing them (a requeue runs only the handlers that do not have them)."""
+    wanted = max(0, int(st.session_state.get("failures_handlers_page", 0)))
+    found = analytics.handler_failures(ctx.engine, limit=GROUPS_PAGE, offset=wanted * GROUPS_PAGE)
+    if found.total == 0:
+        st.success("No FAILED event is waiting on a handler.")
+        return
+    st.caption(
+        "FAILED events by the handler that failed them and never delivered them, and its error (ids and "
+        "numbers stripped). An event failed by two handlers counts in both."
+    )
+    offset = components.pager("failures_handlers_page", found.total, GROUPS_PAGE, "handler groups")
+    groups = found.frame
+    if offset != wanted * GROUPS_PAGE:
+        groups = analytics.handler_failures(ctx.engine, limit=GROUPS_PAGE, offset=offset).frame
+    table = groups[["handler", "error_group", "events", "first_seen", "last_seen", "event_types", "example_event_id"]]
+    table = table.assign(
+        handler=table["handler"].map(analytics.handler_label),
+        example_event_id=table["example_event_id"].map(links.event_url),
+    )
+    key = components.table_key("handler_groups", groups["handler"] + "\x1f" + groups["error_group"])
+    chosen = st.dataframe(
+        components.data(table),
+        column_config={"example_event_id": links.link_column("example")},
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key=key,
+    )
+    rows = [r for r in (chosen.selection.rows if chosen is not None else []) if r < len(groups)]
+    if not rows:
+        st.caption("Select a row to see its FAILED events and requeue them.")
+        return
+    handler, group = groups["handler"].iloc[rows[0]], groups["error_group"].iloc[rows[0]]
+    st.subheader("FAILED events of this handler and error")
+    st.markdown(f"Handler {components.literal(analytics.handler_label(handler))}")
+    st.code(visible(group), language=None)
+    ids = analytics.failing_event_ids(ctx.engine, handler, group)
+    page_key = components.table_key("failures_handler_events_page", [handler, group])
+    start = components.pager(page_key, len(ids), EVENTS_PAGE, "FAILED events")
+    shown = ids[start : start + EVENTS_PAGE]
+    dead = analytics.events_frame(ctx.engine, EventFilter(event_ids=tuple(shown)), limit=EVENTS_PAGE) if shown else None
+    if dead is not None and not dead.empty:
+        columns = ["id", "created_at", "event_type", "entity_id", "org_id", "retry_count", "error_message"]
+        st.dataframe(
+            components.data(dead[columns].assign(id=dead["id"].map(links.event_url))),
+            column_config={"id": links.link_column("id"), "error_message": st.column_config.TextColumn("error")},
+            hide_index=True,
+            width="stretch",
+        )
+    if not auth.can_write(ctx) or not ids:
+        return
+    if st.button(f"Requeue these {len(ids):,} event(s)", help="Only the handlers that do not have them run again."):
+        actions.request("requeue", event_ids=tuple(ids), status="FAILED")
     actions.pending_dialog()

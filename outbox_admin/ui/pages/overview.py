@@ -1,5 +1,5 @@
 """The Overview page: counts, latency, throughput, retries and error groups, refreshed live; the paused
-event types above them.
+event types above them; each handler's deliveries, failures and latency (the delivery ledger) below.
 
 Its numbers come from the rollup (``analytics.overview``, ``outbox_admin.stats``), so a
 refresh costs the same at 7 days as at 15 minutes, and are shared by every tab for a
@@ -42,6 +42,16 @@ CACHE_SECONDS = {"15 minutes": 2, "1 hour": 5, "24 hours": 15, "7 days": 30}
 def _numbers(_engine: Engine, url: str, window: str, slot: int) -> analytics.Overview:
     """The window's numbers, shared by every tab on ``url`` for the ``slot`` (``CACHE_SECONDS``)."""
     return analytics.overview(_engine, WINDOWS[window])
+
+
+#: The per-handler table reads the window's deliveries themselves (not a rollup): it covers at most this.
+HANDLER_WINDOW = dt.timedelta(hours=1)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=600)
+def _handler_numbers(_engine: Engine, url: str, window: str, slot: int) -> analytics.HandlerSummary:
+    """Each handler's numbers over the window (at most ``HANDLER_WINDOW``), shared like ``_numbers``."""
+    return analytics.handler_summary(_engine, min(WINDOWS[window], HANDLER_WINDOW))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -92,6 +102,7 @@ def overview() -> None:
         first, second = st.columns(2)
         first.plotly_chart(retries, width="stretch")
         second.plotly_chart(errors, width="stretch")
+        _handlers(_handler_numbers(ctx.engine, ctx.url, window, int(time.time() // CACHE_SECONDS[window])))
 
     live_numbers()
     actions.pending_dialog()
@@ -137,6 +148,55 @@ def _status_tiles(ctx: Context, counts: pd.DataFrame) -> None:
     if auth.can_write(ctx) and button.button("Recover now", type="primary", width="stretch"):
         actions.request("recover", status=None)
         st.rerun(scope="app")  # the dialog is drawn by the page, outside this fragment
+
+
+def _handlers(summary: analytics.HandlerSummary) -> None:
+    """Per handler: deliveries and their rate, events it is failing and the failure rate, latency from
+    the event's commit to the handler's acknowledgement (p50/p95), over the last hour at most."""
+    span = components.duration((summary.until - summary.since).total_seconds())
+    st.subheader("Deliveries per handler")
+    if summary.frame.empty:
+        st.caption(f"No delivery or failure recorded in the last {span}.")
+        return
+    frame = summary.frame.assign(
+        handler=summary.frame["handler"].map(analytics.handler_label),
+        failure_rate=summary.frame["failure_rate"] * 100,
+        latency_p50=summary.frame["latency_p50"] * 1000,
+        latency_p95=summary.frame["latency_p95"] * 1000,
+    )
+    columns = ["handler", "deliveries", "per_minute", "failing", "failure_rate", "retried", "latency_p50"]
+    columns += ["latency_p95", "duration_ms_mean", "last_delivery"]
+    st.dataframe(
+        components.data(frame[columns]),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "per_minute": st.column_config.NumberColumn("per minute", format="%.1f"),
+            "failing": st.column_config.NumberColumn(
+                "failing", help="Events that failed an attempt in the window and that this handler has not delivered."
+            ),
+            "failure_rate": st.column_config.NumberColumn(
+                "failure rate", format="%.1f%%", help="failing / (deliveries + failing)"
+            ),
+            "retried": st.column_config.NumberColumn(
+                "retried", help="Deliveries that took this handler more than one try."
+            ),
+            "latency_p50": st.column_config.NumberColumn("latency p50 (ms)", format="%.0f"),
+            "latency_p95": st.column_config.NumberColumn("latency p95 (ms)", format="%.0f"),
+            "duration_ms_mean": st.column_config.NumberColumn("call (ms, mean)", format="%.2f"),
+            "last_delivery": "last delivery (UTC)",
+        },
+    )
+    since = summary.since.strftime("%Y-%m-%d %H:%M:%S UTC")
+    note = (
+        f" (the newest {int(summary.frame['deliveries'].sum()):,} deliveries reach back only that far)"
+        if summary.capped
+        else ""
+    )
+    st.caption(
+        f"Since {since}{note}, from the delivery ledger: latency from the event's commit to the handler's "
+        "acknowledgement, exact (nearest rank); a call's time is the handler's own."
+    )
 
 
 def _about(numbers: analytics.Overview, window: str, base: float | None) -> str:
