@@ -502,7 +502,8 @@ class Dispatcher:
 
     def _read_ledger(self, c: Connection, rows: Sequence[Any]) -> _Ledger:
         ledger = _Ledger()
-        found = c.exec_driver_sql(self._sql().read_ledger, {"ids": json.dumps([r[0] for r in rows])})
+        with _planned_per_execution(c):  # a plan made while the ledger was small must not outlive that
+            found = c.exec_driver_sql(self._sql().read_ledger, {"ids": json.dumps([r[0] for r in rows])}).all()
         for event_id, name, delivered, requested in found:
             if delivered:
                 ledger.delivered.setdefault(event_id, set()).add(name)
