@@ -75,9 +75,9 @@ MAX_ERROR_LENGTH = 2000
 #: Events a dispatcher remembers as forgiven once by a circuit breaker (see ``outbox_admin.breaker``).
 MAX_FORGIVEN = 100_000
 RELEASED_MESSAGE = "released: dispatcher stopped before handling it"
-#: One handler's try of one event, as the finish records it in the ledger: (handler, duration ms, None) for a
-#: success, (handler, None, error message) for a failure.
-Delivery = tuple[str, float | None, str | None]
+#: One handler's try of one event, the ledger row the finish writes (in its JSON as it is): (event id, handler,
+#: duration ms, None) for a success, (event id, handler, None, error message) for a failure.
+Delivery = tuple[str, str, float | None, str | None]
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
 
@@ -608,7 +608,7 @@ class Dispatcher:
                 streaks.pop(index, None)
 
         def delivered(event_id: str, name: str, seconds: float) -> None:
-            handled.deliveries.setdefault(event_id, []).append((name, round(seconds * 1000, 3), None))
+            handled.deliveries.setdefault(event_id, []).append((event_id, name, round(seconds * 1000, 3), None))
 
         def fewest_attempts_first(targets: list[DeliveredEvent]) -> list[DeliveredEvent]:
             # A probe risks one event's attempt: take the one with the fewest, so a long outage spreads
@@ -673,7 +673,7 @@ class Dispatcher:
             handled.still_failing[event_id] = sorted(ledger.failing[event_id] - ledger.owed[event_id])
         for event_id, by_handler in errors.items():  # the failures that stand (a breaker may have given some back)
             handled.deliveries.setdefault(event_id, []).extend(
-                (name, None, message) for name, message in by_handler.items()
+                (event_id, name, None, message) for name, message in by_handler.items()
             )
         return handled
 
@@ -791,7 +791,7 @@ class Dispatcher:
                 for o, due in zip(outcomes, dues, strict=True)
             ]
         )
-        ledger = [[o.event.id, name, ms, error] for o in outcomes for name, ms, error in o.deliveries]
+        ledger = [row for o in outcomes for row in o.deliveries]
         if self._postgres:
             params["deliveries"] = json.dumps(ledger)
             with _planned_per_execution(conn):
@@ -847,8 +847,7 @@ class _Outcome:
     delay: float | None  # seconds until due again; None keeps available_at (completed)
     released: bool = False
     waiting: bool = False  # put back for an open breaker: no attempt spent
-    # The ledger rows this outcome writes: (handler, duration ms, None) per success, (handler, None, error)
-    # per failure.
+    # The ledger rows this outcome writes (``Delivery``): one per success and per failure of a handler.
     deliveries: Sequence[Delivery] = ()
 
 
@@ -870,8 +869,7 @@ class _Handled:
     errors: dict[str, dict[str, str]] = field(default_factory=dict)  # event id -> handler -> error text
     waiting: dict[str, str] = field(default_factory=dict)  # event id -> why it waits (an open breaker)
     unhandled: list[DeliveredEvent] = field(default_factory=list)  # a stop came first
-    # The ledger rows of each event's tries, by event id: (handler, ms, None) per success, (handler, None, error)
-    # per failure that stands.
+    # The ledger rows of each event's tries (``Delivery``), by event id: a success, or a failure that stands.
     deliveries: dict[str, list[Delivery]] = field(default_factory=dict)
     # Replayed events whose owed handlers all have them, but which other handlers still fail: by event id.
     still_failing: dict[str, list[str]] = field(default_factory=dict)
