@@ -7,8 +7,9 @@ template (never analyzed, no connection ever made to it), loaded into one of thr
 states, then drained by new dispatcher processes with new engines, so no statement
 was prepared or planned before the drain starts. The benchmark runs no maintenance
 of its own except where a state says so; autovacuum is off on the outbox tables of
-these throw-away databases (``common.pin_statistics``) so that each state holds for
-the whole drain instead of changing whenever autovacuum happens to visit.
+these throw-away databases (events, history, rollup, delivery ledger:
+``common.pin_statistics``) so that each state holds for the whole drain instead of
+changing whenever autovacuum happens to visit.
 
 The states (the field report of issue 13: the old benchmark measured only the last):
 
@@ -16,7 +17,8 @@ The states (the field report of issue 13: the old benchmark measured only the la
   events are loaded (``bench.seed`` through the live indexes, as publishing writes
   them) and drained. What a new deployment's first backlog meets.
 - ``after steady state``: the table holds ``--completed`` COMPLETED events (5x the
-  burst by default) with their history, and the statistics say so: one
+  burst by default) with their history and their delivery ledger rows (one per event,
+  for the handler ``*``, as migration 0006 leaves an upgraded outbox), and the statistics say so: one
   ``VACUUM ANALYZE``, what autovacuum leaves a production table in, runs *before*
   the burst; then N new PENDING events arrive and are drained. Statistics there say
   almost nothing is PENDING, and a burst smaller than a tenth of the table does not
@@ -64,12 +66,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from outbox_admin import Dispatcher, make_engine
 from outbox_admin.db import db_now
-from outbox_admin.models import DEFAULT_TABLES, OutboxEvent
+from outbox_admin.models import ALL_HANDLERS, DEFAULT_TABLES, OutboxEvent
 
 from .common import (
     DatabaseTemplate,
@@ -315,14 +317,30 @@ FIRST, STEADY, ANALYZED = "first burst", "after steady state", "after ANALYZE"
 STATES = (FIRST, STEADY, ANALYZED)
 SWEEP_STATE = STEADY
 OUTBOX_TABLES = ('"OutboxEvent"', '"OutboxEventTransition"')
+LEDGER_TABLE = '"OutboxEventDelivery"'
+#: Every table a drain writes: autovacuum off on each (the rollup and the ledger too).
+PINNED_TABLES = (*OUTBOX_TABLES, '"OutboxEventStats"', LEDGER_TABLE)
 
 
-def _pin(url: str) -> None:
+def pin_outbox(url: str) -> None:
+    """Autovacuum off on every table a drain writes (``common.pin_statistics``)."""
     engine = make_engine(url)
     try:
-        pin_statistics(engine, OUTBOX_TABLES)
+        pin_statistics(engine, PINNED_TABLES)
     finally:
         engine.dispose()
+
+
+def backfill_ledger(engine: Engine) -> int:
+    """One delivered ledger row (handler ``*``) per COMPLETED event without one: what migration 0006
+    writes for the events an outbox delivered before the ledger; returns how many."""
+    ledger = DEFAULT_TABLES.deliveries
+    done = select(EVENTS.c.id, literal(ALL_HANDLERS), EVENTS.c.retry_count + 1, EVENTS.c.processed_at).where(
+        EVENTS.c.status == "COMPLETED", ~EVENTS.c.id.in_(select(ledger.c.event_id))
+    )
+    with engine.begin() as conn:
+        result = conn.execute(insert(ledger).from_select(["event_id", "handler", "attempt", "delivered_at"], done))
+    return int(result.rowcount)
 
 
 def _burst(engine: Engine, events: int) -> None:
@@ -342,8 +360,9 @@ def prepare(engine: Engine, state: str, events: int, completed: int) -> int:
     """Bring a new database into ``state`` with ``events`` due events; returns the COMPLETED events it holds."""
     already = 0
     if state == STEADY:
-        # Yesterday's traffic, long delivered; then what autovacuum would have done by now.
+        # Yesterday's traffic, long delivered (and in the ledger); then what autovacuum would have done by now.
         seed(engine, completed, mix={"COMPLETED": 1}, retry_fraction=0.02, end=time.time() - 7200)
+        backfill_ledger(engine)
         vacuum_analyze(engine)
         already = completed
     _burst(engine, events)
@@ -353,6 +372,9 @@ def prepare(engine: Engine, state: str, events: int, completed: int) -> int:
     found = analyzed_tables(engine, OUTBOX_TABLES)
     if found != expected:
         raise RuntimeError(f"{state}: {found} outbox tables have statistics, the state needs {expected}")
+    ledger = analyzed_tables(engine, (LEDGER_TABLE,))
+    if ledger != (state == STEADY):  # after ANALYZE it is empty: no statistics to have
+        raise RuntimeError(f"{state}: the delivery ledger {'has' if ledger else 'lacks'} statistics")
     return already
 
 
@@ -409,7 +431,7 @@ def variants_for(backend: str, original_seconds: float, *, smoke: bool = False) 
 def bench_backend(backend: str, report: Report, args: Any) -> None:
     events, completed, original_seconds = args.events, args.completed, args.original_seconds
     variants = variants_for(backend, original_seconds, smoke=args.smoke)
-    with database_template(backend, postgres_url=args.postgres_url, setup=_pin) as template:
+    with database_template(backend, postgres_url=args.postgres_url, setup=pin_outbox) as template:
         samples = alternate(
             [
                 (

@@ -29,7 +29,7 @@ from typer.core import TyperCommand
 
 from .db import default_database_url, init_db, make_engine
 from .display import has_surrogates, visible, visible_json
-from .errors import ConfigurationError, OutboxError
+from .errors import AdminActionError, ConfigurationError, OutboxError
 from .publisher import publish_outbox_event
 
 log = logging.getLogger("outbox_admin.cli")
@@ -292,7 +292,7 @@ def dispatch(
         typer.Option(
             "--config",
             envvar="OUTBOX_CONFIG",
-            help='TOML file naming the handlers (handlers = "module:attr") and [[sinks]] to deliver to '
+            help='TOML file naming the handlers (handlers = "module:attr") and the sinks to deliver to '
             "(default: outbox.toml here, if it exists).",
         ),
     ] = None,
@@ -783,6 +783,154 @@ def recover(
         max_attempts=max_attempts if max_attempts is not None else Settings.from_env().max_attempts,
         actor=actor,
     )
+
+
+HandlerOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--handler",
+        help="The name of a handler to send the events to again (repeatable: --handler webhook --handler redis). "
+        "Only the named handlers receive them; the others keep what they have.",
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="OUTBOX_CONFIG",
+        help="The TOML file naming the handlers and sinks, as for dispatch (default: outbox.toml here, if it "
+        "exists): --handler names not among them are refused (exit 2). Without one the names are not checked.",
+    ),
+]
+
+
+@_command()
+def replay(
+    event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids (or use filters).")] = None,
+    handler: HandlerOpt = ...,  # type: ignore[assignment]  # required: no default
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            help="Only events in these statuses (COMPLETED, FAILED, DISCARDED; repeat or comma-separate); "
+            "events in the others are left alone, also given ids.",
+        ),
+    ] = None,
+    event_type: EventTypeOpt = None,
+    org: OrgOpt = None,
+    entity: EntityOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    error_group: ErrorGroupOpt = None,
+    payload: PayloadOpt = None,
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would be sent again.")] = False,
+    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    database_url: DatabaseUrl = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Send finished events (COMPLETED, FAILED, DISCARDED) again to the named handlers only.
+
+    Each event keeps its id, goes back to PENDING, due now, with its attempts reset,
+    and owes the named handlers a delivery: dispatchers run those handlers alone for
+    it. Given ids that are PENDING, PROCESSING or missing refuse the whole replay
+    (exit 1) unless --status narrows it. With no ids a filter is needed:
+    --status COMPLETED replays every completed event.
+    """
+    from . import admin
+
+    if not event_ids and not any([status, event_type, org, entity, since, until, search, error_group, payload]):
+        _fail(
+            "give event ids or at least one filter (refusing to replay everything; "
+            "--status COMPLETED,FAILED,DISCARDED means all of it)",
+            EXIT_USAGE,
+        )
+    try:
+        names = admin.check_handler_names(handler)
+    except AdminActionError as exc:  # "*" or a blank name: bad input
+        _fail(str(exc), EXIT_USAGE)
+        return
+    checked = _check_configured_handlers(names, config)
+    flt = _filters(None, event_type, org, entity, since, until, search, error_group, payload=payload)
+    wanted = ",".join(status) if status else None
+    listed = ", ".join(names)
+    with _engine(database_url) as engine:
+        if dry_run:
+            plan = admin.plan_action(engine, "replay", event_ids or None, status=wanted, filters=flt, handlers=names)
+            refused = _refused_ids(engine, event_ids) if wanted is None else 0
+            if json_output:
+                _dump(
+                    {
+                        "action": "replay",
+                        "dry_run": True,
+                        "handlers": list(names),
+                        "handlers_checked": checked,
+                        "count": plan.count,
+                        "sample_ids": plan.sample_ids,
+                        "refused_ids": refused,
+                    }
+                )
+                return
+            _say(
+                f"replay would send {plan.count} event(s) in {', '.join(plan.statuses)} again to {listed}; "
+                f"e.g. {', '.join(plan.sample_ids[:5]) or '-'}"
+            )
+            if refused:
+                _say(
+                    f"note: {refused} of the given ids are not COMPLETED, FAILED or DISCARDED (or do not exist): "
+                    "the replay itself refuses them all and sends nothing (--status narrows to the finished ones)",
+                    err=True,
+                )
+            return
+        moved = admin.replay(engine, event_ids or None, handlers=names, status=wanted, filters=flt, actor=actor)
+    if json_output:
+        _dump({"action": "replay", "handlers": list(names), "handlers_checked": checked, "moved": moved})
+    else:
+        _say(f"replay: {moved} event(s) queued for {listed}")
+
+
+def _refused_ids(engine: Any, event_ids: list[str] | None) -> int:
+    """How many of the given ids make a replay refuse (missing or unfinished): the ids less those
+    the dry run of the ids alone, without the other filters, counts."""
+    from . import admin
+
+    if not event_ids:
+        return 0
+    return len(set(event_ids)) - admin.plan_action(engine, "replay", event_ids, sample=0).count
+
+
+def _check_configured_handlers(names: Sequence[str], config: Path | None) -> bool:
+    """Refuse (exit 2) handler names the configuration does not have; True when they were checked.
+
+    The configured names are those of ``handlers = "module:attr"`` and ``[[sinks]]``, what the
+    dashboard's dispatcher and ``dispatch`` deliver to. Without a configuration naming any, the
+    names cannot be checked: a note says so (a dispatcher lacking one fails the event's attempt,
+    naming the handler).
+    """
+    from .handlers import load_deliveries
+
+    deliveries = load_deliveries(config)  # a bad config is a ConfigurationError: exit 2, as for dispatch
+    try:
+        configured = deliveries.names
+    finally:
+        deliveries.close()
+    if not configured:
+        where = f"{deliveries.origin} names no handlers or sinks" if deliveries.origin else "no configuration"
+        _say(
+            f"note: {where}, so the handler names were not checked: {', '.join(map(repr, names))} "
+            "(a dispatcher without such a handler fails the events, naming it)",
+            err=True,
+        )
+        return False
+    unknown = [name for name in names if name not in configured]
+    if unknown:
+        _fail(
+            f"no configured handler is named {', '.join(map(repr, unknown))}; the handlers of "
+            f"{deliveries.origin} are: {', '.join(map(repr, configured))}",
+            EXIT_USAGE,
+        )
+    return True
 
 
 _AGE_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)")

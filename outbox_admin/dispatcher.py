@@ -75,6 +75,9 @@ MAX_ERROR_LENGTH = 2000
 #: Events a dispatcher remembers as forgiven once by a circuit breaker (see ``outbox_admin.breaker``).
 MAX_FORGIVEN = 100_000
 RELEASED_MESSAGE = "released: dispatcher stopped before handling it"
+#: One handler's try of one event, the ledger row the finish writes (in its JSON as it is): (event id, handler,
+#: duration ms, None) for a success, (event id, handler, None, error message) for a failure.
+Delivery = tuple[str, str, float | None, str | None]
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
 
@@ -502,7 +505,8 @@ class Dispatcher:
 
     def _read_ledger(self, c: Connection, rows: Sequence[Any]) -> _Ledger:
         ledger = _Ledger()
-        found = c.exec_driver_sql(self._sql().read_ledger, {"ids": json.dumps([r[0] for r in rows])})
+        with _planned_per_execution(c):  # a plan made while the ledger was small must not outlive that
+            found = c.exec_driver_sql(self._sql().read_ledger, {"ids": json.dumps([r[0] for r in rows])}).all()
         for event_id, name, delivered, requested in found:
             if delivered:
                 ledger.delivered.setdefault(event_id, set()).add(name)
@@ -548,7 +552,8 @@ class Dispatcher:
         # Per route: the events whose failures make up its current streak. If the streak opens the
         # breaker, they were failures of the handler, not of the events: they wait, no attempt spent.
         streaks: dict[int, list[str]] = {}
-        names = {route.name for route in self.routes}
+        route_names = [route.name for route in self.routes]  # a property: computed once per batch, not per event
+        names = set(route_names)
         for event in events:
             for name in ledger.owed.get(event.id, ()):
                 if name not in names:
@@ -556,12 +561,16 @@ class Dispatcher:
                         f"{name}: a replay asked for handler {name!r}, which dispatcher {self.name} does not have"
                     )
 
-        def wanted(route: Route, event: DeliveredEvent) -> bool:
+        recorded = bool(ledger.owed or ledger.delivered)  # usually not: a batch's first attempts
+
+        def wanted(index: int, route: Route, event: DeliveredEvent) -> bool:
+            if not recorded:
+                return route.accepts(event)
             owed = ledger.owed.get(event.id)
             if owed is not None:
-                return route.name in owed
+                return route_names[index] in owed
             done = ledger.delivered.get(event.id)
-            if done is not None and (route.name in done or ALL_HANDLERS in done):
+            if done is not None and (route_names[index] in done or ALL_HANDLERS in done):
                 return False
             return route.accepts(event)
 
@@ -599,7 +608,7 @@ class Dispatcher:
                 streaks.pop(index, None)
 
         def delivered(event_id: str, name: str, seconds: float) -> None:
-            handled.delivered.append((event_id, name, round(seconds * 1000, 3)))
+            handled.deliveries.setdefault(event_id, []).append((event_id, name, round(seconds * 1000, 3), None))
 
         def fewest_attempts_first(targets: list[DeliveredEvent]) -> list[DeliveredEvent]:
             # A probe risks one event's attempt: take the one with the fewest, so a long outage spreads
@@ -610,7 +619,7 @@ class Dispatcher:
         for index, route in enumerate(self.routes):
             if not isinstance(route.handler, BatchHandler):
                 continue
-            targets = [e for e in events if wanted(route, e)]
+            targets = [e for e in events if wanted(index, route, e)]
             breaker = self._breakers[index]
             while targets:
                 decision = "call" if breaker is None else breaker.allow()
@@ -629,15 +638,15 @@ class Dispatcher:
                 took = time.perf_counter() - started
                 for e in sent:
                     if e.id in failures:
-                        failed(index, e.id, failures[e.id], route.name)
+                        failed(index, e.id, failures[e.id], route_names[index])
                     else:
                         succeeded(index)
-                        delivered(e.id, route.name, took)
+                        delivered(e.id, route_names[index], took)
         single = [(i, r) for i, r in enumerate(self.routes) if not isinstance(r.handler, BatchHandler)]
         for index, route in single:
             breaker = self._breakers[index]
             if breaker is not None and breaker.state == "half-open":
-                targets = [e for e in events if wanted(route, e)]
+                targets = [e for e in events if wanted(index, route, e)]
                 if targets:
                     probe = fewest_attempts_first(targets)[0]
                     events = [probe, *(e for e in events if e is not probe)]
@@ -646,7 +655,7 @@ class Dispatcher:
                 handled.unhandled = [e for e in events[position:] if e.id not in errors and e.id not in waiting]
                 break
             for index, route in single:
-                if not wanted(route, event):
+                if not wanted(index, route, event):
                     continue
                 breaker = self._breakers[index]
                 if breaker is not None and breaker.allow() == "skip":
@@ -656,12 +665,16 @@ class Dispatcher:
                 try:
                     route.handler(event)
                 except Exception as exc:  # noqa: BLE001
-                    failed(index, event.id, exc, route.name)
+                    failed(index, event.id, exc, route_names[index])
                     continue
                 succeeded(index)
-                delivered(event.id, route.name, time.perf_counter() - started)
+                delivered(event.id, route_names[index], time.perf_counter() - started)
         for event_id in ledger.owed.keys() & ledger.failing.keys():
             handled.still_failing[event_id] = sorted(ledger.failing[event_id] - ledger.owed[event_id])
+        for event_id, by_handler in errors.items():  # the failures that stand (a breaker may have given some back)
+            handled.deliveries.setdefault(event_id, []).extend(
+                (event_id, name, None, message) for name, message in by_handler.items()
+            )
         return handled
 
     def _finish(
@@ -684,14 +697,10 @@ class Dispatcher:
         unhandled_ids = {e.id for e in handled.unhandled}
         waiting, errors = handled.waiting, handled.errors
         undecodable = undecodable or {}
-        deliveries: dict[str, list[tuple[str, float | None, str | None]]] = {}
-        for event_id, name, ms in handled.delivered:
-            deliveries.setdefault(event_id, []).append((name, ms, None))
-        for event_id, failures in errors.items():
-            deliveries.setdefault(event_id, []).extend((name, None, message) for name, message in failures.items())
+        deliveries = handled.deliveries
         outcomes: list[_Outcome] = []
         for e in events:
-            done = tuple(deliveries.get(e.id, ()))
+            done = deliveries.get(e.id, ())
             if e.id in undecodable:  # no attempt can succeed: straight to the dead letters
                 outcomes.append(_Outcome(e, FAILED, 1, undecodable[e.id], e.retry_count + 1, 0.0))
             elif e.id in errors:
@@ -782,7 +791,7 @@ class Dispatcher:
                 for o, due in zip(outcomes, dues, strict=True)
             ]
         )
-        ledger = [[o.event.id, name, ms, error] for o in outcomes for name, ms, error in o.deliveries]
+        ledger = [row for o in outcomes for row in o.deliveries]
         if self._postgres:
             params["deliveries"] = json.dumps(ledger)
             with _planned_per_execution(conn):
@@ -838,9 +847,8 @@ class _Outcome:
     delay: float | None  # seconds until due again; None keeps available_at (completed)
     released: bool = False
     waiting: bool = False  # put back for an open breaker: no attempt spent
-    # The ledger rows this outcome writes: (handler, duration ms, None) per success, (handler, None, error)
-    # per failure.
-    deliveries: tuple[tuple[str, float | None, str | None], ...] = ()
+    # The ledger rows this outcome writes (``Delivery``): one per success and per failure of a handler.
+    deliveries: Sequence[Delivery] = ()
 
 
 @dataclass
@@ -861,7 +869,8 @@ class _Handled:
     errors: dict[str, dict[str, str]] = field(default_factory=dict)  # event id -> handler -> error text
     waiting: dict[str, str] = field(default_factory=dict)  # event id -> why it waits (an open breaker)
     unhandled: list[DeliveredEvent] = field(default_factory=list)  # a stop came first
-    delivered: list[tuple[str, str, float]] = field(default_factory=list)  # (event id, handler, ms)
+    # The ledger rows of each event's tries (``Delivery``), by event id: a success, or a failure that stands.
+    deliveries: dict[str, list[Delivery]] = field(default_factory=dict)
     # Replayed events whose owed handlers all have them, but which other handlers still fail: by event id.
     still_failing: dict[str, list[str]] = field(default_factory=dict)
 

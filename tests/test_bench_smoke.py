@@ -11,7 +11,7 @@ import pytest
 
 from .services import PG_ADMIN_URL
 
-BENCHMARKS = ["publish", "dispatch", "latency", "memory"]
+BENCHMARKS = ["publish", "dispatch", "fanout", "latency", "memory"]
 MACHINE_KEYS = {"cpu_count", "cpu_model", "python", "sqlite", "postgresql", "sqlalchemy", "psycopg", "apscheduler"}
 
 
@@ -70,6 +70,18 @@ def test_dispatch_smoke_covers_every_state(tmp_path: Path) -> None:
     full = [case for case, *_ in variants_for("postgres", 1.0)]
     assert {f"after steady state: library b{b} x1" for b in (50, 200, 500, 1000)} <= set(full)
     assert all(f"{state}: library b500 x2" in full for state in STATES)
+
+
+def test_fanout_compares_with_the_dispatcher_before_the_ledger() -> None:
+    """``bench.fanout`` runs the baseline from its own commit, and pairs every variant in every state."""
+    from bench.fanout import DEFAULT_BASELINE, baseline_checkout, variants_for
+
+    with baseline_checkout(DEFAULT_BASELINE) as folder:
+        assert (folder / "outbox_admin" / "dispatcher.py").is_file() and (folder / "bench" / "dispatch.py").is_file()
+        assert "OutboxEventDelivery" not in (folder / "outbox_admin" / "models.py").read_text(), "before the ledger"
+        variants = variants_for(folder, [1, 3], 500)
+    assert [(v.label, v.handlers) for v in variants] == [("pre-ledger", None), ("1 handler", 1), ("3 handlers", 3)]
+    assert variants[0].checkout == folder and variants[0].kind == variants[1].kind == "library", "the same worker"
 
 
 def test_seed_writes_realistic_rows(sqlite_url: str) -> None:

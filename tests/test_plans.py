@@ -309,6 +309,40 @@ def test_the_ledger_is_read_and_written_by_its_primary_key(
     engine.dispose()
 
 
+@pytest.mark.parametrize("analysed", [False, True], ids=["never analysed", "analysed while empty"])
+def test_the_ledger_read_keeps_to_its_key_as_the_ledger_outgrows_its_statistics(
+    postgres_url: str, analysed: bool
+) -> None:
+    """A burst into a new outbox: the ledger has no statistics, or was analysed while empty, and grows by a
+    batch per tick. At 5,000 rows the planner still takes it for small; the read must probe the primary key
+    all the same (written ``event_id = ANY(ARRAY(...))`` it scanned the table, testing each row against the
+    whole batch: 50 ms per batch at that size), and be planned per run, never kept prepared."""
+    build_state(postgres_url, "no statistics")
+    engine = make_engine(postgres_url)
+    with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.exec_driver_sql('ALTER TABLE "OutboxEventDelivery" SET (autovacuum_enabled = false)')
+        if analysed:
+            conn.exec_driver_sql('ANALYZE "OutboxEventDelivery"')
+        conn.exec_driver_sql(
+            'INSERT INTO "OutboxEventDelivery" (event_id, handler, attempt, delivered_at) '
+            "SELECT 'p' || lpad(g::text, 9, '0'), 'webhook', 1, now() FROM generate_series(0, 4999) AS g"
+        )
+    statements = _Statements(engine.dialect, DEFAULT_TABLES, ordering=None, clocked=False)
+    batch = json.dumps([f"p{i:09d}" for i in range(0, 5000, 10)])
+    with engine.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statements.read_ledger, {"ids": batch})
+        on_ledger = [n for n in nodes(plan.scalar_one()[0]["Plan"]) if n.get("Relation Name") == "OutboxEventDelivery"]
+        assert on_ledger and not [n for n in on_ledger if n["Node Type"] == "Seq Scan"], on_ledger
+        assert {n["Index Name"] for n in on_ledger for n in nodes(n) if "Index Name" in n} == {"pk_OutboxEventDelivery"}
+    dispatcher = Dispatcher(engine, [lambda event: None], batch_size=20)
+    with dispatcher._connection() as conn:
+        for _ in range(12):  # psycopg prepares a statement from its sixth run
+            assert dispatcher._tick(conn).completed == 20
+        prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+    assert prepared and not [text for text in prepared if "OutboxEventDelivery" in text], prepared
+    engine.dispose()
+
+
 # --- a person's recovery and the expired-leases summary (the Overview reads it every refresh) ----------
 
 
