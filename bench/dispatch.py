@@ -361,7 +361,7 @@ def prepare(engine: Engine, state: str, events: int, completed: int) -> int:
     already = 0
     if state == STEADY:
         # Yesterday's traffic, long delivered (and in the ledger); then what autovacuum would have done by now.
-        seed(engine, completed, mix={"COMPLETED": 1}, retry_fraction=0.02, end=time.time() - 7200)
+        seed(engine, completed, mix={"COMPLETED": 1}, retry_fraction=0.02, end=time.time() - 7200, ledger=False)
         backfill_ledger(engine)
         vacuum_analyze(engine)
         already = completed
