@@ -84,13 +84,31 @@ def glob_for_postgres(pattern: str) -> str:
             if end < 0:
                 out.append("\\[")
             else:
-                out.append(_set_regex(pattern[i : end + 1]))
+                out.append(_postgres_set(_set_regex(pattern[i : end + 1])))
                 i = end + 1
                 continue
         else:
             out.append(char if char.isalnum() else "\\" + char)
         i += 1
     out.append("$")
+    return "".join(out)
+
+
+def _postgres_set(regex: str) -> str:
+    """A set of ``_set_regex`` with every ``[`` inside it escaped: in PostgreSQL's regular expressions
+    ``[.``, ``[=`` and ``[:`` inside a set open a collating element or a class (``[?[.]`` is refused),
+    while Python reads them as plain characters."""
+    if not regex.startswith("["):
+        return regex
+    out, i = ["["], 1
+    while i < len(regex):
+        char = regex[i]
+        if char == "\\":  # an escape fnmatch wrote: kept with the character it escapes
+            out.append(regex[i : i + 2])
+            i += 2
+            continue
+        out.append("\\[" if char == "[" else char)
+        i += 1
     return "".join(out)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, func, select, text
 
@@ -257,6 +257,7 @@ def test_sqlite_glob_matches_as_fnmatch(sqlite_engine: Engine, patterns: list[st
 
 @pytest.mark.postgres
 @settings(max_examples=150, deadline=None)
+@example(patterns=["[?[.]", "[[=]", "[a[:]*"], texts=["[", ".", "?", "=", ":", "a:", "b"])  # [. [= [: in a set
 @patterns_and_texts
 def test_postgres_regex_matches_as_fnmatch(postgres_engine: Engine, patterns: list[str], texts: list[str]) -> None:
     with postgres_engine.connect() as conn:
