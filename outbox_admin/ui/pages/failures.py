@@ -3,6 +3,8 @@ or the dead letters' failing handlers, grouped by handler and error (from the de
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
 from ... import analytics, charts
@@ -15,6 +17,20 @@ from . import actions
 GROUPS_PAGE = 50
 EVENTS_PAGE = 200
 GROUPINGS = ("By error", "By handler")
+
+
+def _picked_group(table: Any, key: str) -> list[int]:
+    """A table of groups (its example event linked), one selectable; the selected row, if any, as a list."""
+    chosen = st.dataframe(
+        components.data(table),
+        column_config={"example_event_id": links.link_column("example")},
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key=key,
+    )
+    return [r for r in (chosen.selection.rows if chosen is not None else []) if r < len(table)]
 
 
 def failures() -> None:
@@ -44,16 +60,7 @@ def failures() -> None:
     table = groups[["error_group", "events", "failed", "first_seen", "last_seen", "event_types", "example_event_id"]]
     key = components.table_key("groups", groups["error_group"])
     table = table.assign(example_event_id=table["example_event_id"].map(links.event_url))
-    chosen = st.dataframe(
-        components.data(table),
-        column_config={"example_event_id": links.link_column("example")},
-        hide_index=True,
-        width="stretch",
-        on_select="rerun",
-        selection_mode="single-row",
-        key=key,
-    )
-    rows = [r for r in (chosen.selection.rows if chosen is not None else []) if r < len(groups)]
+    rows = _picked_group(table, key)
     group = groups["error_group"].iloc[rows[0]] if rows else None
     left, right = st.columns(2)
     left.plotly_chart(charts.error_groups_figure(components.for_chart(groups, ["error_group"])), width="stretch")
@@ -129,16 +136,7 @@ def _by_handler(ctx: Context) -> None:
         example_event_id=table["example_event_id"].map(links.event_url),
     )
     key = components.table_key("handler_groups", groups["handler"] + "\x1f" + groups["error_group"])
-    chosen = st.dataframe(
-        components.data(table),
-        column_config={"example_event_id": links.link_column("example")},
-        hide_index=True,
-        width="stretch",
-        on_select="rerun",
-        selection_mode="single-row",
-        key=key,
-    )
-    rows = [r for r in (chosen.selection.rows if chosen is not None else []) if r < len(groups)]
+    rows = _picked_group(table, key)
     if not rows:
         st.caption("Select a row to see its FAILED events and requeue them.")
         return
