@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import stats
 from .breaker import BreakerPolicy, CircuitBreaker, HandlerHealth, is_event_fault
@@ -669,6 +669,8 @@ class Dispatcher:
                     continue
                 succeeded(index)
                 delivered(event.id, route_names[index], time.perf_counter() - started)
+        for event_id in ledger.delivered.keys() | ledger.owed.keys() | ledger.failing.keys():
+            handled.recorded[event_id] = ledger.rows_of(event_id)
         for event_id in ledger.owed.keys() & ledger.failing.keys():
             handled.still_failing[event_id] = sorted(ledger.failing[event_id] - ledger.owed[event_id])
         for event_id, by_handler in errors.items():  # the failures that stand (a breaker may have given some back)
@@ -701,23 +703,36 @@ class Dispatcher:
         outcomes: list[_Outcome] = []
         for e in events:
             done = deliveries.get(e.id, ())
+            known = frozenset(handled.recorded.get(e.id, ()))
             if e.id in undecodable:  # no attempt can succeed: straight to the dead letters
                 outcomes.append(_Outcome(e, FAILED, 1, undecodable[e.id], e.retry_count + 1, 0.0))
             elif e.id in errors:
                 message = _clip("; ".join(errors[e.id].values()))
                 attempts = e.retry_count + 1
                 if self.max_attempts is not None and attempts >= self.max_attempts:
-                    outcomes.append(_Outcome(e, FAILED, 1, message, attempts, 0.0, deliveries=done))
+                    outcomes.append(_Outcome(e, FAILED, 1, message, attempts, 0.0, deliveries=done, recorded=known))
                 else:
                     delay = self.backoff.delay(attempts)
-                    outcomes.append(_Outcome(e, PENDING, 1, message, attempts, delay, deliveries=done))
+                    outcomes.append(_Outcome(e, PENDING, 1, message, attempts, delay, deliveries=done, recorded=known))
             elif e.id in waiting:
                 outcomes.append(
-                    _Outcome(e, PENDING, 0, waiting[e.id], e.retry_count, 0.0, waiting=True, deliveries=done)
+                    _Outcome(
+                        e, PENDING, 0, waiting[e.id], e.retry_count, 0.0, waiting=True, deliveries=done, recorded=known
+                    )
                 )
             elif e.id in unhandled_ids:
                 outcomes.append(
-                    _Outcome(e, PENDING, 0, RELEASED_MESSAGE, e.retry_count, 0.0, released=True, deliveries=done)
+                    _Outcome(
+                        e,
+                        PENDING,
+                        0,
+                        RELEASED_MESSAGE,
+                        e.retry_count,
+                        0.0,
+                        released=True,
+                        deliveries=done,
+                        recorded=known,
+                    )
                 )
             elif handled.still_failing.get(e.id):  # replayed to others: the failing handlers still lack it
                 note = _clip(
@@ -725,9 +740,11 @@ class Dispatcher:
                     + ", ".join(handled.still_failing[e.id])
                     + " (requeue it to retry those)"
                 )
-                outcomes.append(_Outcome(e, FAILED, 0, note, e.retry_count + 1, None, deliveries=done))
+                outcomes.append(_Outcome(e, FAILED, 0, note, e.retry_count + 1, None, deliveries=done, recorded=known))
             else:
-                outcomes.append(_Outcome(e, COMPLETED, 0, None, e.retry_count + 1, None, deliveries=done))
+                outcomes.append(
+                    _Outcome(e, COMPLETED, 0, None, e.retry_count + 1, None, deliveries=done, recorded=known)
+                )
         try:
             written = self._write_outcomes(conn, outcomes)
         except DBAPIError as exc:
@@ -793,9 +810,20 @@ class Dispatcher:
         )
         ledger = [row for o in outcomes for row in o.deliveries]
         if self._postgres:
-            params["deliveries"] = json.dumps(ledger)
+            # A row no handler wrote before is inserted plainly: the upsert's conflict check was most of
+            # what the ledger added to a finish. Only this claim's holder writes an event's rows (a replay
+            # owes rows to finished events only), so none can appear meanwhile; if one did anyway, the
+            # statement fails whole and runs again with every row upserted.
+            new = [row for o in outcomes for row in o.deliveries if row[1] not in o.recorded]
+            params["new_deliveries"] = json.dumps(new)
+            params["deliveries"] = json.dumps([row for o in outcomes for row in o.deliveries if row[1] in o.recorded])
             with _planned_per_execution(conn):
-                return {r[0] for r in conn.exec_driver_sql(sql.finish, params)}
+                try:
+                    return {r[0] for r in conn.exec_driver_sql(sql.finish, params)}
+                except IntegrityError:
+                    log.warning("dispatcher %s: a ledger row appeared during its claim; upserting them all", self.name)
+                    retry = {**params, "new_deliveries": "[]", "deliveries": json.dumps(ledger)}
+                    return {r[0] for r in conn.exec_driver_sql(sql.finish, retry)}
         with conn.begin():
             rows = conn.exec_driver_sql(sql.finish, params).all()
             written = {r[0] for r in rows}
@@ -849,6 +877,8 @@ class _Outcome:
     waiting: bool = False  # put back for an open breaker: no attempt spent
     # The ledger rows this outcome writes (``Delivery``): one per success and per failure of a handler.
     deliveries: Sequence[Delivery] = ()
+    # The handlers among them whose row existed when the event was claimed (updated, not inserted).
+    recorded: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -860,6 +890,10 @@ class _Ledger:
     delivered: dict[str, set[str]] = field(default_factory=dict)
     owed: dict[str, set[str]] = field(default_factory=dict)
     failing: dict[str, set[str]] = field(default_factory=dict)
+
+    def rows_of(self, event_id: str) -> set[str]:
+        """The handlers that have a ledger row for ``event_id`` (delivered, owed or failing)."""
+        return self.delivered.get(event_id, set()) | self.owed.get(event_id, set()) | self.failing.get(event_id, set())
 
 
 @dataclass
@@ -873,6 +907,9 @@ class _Handled:
     deliveries: dict[str, list[Delivery]] = field(default_factory=dict)
     # Replayed events whose owed handlers all have them, but which other handlers still fail: by event id.
     still_failing: dict[str, list[str]] = field(default_factory=dict)
+    # The handlers that already had a ledger row for an event when it was claimed, by event id: only
+    # their rows need the finish's upsert; the others are new rows (see ``_write_outcomes``).
+    recorded: dict[str, set[str]] = field(default_factory=dict)
 
 
 class _Statements:

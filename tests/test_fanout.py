@@ -337,3 +337,23 @@ def test_a_dispatcher_that_lost_its_claim_records_no_delivery(engine: Engine) ->
     assert list(found) == [(event_id, "late")]
     assert found[(event_id, "late")].attempt == 1, "only B's delivery is recorded"
     assert found[(event_id, "late")].delivered_at == now + dt.timedelta(minutes=2), "at B's clock"
+
+
+def test_a_ledger_row_written_during_the_claim_is_updated_not_a_failed_finish(engine: Engine) -> None:
+    """A batch's first tries are inserted without a conflict check (PostgreSQL); a row that appears for one
+    of them meanwhile (nothing in the library writes one, a person by hand could) must not lose the finish."""
+    from sqlalchemy import insert
+
+    (event_id,) = [e["id"] for e in publish_demo(engine, 1)]
+    seen = Flaky("hand")
+
+    def write_a_row_first(event: DeliveredEvent) -> None:
+        seen(event)
+        with engine.begin() as conn:
+            conn.execute(insert(LEDGER).values(event_id=event.id, handler="hand", attempt=5, last_error="by hand"))
+
+    report = Dispatcher(engine, [only("*", write_a_row_first, name="hand")], breaker=None).dispatch_once()
+    assert (report.completed, report.lost) == (1, 0)
+    assert rows(engine)[event_id].status == "COMPLETED"
+    row = ledger(engine)[(event_id, "hand")]
+    assert (row.attempt, row.delivered_at is not None) == (6, True), "the row written meanwhile was updated"

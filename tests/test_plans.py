@@ -84,7 +84,8 @@ def parameters(which: str, postgres: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"limit": BATCH, "name": "d", "lease_seconds": 60, "max_attempts": 5}
     if which == "finish":
         params["outcomes"] = json.dumps([[i, 0, "COMPLETED", 0, None, 1, None, None] for i in HELD])
-        params["deliveries"] = json.dumps([[i, "webhook", 1.5, None] for i in HELD])
+        params["deliveries"] = json.dumps([[i, "webhook", 1.5, None] for i in HELD])  # rows that exist: upserted
+        params["new_deliveries"] = json.dumps([[i, "nats", 0.5, None] for i in HELD])  # first tries: inserted
     elif which == "renew":
         params["ids"] = json.dumps(HELD)
     elif which == "claim_unblocked":  # an open breaker's types and org, and two pauses (any org)
