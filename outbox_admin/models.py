@@ -245,11 +245,39 @@ def _define_deliveries(metadata: MetaData, name: str, schema: str | None) -> Tab
     return deliveries
 
 
+def _define_bus_feed(metadata: MetaData, name: str, schema: str | None) -> Table:
+    """The browser bus's feed (``outbox_admin.web``): one row per event the ``BrowserBusSink`` delivered,
+    in commit order, kept for the replay window (5 minutes by default) and then pruned.
+
+    ``seq`` orders the feed: the web processes read ``seq > last``. It follows commit order
+    because feed writes are serialised (PostgreSQL: a transaction advisory lock, so a row's
+    ``seq`` is drawn only after every earlier feed write committed; SQLite: the write lock),
+    and never goes back (SQLite ``AUTOINCREMENT``: a pruned, emptied feed does not restart at 1).
+    ``data`` is the CloudEvents JSON the sinks send. A browser that reconnects names the last
+    event it saw (``Last-Event-ID``); ``event_id``'s index finds its ``seq``.
+    """
+    feed = Table(
+        name,
+        metadata,
+        Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("event_id", String(36), nullable=False),
+        Column("org_id", String(255), nullable=False),
+        Column("event_type", String(255), nullable=False),
+        Column("data", Text, nullable=False),
+        Column("fed_at", UTCDateTime, nullable=False),
+        schema=schema,
+        sqlite_autoincrement=True,
+    )
+    Index(f"ix_{name}_event", feed.c.event_id)
+    Index(f"ix_{name}_fed", feed.c.fed_at)
+    return feed
+
+
 @dataclass(frozen=True)
 class OutboxTables:
     """The outbox tables as SQLAlchemy Core ``Table`` objects: the events, their history, the pauses,
-    the rollup (``stats``, named ``<events>Stats``) and the delivery ledger (``deliveries``,
-    named ``<events>Delivery``).
+    the rollup (``stats``, named ``<events>Stats``), the delivery ledger (``deliveries``,
+    named ``<events>Delivery``) and the browser bus's feed (``bus_feed``, ``<events>BusFeed``).
 
     ``OutboxTables.named(events="app_outbox", transitions="app_outbox_history")``
     makes a set with other names (validated as plain identifiers) in its own
@@ -262,6 +290,7 @@ class OutboxTables:
     pauses: Table
     stats: Table
     deliveries: Table
+    bus_feed: Table
 
     @property
     def version_table(self) -> str:
@@ -287,23 +316,28 @@ class OutboxTables:
         pauses = pauses or f"{events}Pause"
         stats = f"{events}Stats"
         deliveries = f"{events}Delivery"
+        bus_feed = f"{events}BusFeed"
         for kind, name in (
             ("table name", events),
             ("table name", transitions),
             ("table name", pauses),
             ("table name", stats),
             ("table name", deliveries),
+            ("table name", bus_feed),
             ("schema name", schema),
         ):
             _check_identifier(kind, name)
-        if len({events, transitions, pauses, stats, deliveries}) < 5:
-            raise ConfigurationError("the events, transitions, pauses, stats and delivery tables need different names")
+        if len({events, transitions, pauses, stats, deliveries, bus_feed}) < 6:
+            raise ConfigurationError(
+                "the events, transitions, pauses, stats, delivery and bus feed tables need different names"
+            )
         metadata = MetaData(naming_convention=NAMING_CONVENTION)
         return cls(
             *_define_tables(metadata, events, transitions, schema),
             _define_pauses(metadata, pauses, schema),
             _define_stats(metadata, stats, schema),
             _define_deliveries(metadata, deliveries, schema),
+            _define_bus_feed(metadata, bus_feed, schema),
         )
 
 
@@ -313,6 +347,7 @@ DEFAULT_TABLES = OutboxTables(
     _define_pauses(metadata, "OutboxEventPause", None),
     _define_stats(metadata, "OutboxEventStats", None),
     _define_deliveries(metadata, "OutboxEventDelivery", None),
+    _define_bus_feed(metadata, "OutboxEventBusFeed", None),
 )
 
 

@@ -41,7 +41,7 @@ from .breaker import HandlerHealth
 from .config import DEFAULT_INTERVAL_SECONDS
 from .dispatcher import Dispatcher, DispatchReport
 from .errors import AdminActionError, ConfigurationError
-from .wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
+from .wakeup import NOTIFY_CHANNEL, PostgresListener, WakeSignal, wake_signal
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,6 @@ JOB_ID = "outbox-dispatch"
 #: A wake-up from a ``Connection`` commit hook can arrive just before the commit is
 #: visible; a woken tick that finds nothing looks again after these pauses.
 WAKE_RECHECK_SECONDS = (0.002, 0.01, 0.05)
-#: The longest wait between two attempts to re-LISTEN (the service also asks for one as soon as
-#: a tick succeeds, i.e. as soon as the database answers again).
-LISTEN_RETRY_CAP_SECONDS = 2.0
 #: How many failed ticks ``status().recent_errors`` remembers.
 RECENT_ERRORS = 20
 
@@ -123,7 +120,7 @@ class DispatcherService:
         self._lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
         self._remove_wake: Any = None
-        self._listener: _PostgresListener | None = None
+        self._listener: PostgresListener | None = None
         self._worker: threading.Thread | None = None
         self._closing = threading.Event()
         # Set by every wake-up and every scheduled run; the worker thread waits on it.
@@ -175,7 +172,7 @@ class DispatcherService:
             url = self.dispatcher.engine.url.render_as_string(hide_password=True)
             self._remove_wake = self._signal.listen(url, self.wake)
             if self.listen:
-                self._listener = _PostgresListener(self.dispatcher.engine, self.wake)
+                self._listener = PostgresListener(self.dispatcher.engine, self.wake, NOTIFY_CHANNEL)
                 self._listener.start()
 
     def stop(self, wait: bool = True) -> None:
@@ -422,71 +419,3 @@ class DispatcherService:
                 recent_errors=tuple(self._recent_errors),
                 handlers=tuple(self.dispatcher.handler_health()),
             )
-
-
-class _PostgresListener:
-    """A thread holding one connection that ``LISTEN``s for the publisher's ``NOTIFY``.
-
-    Reconnects with backoff when the database goes away; every (re)connect wakes
-    the service once, since notifications sent while disconnected are lost.
-    """
-
-    def __init__(self, engine: Any, on_notify: Any) -> None:
-        self._url = engine.url
-        self._on_notify = on_notify
-        self._stop = threading.Event()
-        self._retry = threading.Event()  # set to end a reconnect backoff early
-        self._thread = threading.Thread(target=self._run, name="outbox-listen", daemon=True)
-        self.connected = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._retry.set()
-        self._thread.join(timeout=5)
-
-    def retry_now(self) -> None:
-        """Reconnect now instead of waiting out the backoff (the service saw the database answer)."""
-        self._retry.set()
-
-    def _connect(self) -> Any:
-        import psycopg
-
-        url = self._url
-        conninfo = psycopg.conninfo.make_conninfo(
-            host=url.host or "",
-            port=str(url.port or ""),
-            dbname=url.database or "",
-            user=url.username or "",
-            password=url.password or "",
-            **{k: v for k, v in url.query.items() if isinstance(v, str)},
-        )
-        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        return conn
-
-    def _run(self) -> None:
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                conn = self._connect()
-            except Exception as exc:  # noqa: BLE001
-                log.debug("outbox listener cannot connect: %s", exc)
-                self._retry.wait(delay)
-                self._retry.clear()
-                delay = min(delay * 2, LISTEN_RETRY_CAP_SECONDS)
-                continue
-            delay = 0.5
-            self.connected = True
-            self._on_notify()
-            try:
-                with conn:
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.5):
-                            self._on_notify()
-            except Exception as exc:  # noqa: BLE001
-                log.debug("outbox listener lost its connection: %s", exc)
-            finally:
-                self.connected = False

@@ -11,8 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 NOTIFY_CHANNEL = "outbox_events"
+#: The longest wait between two attempts to re-LISTEN (the service also asks for one as soon as
+#: a tick succeeds, i.e. as soon as the database answers again).
+LISTEN_RETRY_CAP_SECONDS = 2.0
 
 Listener = Callable[[], None]
 log = logging.getLogger(__name__)
@@ -52,3 +56,73 @@ class WakeSignal:
 
 #: The process-wide signal the publisher uses.
 wake_signal = WakeSignal()
+
+
+class PostgresListener:
+    """A thread holding one connection that ``LISTEN``s on ``channel`` and calls ``on_notify()`` per ``NOTIFY``.
+
+    Reconnects with backoff when the database goes away; every (re)connect calls
+    ``on_notify()`` once, since notifications sent while disconnected are lost. The
+    dispatcher service listens for the publisher's, the browser bus for its feed's.
+    """
+
+    def __init__(self, engine: Any, on_notify: Callable[[], None], channel: str = NOTIFY_CHANNEL) -> None:
+        self._url = engine.url
+        self._on_notify = on_notify
+        self._channel = channel
+        self._stop = threading.Event()
+        self._retry = threading.Event()  # set to end a reconnect backoff early
+        self._thread = threading.Thread(target=self._run, name="outbox-listen", daemon=True)
+        self.connected = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._retry.set()
+        self._thread.join(timeout=5)
+
+    def retry_now(self) -> None:
+        """Reconnect now instead of waiting out the backoff (the service saw the database answer)."""
+        self._retry.set()
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        url = self._url
+        conninfo = psycopg.conninfo.make_conninfo(
+            host=url.host or "",
+            port=str(url.port or ""),
+            dbname=url.database or "",
+            user=url.username or "",
+            password=url.password or "",
+            **{k: v for k, v in url.query.items() if isinstance(v, str)},
+        )
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+        conn.execute(f"LISTEN {self._channel}")  # a constant of this package, never user text
+        return conn
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                conn = self._connect()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("outbox listener cannot connect: %s", exc)
+                self._retry.wait(delay)
+                self._retry.clear()
+                delay = min(delay * 2, LISTEN_RETRY_CAP_SECONDS)
+                continue
+            delay = 0.5
+            self.connected = True
+            self._on_notify()
+            try:
+                with conn:
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            self._on_notify()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("outbox listener lost its connection: %s", exc)
+            finally:
+                self.connected = False
