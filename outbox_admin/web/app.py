@@ -182,7 +182,11 @@ def message_bus_app(
         )
 
     async def client(_request: Request) -> Response:
-        return Response(_client_script(), media_type="text/javascript; charset=utf-8")
+        try:
+            script = _client_script()
+        except FileNotFoundError:
+            return PlainTextResponse("outbox-bus.js is not installed with this package\n", status_code=404)
+        return Response(script, media_type="text/javascript; charset=utf-8")
 
     app = Starlette(routes=[Route("/stream", stream), Route("/outbox-bus.js", client)])
     app.state.follower = follower
