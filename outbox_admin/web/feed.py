@@ -19,11 +19,9 @@ costs little.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
@@ -130,11 +128,6 @@ def read_window_start(engine: Engine, window: dt.timedelta) -> dt.datetime:
     with read_connection(engine) as conn:
         now = conn.execute(select(db_now())).scalar_one()
     return now - window  # type: ignore[no-any-return]
-
-
-def decode(row: FeedRow) -> dict[str, Any]:
-    """The CloudEvents envelope of a row, as a dict (tests and Python consumers)."""
-    return json.loads(row.data)  # type: ignore[no-any-return]
 
 
 #: Feed writes committed in this process wake this process's followers at once (SQLite has no NOTIFY).
