@@ -60,6 +60,7 @@ from . import (
     PublishSql,
     _Names,
     driver_style,
+    may_have_deliveries,
 )
 from .rollup import latency_us_sql, upsert_sql
 from .shared import (
@@ -136,7 +137,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
     now, lease_until, due = clock(dialect, clocked=clocked, time_param="CAST({} AS timestamptz)")
     order = older_unfinished(ev) if ordering == "entity" else ""
     columns = ", ".join(CLAIMED_COLUMNS)
-    returning = ", ".join(f"e.{c}" for c in CLAIMED_COLUMNS)
+    returning = ", ".join(f"e.{c}" for c in CLAIMED_COLUMNS) + f", {may_have_deliveries('e.')} AS ledgered"
 
     def claim(extra: str, blocked: str = "") -> str:
         return f"""
@@ -154,7 +155,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 INSERT INTO {tr} ({HISTORY_COLUMNS})
                 SELECT id, '{PENDING}', '{PROCESSING}', {now}, :name, retry_count + 1, NULL FROM claimed
             )
-            SELECT {columns} FROM claimed"""
+            SELECT {columns}, ledgered FROM claimed"""
 
     renew = f"""
             UPDATE {ev} AS e SET locked_until = {lease_until}
