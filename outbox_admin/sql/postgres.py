@@ -24,7 +24,9 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   primary key (``recorded_deliveries``); the others, a batch's first tries and
   nearly every row, are inserted plainly (``inserted_deliveries``): the upsert's
   conflict check cost about 3 ms of a 500-event finish. The read of a batch's ledger
-  rows (``delivered``) probes that key once per event (a LATERAL subquery that
+  rows (``delivered``) runs only for the claimed events that may have some (the
+  claim's last column, ``may_have_deliveries``: none in a batch of first tries); it
+  probes that key once per event (a LATERAL subquery that
   ``OFFSET 0`` keeps from being flattened into a join), and is planned per run, as
   the finish is. Written ``event_id = ANY(ARRAY(...))`` it was read with a
   sequential scan testing each row against the whole batch whenever the
