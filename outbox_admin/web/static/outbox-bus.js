@@ -1,31 +1,27 @@
 /**
  * outbox-bus.js: the browser side of outbox_admin's message bus (the original's `useMessageBus`).
- * A plain ES module with no dependencies and no build step; `message_bus_app` serves it as
- * `GET <mount>/outbox-bus.js`.
+ * A plain ES module, no dependencies, no build step; `message_bus_app` serves it at `<mount>/outbox-bus.js`.
  *
- *   import { subscribe, useMessageBus, configureMessageBus } from "/bus/outbox-bus.js";
- *   configureMessageBus({ onResync: () => location.reload() });
+ *   import { subscribe, configureMessageBus } from "/bus/outbox-bus.js";
+ *   configureMessageBus({ onResync: () => reloadData() });
  *   const stop = subscribe("PROJECT.*", (payload, event) => console.log(event.type, payload));
  *
- * Why these choices:
- * - The stream is read with fetch() and a parser of its own, not EventSource: EventSource
- *   hands a named event (`event: PROJECT.CREATED`) only to listeners of that exact name, so
- *   wildcards would need one listener per type; and fetch lets the bus choose when to
- *   reconnect (backoff with jitter, no retry after a 400/401/403) and what to resume from.
- * - One connection per bus. It asks for the union of the subscribed patterns (`?types=`),
- *   or for `*` beyond the server's 32, and always filters on the client too. A change of the
- *   subscription set reconnects once per microtask, resuming from the last event id
- *   (`?lastEventId=`, a query parameter so no CORS preflight is needed). So nothing is
- *   missed for the patterns already there; a pattern added later may also receive its
+ * Decisions:
+ * - fetch() and a parser of its own, not EventSource: EventSource hands a named event only to listeners
+ *   of that exact name (wildcards would need one per type), and fetch lets the bus decide when to
+ *   reconnect (backoff with jitter; never after a 400/401/403) and what to resume from.
+ * - One connection per bus, asking for the union of the subscribed patterns (`?types=`, or every type
+ *   beyond the server's 32); the client filters too. A change of the subscriptions reconnects once per
+ *   microtask, resuming from the last event id (`?lastEventId=`: a query parameter needs no CORS
+ *   preflight). So the patterns already there miss nothing; a pattern added later may also get its
  *   types' events fed since that id (at most the server's replay window).
- * - Delivery is at least once on the server; the bus drops ids it has seen (the last 1000),
- *   so an event replayed after a reconnect reaches each callback once, in stream order.
- * - `outbox-resync` (the server cannot resume: events may be lost) goes to `onResync`, never
- *   to subscribers. The last id is kept after it, so a later reconnect that still cannot
- *   resume asks for a resync again rather than silently missing events.
- * - Patterns mean what they mean in Python (`fnmatch.fnmatchcase` on the whole type):
- *   `*`, `?`, `[AB]`, `[!AB]`; `globToRegExp` ports fnmatch's translation of sets.
- * - The SSE `retry:` field is parsed but not obeyed: the backoff is the client's choice.
+ * - The server delivers at least once; the bus drops ids it has seen (the last 1000), so an event
+ *   replayed after a reconnect reaches each callback once, in stream order.
+ * - `outbox-resync` (the server cannot resume: events may be lost) goes to `onResync`, never to a
+ *   subscriber. The last id is kept after it: a later reconnect that cannot resume either asks for a
+ *   resync again rather than missing events silently.
+ * - Patterns mean what `fnmatch.fnmatchcase` means in Python: `*`, `?`, `[AB]`, `[!AB]`, whole type.
+ * - The SSE `retry:` field is parsed but not obeyed: the backoff is the client's.
  */
 
 const RESYNC_EVENT = "outbox-resync";
@@ -161,12 +157,7 @@ class MessageBus {
   constructor(options = {}) {
     this._options = { withCredentials: false, params: {}, headers: {}, idleTimeoutMs: 45000 };
     this._options.retry = { initialMs: 500, maxMs: 30000 };
-    this._subs = [];
-    this._seen = new Set();
-    this._queued = false;
-    this._gen = 0;
-    this._attempt = 0;
-    this._key = null;
+    Object.assign(this, { _subs: [], _seen: new Set(), _queued: false, _gen: 0, _attempt: 0, _key: null });
     /** "idle" (no subscriber), "connecting" (or waiting to retry), "connected", "stopped" (refused). */
     this.state = "idle";
     /** The id of the last event received: where a new stream resumes. */
@@ -181,14 +172,18 @@ class MessageBus {
    * directory), `withCredentials` (send cookies cross-origin), `params` / `headers` (extra
    * query parameters / request headers of the stream, e.g. a token), `onResync(info)`,
    * `onError(error, info)`, `React`, `retry: { initialMs, maxMs }`, `idleTimeoutMs` (no byte
-   * for this long, heartbeats included: reconnect; 0 never). A stopped bus tries again.
+   * for this long, heartbeats included: reconnect; 0 never). A refused ("stopped") bus tries again
+   * (call `configure({})` once the user signed in again).
    */
   configure(options = {}) {
     const { retry, ...rest } = options;
     Object.assign(this._options, rest);
     if (retry) this._options.retry = { ...this._options.retry, ...retry };
     if (this.state !== "idle") {
-      if (this.state === "stopped") this.state = "connecting";
+      if (this.state === "stopped") {
+        this.state = "connecting";
+        this._attempt = 0;
+      }
       this._key = null;
       this._schedule();
     }
@@ -231,17 +226,8 @@ class MessageBus {
       throw new Error("useMessageBus needs React: call configureMessageBus({ React }) or load React as a global");
     }
     const latest = React.useRef(callback);
-    React.useEffect(() => {
-      latest.current = callback;
-    });
+    React.useEffect(() => void (latest.current = callback));
     React.useEffect(() => this.subscribe(pattern, (payload, event) => latest.current(payload, event)), [pattern]);
-  }
-
-  /** Open a new stream now (after a refusal, e.g. once the user signed in again). */
-  reconnect() {
-    this._attempt = 0;
-    this.configure({});
-    if (this.state === "idle" && this._subs.length) this._schedule();
   }
 
   /** Close the stream and forget every subscriber. */
@@ -251,22 +237,17 @@ class MessageBus {
   }
 
   _schedule() {
-    if (this._queued) return;
+    if (!this._queued) queueMicrotask(() => ((this._queued = false), this._sync()));
     this._queued = true;
-    queueMicrotask(() => {
-      this._queued = false;
-      this._sync();
-    });
   }
 
   _sync() {
     if (this.state === "stopped") return;
     if (this._subs.length === 0) return this._stop("idle");
     const key = this._types();
-    if (key !== this._key || this.state === "idle") {
-      this._key = key;
-      this._open();
-    }
+    if (key === this._key && this.state !== "idle") return;
+    this._key = key;
+    this._open();
   }
 
   /** The `types` the stream asks for: the subscribed patterns, or `*` for all of them. */
@@ -374,8 +355,12 @@ class MessageBus {
         info = JSON.parse(data);
       } catch {}
       const { onResync } = this._options;
-      if (onResync) onResync(info);
-      else console.warn("outbox-bus: cannot resume, events may have been missed; reload your data", info);
+      if (!onResync) console.warn("outbox-bus: cannot resume, events may have been missed; reload your data", info);
+      try {
+        onResync?.(info);
+      } catch (error) {
+        this._report(error, { kind: "resync" });
+      }
       return false;
     }
     if (hasId) {
@@ -391,7 +376,7 @@ class MessageBus {
       this._report(error, { kind: "data", type, id });
       return false;
     }
-    this.emit(type === "message" ? event.type : type, event?.data, event);
+    this.emit(type === "message" ? String(event?.type) : type, event?.data, event);
     return true;
   }
 
@@ -409,31 +394,14 @@ class MessageBus {
 let defaultBus = null;
 
 /** The page's default bus (made on first use): its `state`, `lastEventId`, `connects`. */
-export function getMessageBus() {
-  return (defaultBus ??= new MessageBus());
-}
-
+export const getMessageBus = () => (defaultBus ??= new MessageBus());
 /** A separate bus with its own connection (another app, another mount). */
-export function createMessageBus(options = {}) {
-  return new MessageBus(options);
-}
-
+export const createMessageBus = (options = {}) => new MessageBus(options);
 /** Configure the default bus (see MessageBus.configure). */
-export function configureMessageBus(options) {
-  return getMessageBus().configure(options);
-}
-
+export const configureMessageBus = (options) => getMessageBus().configure(options);
 /** `callback(payload, event)` for each event of the default bus whose type matches `pattern`; returns the unsubscribe. */
-export function subscribe(pattern, callback) {
-  return getMessageBus().subscribe(pattern, callback);
-}
-
+export const subscribe = (pattern, callback) => getMessageBus().subscribe(pattern, callback);
 /** React hook on the default bus: `useMessageBus("PROJECT.*", (payload, event) => ...)`. */
-export function useMessageBus(pattern, callback) {
-  return getMessageBus().useMessageBus(pattern, callback);
-}
-
+export const useMessageBus = (pattern, callback) => getMessageBus().useMessageBus(pattern, callback);
 /** Deliver an event to this page's subscribers without the network (tests, optimistic UI), as in the original. */
-export function emitMessageBusEvent(type, payload) {
-  return getMessageBus().emit(type, payload);
-}
+export const emitMessageBusEvent = (type, payload) => getMessageBus().emit(type, payload);
