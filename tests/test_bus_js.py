@@ -77,13 +77,18 @@ def _page(react: bool) -> str:
 
 @contextmanager
 def bus_page_server(
-    engine: Engine, *, pages: Pages | None = None, port: int | None = None, react_dir: Path | None = None
+    engine: Engine,
+    *,
+    pages: Pages | None = None,
+    port: int | None = None,
+    react_dir: Path | None = None,
+    heartbeat_seconds: float = 0.25,
 ) -> Iterator[Served]:
     """The bus under ``/bus``, the test page at ``/`` (``/?react=1`` with React), on uvicorn in a thread.
 
     ``pages`` are closed before the server stops, so it need not wait for their streams to time out;
     without it, open streams are cut as a crash would (the restart test wants that)."""
-    bus = message_bus_app(engine, authorize=authorize, heartbeat_seconds=0.25)
+    bus = message_bus_app(engine, authorize=authorize, heartbeat_seconds=heartbeat_seconds)
 
     async def page(request: Request) -> Response:
         return HTMLResponse(_page(request.query_params.get("react") == "1"))
@@ -580,3 +585,19 @@ def test_an_event_reaches_the_page_within_a_second_of_its_dispatch(engine: Engin
         elapsed = time.monotonic() - dispatched
         print(f"dispatch -> page: {elapsed * 1000:.0f} ms ({engine.dialect.name})")
         assert elapsed < 2.0
+
+
+def test_a_stream_silent_for_longer_than_idle_timeout_is_reopened(sqlite_engine: Engine, pages: Pages) -> None:
+    """No byte, not even a heartbeat, for ``idleTimeoutMs``: the connection is taken for dead (a proxy or a
+    network that dropped it without closing) and a new stream resumes from the last id."""
+    engine = sqlite_engine
+    with bus_page_server(engine, pages=pages, heartbeat_seconds=60) as served:
+        page = pages.open(served.base)
+        setup(page, "alpha", "*", idleTimeoutMs=1500)
+        wait_state(page, "connected")
+        sent = publish(engine, "alpha", "PROJECT.CREATED")
+        dispatch_feed(engine)
+        wait_count(page, "*", 1)
+        wait_until(lambda: len(served.streams()) >= 2, "a silent stream was never reopened")
+        assert served.streams()[1]["lastEventId"] == sent[0]
+        assert page.evaluate("window.errors") == []
