@@ -9,7 +9,9 @@
  * Decisions:
  * - fetch() and a parser of its own, not EventSource: EventSource hands a named event only to listeners
  *   of that exact name (wildcards would need one per type), and fetch lets the bus decide when to
- *   reconnect (backoff with jitter; never after a 400/401/403) and what to resume from.
+ *   reconnect (backoff with jitter after a drop, a network error or a 5xx/408/429; never after another
+ *   4xx such as 400 or 401: that goes to `onError`, and the bus waits for `configure()`) and what to
+ *   resume from. No byte for `idleTimeoutMs` (3 missed heartbeats): the stream is taken for dead.
  * - One connection per bus, asking for the union of the subscribed patterns (`?types=`, or every type
  *   beyond the server's 32); the client filters too. A change of the subscriptions reconnects once per
  *   microtask, resuming from the last event id (`?lastEventId=`: a query parameter needs no CORS
@@ -236,9 +238,14 @@ class MessageBus {
     this._stop("idle");
   }
 
+  /** Reconnect once per microtask, however many subscriptions changed in it. */
   _schedule() {
-    if (!this._queued) queueMicrotask(() => ((this._queued = false), this._sync()));
+    if (this._queued) return;
     this._queued = true;
+    queueMicrotask(() => {
+      this._queued = false;
+      this._sync();
+    });
   }
 
   _sync() {
