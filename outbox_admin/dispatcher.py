@@ -62,7 +62,7 @@ from .handlers.base import BatchHandler, DeliveredEvent, Route, default_handlers
 from .lease import LeaseKeeper
 from .models import ALL_HANDLERS, DEFAULT_TABLES, MAX_HANDLER_NAME, EventStatus, OutboxTables
 from .patterns import glob_for_postgres, glob_for_sqlite, matches_everything
-from .sql import dispatcher_sql
+from .sql import CLAIMED_COLUMNS, dispatcher_sql
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ MAX_ERROR_LENGTH = 2000
 #: Events a dispatcher remembers as forgiven once by a circuit breaker (see ``outbox_admin.breaker``).
 MAX_FORGIVEN = 100_000
 RELEASED_MESSAGE = "released: dispatcher stopped before handling it"
+#: The claim's column after ``CLAIMED_COLUMNS``: whether the event may have ledger rows already.
+LEDGER_HINT = len(CLAIMED_COLUMNS)
 #: One handler's try of one event, the ledger row the finish writes (in its JSON as it is): (event id, handler,
 #: duration ms, None) for a success, (event id, handler, None, error message) for a failure.
 Delivery = tuple[str, str, float | None, str | None]
@@ -504,7 +506,12 @@ class Dispatcher:
         return events, undecodable, ledger
 
     def _read_ledger(self, c: Connection, rows: Sequence[Any]) -> _Ledger:
+        """The ledger rows of the claimed events that may have some (``sql.may_have_deliveries``): for a
+        batch of first tries, no read at all."""
         ledger = _Ledger()
+        rows = [r for r in rows if r[LEDGER_HINT]]
+        if not rows:
+            return ledger
         with _planned_per_execution(c):  # a plan made while the ledger was small must not outlive that
             found = c.exec_driver_sql(self._sql().read_ledger, {"ids": json.dumps([r[0] for r in rows])}).all()
         for event_id, name, delivered, requested in found:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import Engine, select
+from sqlalchemy import event as sa_event
 
 from outbox_admin import Dispatcher, admin
 from outbox_admin.errors import AdminActionError, ConfigurationError
@@ -315,6 +316,29 @@ def test_a_stop_mid_batch_keeps_the_deliveries_already_made(engine: Engine) -> N
     assert sorted(batch.seen) == sorted(published), "the released events did not go to the batch handler again"
     assert sorted(single.seen) == sorted(published)
     assert {r.status for r in rows(engine).values()} == {"COMPLETED"}
+
+
+def test_a_batch_of_first_tries_skips_the_ledger_read_and_a_retry_does_not(engine: Engine) -> None:
+    ledger_name = DEFAULT_TABLES.deliveries.name
+    reads: list[str] = []
+
+    def count_reads(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if ledger_name in statement and statement.lstrip().upper().startswith("SELECT"):
+            reads.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", count_reads)
+    try:
+        published = [e["id"] for e in publish_demo(engine, 3)]
+        good, bad = Flaky("good"), Flaky("bad", {"p-1"})
+        dispatcher = Dispatcher(engine, [good, bad], max_attempts=5, backoff=NO_WAIT, breaker=None)
+        dispatcher.dispatch_once()
+        assert reads == [], "first tries cannot have ledger rows"
+        bad.failing.clear()
+        dispatcher.dispatch_once()
+        assert len(reads) == 1, "the retried event's ledger is read"
+        assert sorted(good.seen) == sorted(published), "and its delivered handler is not run again"
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count_reads)
 
 
 def test_a_dispatcher_that_lost_its_claim_records_no_delivery(engine: Engine) -> None:

@@ -94,6 +94,18 @@ HISTORY_COLUMNS = "event_id, from_status, to_status, at, actor, attempt, error_m
 LEDGER_COLUMNS = "event_id, handler, attempt, delivered_at, duration_ms, last_error"
 
 
+def may_have_deliveries(alias: str = "") -> str:
+    """The claim's last column, after ``CLAIMED_COLUMNS``: whether the event may have ledger rows already.
+
+    Only the finish of an attempt (``retry_count`` grows), a release or a wait (``available_at``
+    moves to the finish's clock), a requeue or a replay (``available_at`` moves to now) write
+    ledger rows or make an event due again with them. A published event has ``available_at =
+    created_at`` and ``retry_count = 0``: a batch of first tries, nearly every batch, needs no
+    ledger read at all.
+    """
+    return f"({alias}retry_count > 0 OR {alias}available_at <> {alias}created_at)"
+
+
 def publish_sql(dialect: Any, tables: OutboxTables) -> PublishSql:
     """The publisher's statements of ``dialect`` for ``tables``."""
     names = _names(dialect, tables)

@@ -24,7 +24,9 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   primary key (``recorded_deliveries``); the others, a batch's first tries and
   nearly every row, are inserted plainly (``inserted_deliveries``): the upsert's
   conflict check cost about 3 ms of a 500-event finish. The read of a batch's ledger
-  rows (``delivered``) probes that key once per event (a LATERAL subquery that
+  rows (``delivered``) runs only for the claimed events that may have some (the
+  claim's last column, ``may_have_deliveries``: none in a batch of first tries); it
+  probes that key once per event (a LATERAL subquery that
   ``OFFSET 0`` keeps from being flattened into a join), and is planned per run, as
   the finish is. Written ``event_id = ANY(ARRAY(...))`` it was read with a
   sequential scan testing each row against the whole batch whenever the
@@ -61,6 +63,7 @@ from . import (
     _Names,
     dialect_style,
     driver_style,
+    may_have_deliveries,
     render,
 )
 from .rollup import latency_us_sql, upsert_sql
@@ -138,7 +141,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
     now, lease_until, due = clock(dialect, clocked=clocked, time_param="CAST({} AS timestamptz)")
     order = older_unfinished(ev) if ordering == "entity" else ""
     columns = ", ".join(CLAIMED_COLUMNS)
-    returning = ", ".join(f"e.{c}" for c in CLAIMED_COLUMNS)
+    returning = ", ".join(f"e.{c}" for c in CLAIMED_COLUMNS) + f", {may_have_deliveries('e.')} AS ledgered"
 
     def claim(extra: str, blocked: str = "") -> str:
         return f"""
@@ -156,7 +159,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 INSERT INTO {tr} ({HISTORY_COLUMNS})
                 SELECT id, '{PENDING}', '{PROCESSING}', {now}, :name, retry_count + 1, NULL FROM claimed
             )
-            SELECT {columns} FROM claimed"""
+            SELECT {columns}, ledgered FROM claimed"""
 
     renew = f"""
             UPDATE {ev} AS e SET locked_until = {lease_until}

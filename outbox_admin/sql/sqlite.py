@@ -40,6 +40,7 @@ from . import (
     DispatcherSql,
     PublishSql,
     _Names,
+    may_have_deliveries,
 )
 from .rollup import add_rows_sql
 from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
@@ -85,7 +86,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 ORDER BY candidate.created_at, candidate.id, candidate.available_at
                 LIMIT :limit
             ) AND +e.status = '{PENDING}'
-            RETURNING {columns}"""
+            RETURNING {columns}, {may_have_deliveries()}"""
 
     renew = f"""
             UPDATE {ev} AS e SET locked_until = {lease_until}
