@@ -28,6 +28,24 @@ from .models import EventStatus, OutboxEvent, OutboxEventPause, OutboxEventTrans
 from .publisher import EventSpec, flush_outbox, outbox_batch, publish_outbox_event, publish_outbox_events
 from .service import DispatcherService, ServiceStatus
 
+#: Async publishing, imported on first use (``outbox_admin.aio`` loads SQLAlchemy's asyncio layer).
+_ASYNC = {
+    "aflush_outbox": "aio",
+    "aoutbox_batch": "aio",
+    "apublish_outbox_event": "aio",
+    "apublish_outbox_events": "aio",
+    "make_async_engine": "db",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _ASYNC:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_ASYNC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AdminActionError",
     "Backoff",
@@ -56,9 +74,14 @@ __all__ = [
     "SinkError",
     "Settings",
     "UnknownEventTypeError",
+    "aflush_outbox",
+    "aoutbox_batch",
+    "apublish_outbox_event",
+    "apublish_outbox_events",
     "emit_message_bus_event",
     "flush_outbox",
     "init_db",
+    "make_async_engine",
     "make_engine",
     "outbox_batch",
     "publish_outbox_event",

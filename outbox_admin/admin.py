@@ -49,7 +49,7 @@ from .filters import EventFilter, as_filter, check_text, prepare_connection
 from .models import ALL_HANDLERS, DEFAULT_TABLES, MANUAL_ACTOR_PREFIX, MAX_HANDLER_NAME, EventStatus, OutboxTables
 from .patterns import check_pattern
 from .sql import admin_sql
-from .wakeup import WakeSignal, wake_signal
+from .wakeup import WakeSignal, wake_key, wake_signal
 
 PENDING, PROCESSING, COMPLETED, FAILED, DISCARDED = (s.value for s in EventStatus)
 REQUEUEABLE = (FAILED, PENDING, DISCARDED)
@@ -281,7 +281,7 @@ def _announce(conn: Connection, tables: OutboxTables) -> None:
 
 def _wake(engine: Engine, signal: WakeSignal = wake_signal) -> None:
     """After the commit: wake this process's dispatchers of ``engine``'s database (as the publisher does)."""
-    signal.notify(engine.url.render_as_string(hide_password=True))
+    signal.notify(wake_key(engine.url))
 
 
 def requeue(

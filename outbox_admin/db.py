@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -23,6 +23,9 @@ from .coltypes import UTCDateTime
 from .config import DEFAULT_DATABASE_FILE
 from .errors import ConfigurationError
 from .models import DEFAULT_TABLES, OutboxTables
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: The execution option that picks how a SQLite transaction begins: ``"immediate"`` (``BEGIN
@@ -71,15 +74,25 @@ def _read_only_sqlite(path: Path, connect_args: dict[str, Any]) -> Callable[[], 
     pooled, so this is decided again at every read: once a writer appears (its side files
     exist), readers share its ``-shm`` as usual. The cost is one ``stat`` and one open per read.
     """
+    target = _read_only_uri(path)
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(target(), uri=True, **connect_args)
+
+    return connect
+
+
+def _read_only_uri(path: Path) -> Callable[[], str]:
+    """The ``file:`` URI to open ``path`` read-only with now (see ``_read_only_sqlite``); decided per call."""
     # A file: URI, so the path itself is never read as URI syntax (quote() escapes ? and #).
     base = f"file:{quote(str(path.absolute()))}?mode=ro"
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
 
-    def connect() -> sqlite3.Connection:
+    def uri() -> str:
         quiet = not wal.exists() and not shm.exists()
-        return sqlite3.connect(base + ("&immutable=1" if quiet else ""), uri=True, **connect_args)
+        return base + ("&immutable=1" if quiet else "")
 
-    return connect
+    return uri
 
 
 def make_engine(
@@ -128,6 +141,90 @@ def make_engine(
     else:
         engine = create_engine(url, **engine_kwargs)
     return configure_engine(engine, sqlite_begin="deferred" if read_only else sqlite_begin, read_only=read_only)
+
+
+#: The async driver ``make_async_engine`` uses per backend, and the async drivers it keeps as given.
+_ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+_KEPT_ASYNC_DRIVERS = {"postgresql": ("asyncpg",), "sqlite": ("aiosqlite",)}
+
+
+def async_url(url: str) -> str:
+    """``url`` with the async driver: ``postgresql[+psycopg]://`` -> ``postgresql+asyncpg://``, ``sqlite://`` ->
+    ``sqlite+aiosqlite://``. Already async URLs stay; another database is a ``ConfigurationError``."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"not a database URL: {url!r}") from exc
+    backend = "postgresql" if parsed.get_backend_name() == "postgres" else parsed.get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise ConfigurationError(
+            f"async publishing supports PostgreSQL (asyncpg) and SQLite (aiosqlite), not {parsed.drivername}"
+        )
+    driver = parsed.get_driver_name() if "+" in parsed.drivername else ""
+    if driver not in _KEPT_ASYNC_DRIVERS[backend]:
+        driver = _ASYNC_DRIVERS[backend]
+    return parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+
+
+def make_async_engine(
+    url: str | None = None,
+    *,
+    sqlite_begin: SqliteBegin = "immediate",
+    read_only: bool = False,
+    **engine_kwargs: Any,
+) -> AsyncEngine:
+    """An ``AsyncEngine`` for the outbox, configured as ``make_engine`` configures a sync one.
+
+    ``url`` (else ``OUTBOX_DATABASE_URL``, else ``sqlite:///outbox.db``) goes through
+    ``async_url``: asyncpg for PostgreSQL, aiosqlite for SQLite, so the sync URL of an
+    application works as it is. ``engine.sync_engine`` gets ``configure_engine``'s hooks
+    (aiosqlite runs sqlite3 in a thread, and SQLAlchemy fires the same connect and begin
+    events): WAL, the busy timeout, foreign keys and ``BEGIN IMMEDIATE`` by default. A
+    transaction waiting for the write lock waits in aiosqlite's thread, not in the event
+    loop. PostgreSQL sessions run in UTC; ``read_only=True`` gives SQLite ``mode=ro`` (as
+    ``make_engine``) and PostgreSQL ``default_transaction_read_only``. Needs the ``async``
+    extra (``pip install outbox_admin[async]``). Other keywords go to ``create_async_engine``.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = async_url(url or default_database_url())
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = None if parsed.database in (None, "", ":memory:") else Path(parsed.database)
+        if path is None:
+            raise ConfigurationError(
+                "an in-memory SQLite database is private to one connection; use a file, e.g. sqlite:///outbox.db"
+            )
+        connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        connect_args.update(engine_kwargs.pop("connect_args", {}))
+        if read_only:
+            engine_kwargs.setdefault("async_creator", _async_read_only_sqlite(path, connect_args))
+            engine_kwargs.setdefault("poolclass", NullPool)  # each read decides afresh; see _read_only_sqlite
+            engine = create_async_engine(url, **engine_kwargs)
+        else:
+            engine = create_async_engine(url, connect_args=connect_args, **engine_kwargs)
+    else:
+        settings = {"timezone": "UTC"}
+        if read_only:
+            settings["default_transaction_read_only"] = "on"
+        connect_args = dict(engine_kwargs.pop("connect_args", {}))
+        connect_args["server_settings"] = {**settings, **connect_args.get("server_settings", {})}
+        engine_kwargs.setdefault("pool_pre_ping", True)
+        engine = create_async_engine(url, connect_args=connect_args, **engine_kwargs)
+    configure_engine(engine.sync_engine, sqlite_begin="deferred" if read_only else sqlite_begin, read_only=read_only)
+    return engine
+
+
+def _async_read_only_sqlite(path: Path, connect_args: dict[str, Any]) -> Callable[[], Any]:
+    """``_read_only_sqlite`` for aiosqlite: the same URI, decided at every connect."""
+    target = _read_only_uri(path)
+
+    async def connect() -> Any:
+        import aiosqlite
+
+        return await aiosqlite.connect(target(), uri=True, **connect_args)
+
+    return connect
 
 
 def configure_engine(engine: Engine, *, sqlite_begin: SqliteBegin = "immediate", read_only: bool = False) -> Engine:

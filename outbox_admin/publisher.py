@@ -56,7 +56,7 @@ from .models import DEFAULT_TABLES, EventStatus, OutboxEvent, OutboxTables
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES, INT64_MAX, INT64_MIN, encode_payload, text_fault
 from .sql import PUBLISHED_COLUMNS, PublishSql, publish_sql
 from .sql import PUBLISHER_ACTOR as PUBLISHER_ACTOR  # the history's actor for publishes; kept importable here
-from .wakeup import WakeSignal, wake_signal
+from .wakeup import WakeSignal, wake_key, wake_signal
 
 PENDING = EventStatus.PENDING.value
 MAX_FIELD_LENGTH = 255
@@ -411,7 +411,7 @@ def _write_rows(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dt.
     sql = _publish_sql(tables, conn.dialect)
     if sql.history is None:
         wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
-        count, stamp = conn.exec_driver_sql(sql.insert, {"events": wire}).one()[:2]
+        count, stamp = conn.exec_driver_sql(sql.insert, sql.args("insert", {"events": wire})).one()[:2]
         if count != len(rows):  # pragma: no cover - an INSERT ... SELECT writes every row or fails
             raise RuntimeError(f"wrote {count} of {len(rows)} events")
         return _UTC.process_result_value(stamp, conn.dialect)  # type: ignore[return-value]
@@ -471,7 +471,9 @@ def _insert_keyed(conn: Connection, rows: list[_Row], tables: OutboxTables) -> d
     if sql.history is None:
         return {
             event_id: (created, available)
-            for event_id, created, available, _ in conn.exec_driver_sql(sql.insert_keyed, {"events": wire})
+            for event_id, created, available, _ in conn.exec_driver_sql(
+                sql.insert_keyed, sql.args("insert_keyed", {"events": wire})
+            )
         }
     text, stamp = _sqlite_stamp()
     written = [r[0] for r in conn.exec_driver_sql(sql.insert_keyed, {"events": wire, "at": text})]
@@ -621,7 +623,7 @@ _connection_state_map: weakref.WeakKeyDictionary[Connection, dict[str, Any]] = w
 
 
 def _engine_key(conn: Connection) -> str:
-    return conn.engine.url.render_as_string(hide_password=True)
+    return wake_key(conn.engine.url)  # the same for every driver, so an async publish wakes a sync service
 
 
 def _connection_state(conn: Connection) -> dict[str, Any]:

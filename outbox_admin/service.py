@@ -41,7 +41,7 @@ from .breaker import HandlerHealth
 from .config import DEFAULT_INTERVAL_SECONDS
 from .dispatcher import Dispatcher, DispatchReport
 from .errors import AdminActionError, ConfigurationError
-from .wakeup import NOTIFY_CHANNEL, PostgresListener, WakeSignal, wake_signal
+from .wakeup import NOTIFY_CHANNEL, PostgresListener, WakeSignal, wake_key, wake_signal
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class DispatcherService:
             )
             scheduler.start()
             self._scheduler = scheduler
-            url = self.dispatcher.engine.url.render_as_string(hide_password=True)
+            url = wake_key(self.dispatcher.engine.url)
             self._remove_wake = self._signal.listen(url, self.wake)
             if self.listen:
                 self._listener = PostgresListener(self.dispatcher.engine, self.wake, NOTIFY_CHANNEL)

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.engine import URL, make_url
+
 NOTIFY_CHANNEL = "outbox_events"
 #: The longest wait between two attempts to re-LISTEN (the service also asks for one as soon as
 #: a tick succeeds, i.e. as soon as the database answers again).
@@ -20,6 +22,16 @@ LISTEN_RETRY_CAP_SECONDS = 2.0
 
 Listener = Callable[[], None]
 log = logging.getLogger(__name__)
+
+
+def wake_key(url: URL | str) -> str:
+    """What ``WakeSignal`` listeners of a database are keyed by: its URL without driver and password.
+
+    ``postgresql+asyncpg://`` and ``postgresql+psycopg://`` (or ``sqlite+aiosqlite://`` and
+    ``sqlite://``) name one database, so a commit through either wakes the dispatchers of both.
+    """
+    parsed = make_url(url)
+    return parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=True)
 
 
 class WakeSignal:

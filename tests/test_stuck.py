@@ -21,7 +21,7 @@ from outbox_admin.filters import EventFilter, filter_from_query, filter_to_query
 from outbox_admin.handlers import DeliveredEvent
 from outbox_admin.models import DEFAULT_TABLES
 from outbox_admin.sql.shared import EXPIRED_MESSAGE
-from outbox_admin.wakeup import WakeSignal, wake_signal
+from outbox_admin.wakeup import WakeSignal, wake_key, wake_signal
 
 EVENTS = DEFAULT_TABLES.events
 TRANSITIONS = DEFAULT_TABLES.transitions
@@ -415,7 +415,7 @@ def test_discard_does_not_wake_and_a_no_op_does_not_either(engine: Engine) -> No
     from outbox_admin.admin import discard
 
     woken: list[int] = []
-    remove = wake_signal.listen(engine.url.render_as_string(hide_password=True), lambda: woken.append(1))
+    remove = wake_signal.listen(wake_key(engine.url), lambda: woken.append(1))
     try:
         seed(engine, [row("f1", "FAILED", error_message="x"), row("f2", "FAILED", error_message="x")])
         discard(engine, ["f1"], actor="t")

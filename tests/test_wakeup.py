@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from outbox_admin import publish_outbox_event
-from outbox_admin.wakeup import NOTIFY_CHANNEL, WakeSignal, wake_signal
+from outbox_admin.wakeup import NOTIFY_CHANNEL, WakeSignal, wake_key, wake_signal
 
 
 def publish(tx) -> None:
@@ -17,7 +17,7 @@ def publish(tx) -> None:
 
 
 def key(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return wake_key(engine.url)
 
 
 def test_wake_signal_calls_listeners_of_one_url_and_survives_failures() -> None:

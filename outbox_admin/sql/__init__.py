@@ -15,14 +15,18 @@ predicate offers the planner an index that would make it walk every PENDING or
 PROCESSING row per element of a batch. ``tests/test_plans.py`` checks the plans
 in all three states on a new connection.
 
-Parameters are written ``:name``; ``driver_style`` turns them into the DBAPI's.
+Parameters are written ``:name``; ``driver_style`` turns them into the DBAPI's. The
+publisher's statements also run on the async drivers (``outbox_admin.aio``), so they
+are rendered in ``dialect_style(dialect)`` by ``render``: asyncpg takes ``$1`` and a
+tuple in the text's order (``PublishSql.args`` builds it from the named values).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ..models import OutboxTables
 
@@ -71,6 +75,14 @@ class PublishSql:
     # JSON array (measured: 0.13 ms less per transaction). PostgreSQL showed no gain.
     insert_one: str | None
     history_one: str | None
+    # For positional parameter styles (asyncpg's ``$1``): each statement's parameter names in the
+    # order its text numbers them, keyed by field name. Empty for named styles (psycopg, sqlite3).
+    positional: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def args(self, statement: str, values: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
+        """The parameters of the statement in field ``statement``, as its text wants them."""
+        order = self.positional.get(statement)
+        return values if order is None else tuple(values[name] for name in order)
 
 
 #: What a published event's statement carries for each event, in this order.
@@ -169,6 +181,48 @@ class _Names:
     active_pauses_index: str  # the partial unique index of the active pauses
     published_columns: str  # the PUBLISHED_COLUMNS, quoted
     idempotency_target: str  # (org_id, idempotency_key), quoted
+
+
+#: How a statement's parameters are written for a driver: ``named`` (``:name``, sqlite3 and aiosqlite),
+#: ``pyformat`` (``%(name)s``, psycopg) or ``numeric_dollar`` (``$1``, asyncpg).
+ParamStyle = Literal["named", "pyformat", "numeric_dollar"]
+
+
+def dialect_style(dialect: Any) -> ParamStyle:
+    """The parameter style the library renders for ``dialect``'s driver.
+
+    SQLite's drivers report ``qmark`` but sqlite3 (and aiosqlite, which runs it in a thread)
+    also take ``:name`` with a dict, which the library's SQLite statements use.
+    """
+    if dialect.name == "sqlite":
+        return "named"
+    style = dialect.paramstyle
+    if style in ("pyformat", "numeric_dollar"):
+        return style  # type: ignore[no-any-return]
+    from ..errors import ConfigurationError
+
+    raise ConfigurationError(
+        f"the {dialect.name}+{dialect.driver} driver takes {style!r} parameters; "
+        "use psycopg (postgresql+psycopg://) or asyncpg (postgresql+asyncpg://)"
+    )
+
+
+def render(sql: str, style: ParamStyle) -> tuple[str, tuple[str, ...] | None]:
+    """``sql`` (``:name`` parameters) in ``style``, and for ``numeric_dollar`` the names in ``$n`` order.
+
+    A name used twice keeps its first number (``$n`` may repeat), so each value is sent once.
+    """
+    if style != "numeric_dollar":
+        return driver_style(sql, pyformat=style == "pyformat"), None
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in order:
+            order.append(name)
+        return f"${order.index(name) + 1}"
+
+    return _NAMED_PARAMETER.sub(number, sql), tuple(order)
 
 
 def driver_style(sql: str, *, pyformat: bool) -> str:

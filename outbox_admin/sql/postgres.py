@@ -61,8 +61,10 @@ from . import (
     DispatcherSql,
     PublishSql,
     _Names,
+    dialect_style,
     driver_style,
     may_have_deliveries,
+    render,
 )
 from .rollup import latency_us_sql, upsert_sql
 from .shared import (
@@ -266,12 +268,12 @@ def publish_sql(names: _Names, dialect: Any) -> PublishSql:
             f"SELECT {result}, (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) FROM new"
         )
 
+    style = dialect_style(dialect)  # psycopg: %(events)s; asyncpg: $1 (outbox_admin.aio)
+    plain, plain_order = render(insert("", "count(*), min(created_at)"), style)
+    keyed, keyed_order = render(insert(conflict, "id, created_at, available_at"), style)
+    positional = {} if plain_order is None else {"insert": plain_order, "insert_keyed": keyed_order}
     return PublishSql(
-        insert=driver_style(insert("", "count(*), min(created_at)"), pyformat=True),
-        insert_keyed=driver_style(insert(conflict, "id, created_at, available_at"), pyformat=True),
-        history=None,
-        insert_one=None,
-        history_one=None,
+        insert=plain, insert_keyed=keyed, history=None, insert_one=None, history_one=None, positional=positional
     )
 
 

@@ -29,7 +29,7 @@ from ..db import db_now, read_connection, write_transaction
 from ..handlers.base import DeliveredEvent
 from ..handlers.envelope import DEFAULT_SOURCE, encode_envelope, to_envelope
 from ..models import DEFAULT_TABLES, OutboxTables
-from ..wakeup import WakeSignal
+from ..wakeup import WakeSignal, wake_key
 
 #: The NOTIFY channel of feed writes (PostgreSQL): every web process LISTENs on it.
 BUS_CHANNEL = "outbox_bus"
@@ -136,4 +136,4 @@ feed_signal = WakeSignal()
 
 def feed_key(engine: Engine, tables: OutboxTables = DEFAULT_TABLES) -> str:
     """What ``feed_signal`` is keyed by: the database and the feed table."""
-    return f"{engine.url.render_as_string(hide_password=True)}#{tables.schema or ''}.{tables.bus_feed.name}"
+    return f"{wake_key(engine.url)}#{tables.schema or ''}.{tables.bus_feed.name}"
