@@ -95,6 +95,19 @@ def _read_only_uri(path: Path) -> Callable[[], str]:
     return uri
 
 
+def _sqlite_file_args(path: Path | None, engine_kwargs: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """A SQLite engine's file and connection arguments (busy timeout, any thread; the caller's on top).
+
+    An in-memory database is refused: each connection would get its own, empty one."""
+    if path is None:
+        raise ConfigurationError(
+            "an in-memory SQLite database is private to one connection; use a file, e.g. sqlite:///outbox.db"
+        )
+    connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+    connect_args.update(engine_kwargs.pop("connect_args", {}))
+    return path, connect_args
+
+
 def make_engine(
     url: str | None = None,
     *,
@@ -119,13 +132,7 @@ def make_engine(
     url = normalize_url(url or default_database_url())
     dialect = make_url(url).get_dialect().name
     if dialect == "sqlite":
-        path = sqlite_file(url)
-        if path is None:
-            raise ConfigurationError(
-                "an in-memory SQLite database is private to one connection; use a file, e.g. sqlite:///outbox.db"
-            )
-        connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-        connect_args.update(engine_kwargs.pop("connect_args", {}))
+        path, connect_args = _sqlite_file_args(sqlite_file(url), engine_kwargs)
         if read_only:
             engine_kwargs.setdefault("creator", _read_only_sqlite(path, connect_args))
             engine_kwargs.setdefault("poolclass", NullPool)  # each read decides afresh; see _read_only_sqlite
@@ -190,13 +197,8 @@ def make_async_engine(
     url = async_url(url or default_database_url())
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        path = None if parsed.database in (None, "", ":memory:") else Path(parsed.database)
-        if path is None:
-            raise ConfigurationError(
-                "an in-memory SQLite database is private to one connection; use a file, e.g. sqlite:///outbox.db"
-            )
-        connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-        connect_args.update(engine_kwargs.pop("connect_args", {}))
+        file = None if parsed.database in (None, "", ":memory:") else Path(parsed.database)
+        path, connect_args = _sqlite_file_args(file, engine_kwargs)
         if read_only:
             engine_kwargs.setdefault("async_creator", _async_read_only_sqlite(path, connect_args))
             engine_kwargs.setdefault("poolclass", NullPool)  # each read decides afresh; see _read_only_sqlite

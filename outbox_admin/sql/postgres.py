@@ -271,7 +271,9 @@ def publish_sql(names: _Names, dialect: Any) -> PublishSql:
     style = dialect_style(dialect)  # psycopg: %(events)s; asyncpg: $1 (outbox_admin.aio)
     plain, plain_order = render(insert("", "count(*), min(created_at)"), style)
     keyed, keyed_order = render(insert(conflict, "id, created_at, available_at"), style)
-    positional = {} if plain_order is None else {"insert": plain_order, "insert_keyed": keyed_order}
+    positional = (
+        {} if plain_order is None or keyed_order is None else {"insert": plain_order, "insert_keyed": keyed_order}
+    )
     return PublishSql(
         insert=plain, insert_keyed=keyed, history=None, insert_one=None, history_one=None, positional=positional
     )
