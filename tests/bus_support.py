@@ -51,21 +51,30 @@ def bus_server(engine: Any, **options: Any) -> Iterator[Running]:
     options.setdefault("heartbeat_seconds", 0.25)
     app = message_bus_app(engine, authorize=authorize, **options)
     port = free_port()
+    try:
+        with uvicorn_thread(app, port) as server:
+            yield Running(f"http://127.0.0.1:{port}", server, app)
+    finally:
+        app.state.follower.close()
+
+
+@contextmanager
+def uvicorn_thread(app: Any, port: int) -> Iterator[uvicorn.Server]:
+    """``app`` served by uvicorn on ``port`` in a thread of this process, until the block ends."""
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
-    while not server.started:
+    while not server.started:  # polled: uvicorn has no started event to wait on
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the bus server did not start")
+            raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield Running(f"http://127.0.0.1:{port}", server, app)
+        yield server
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        app.state.follower.close()
 
 
 @dataclass

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,9 +36,9 @@ from starlette.routing import Mount, Route
 from outbox_admin import EventSpec, admin, make_engine, publish_outbox_events, register_event_type
 from outbox_admin.web import message_bus_app
 
-from .bus_support import authorize, dispatch_feed
+from .browser_support import chromium
+from .bus_support import authorize, dispatch_feed, uvicorn_thread
 from .services import free_port, unavailable
-from .test_dashboard_browser import CHROMIUM, CHROMIUM_FLAGS
 
 REACT_VERSION = "18.3.1"
 REACT_FILES = {"react": "umd/react.production.min.js", "react-dom": "umd/react-dom.production.min.js"}
@@ -116,22 +114,14 @@ def bus_page_server(
 
         await inner(scope, receive, logged_send)
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
     try:
-        yield served
+        with uvicorn_thread(app, port):
+            try:
+                yield served
+            finally:
+                if pages is not None:
+                    pages.close()
     finally:
-        if pages is not None:
-            pages.close()
-        server.should_exit = True
-        thread.join(timeout=10)
         bus.state.follower.close()
 
 
@@ -140,16 +130,8 @@ def bus_page_server(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        unavailable("Chromium", f"{CHROMIUM} not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 class Pages:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import urllib.error
@@ -23,8 +22,8 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from outbox_admin import demo, init_db, make_engine
 
-from .services import unavailable
-from .test_dashboard_browser import CHROMIUM, CHROMIUM_FLAGS, running_dashboard
+from .browser_support import chromium
+from .test_dashboard_browser import running_dashboard
 
 PASSWORD = "correct horse battery"
 ACCESS = {
@@ -76,16 +75,8 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        unavailable("Chromium", f"{CHROMIUM} not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 # -- a plain HTTP client --------------------------------------------------------------------------

@@ -10,7 +10,6 @@ one tab appears in another of the same org and never in another org's.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,8 +25,8 @@ from examples.fastapi_app.models import Project
 from outbox_admin import make_engine, publish_outbox_event
 from outbox_admin.models import OutboxEvent
 
+from .browser_support import chromium
 from .services import free_port, unavailable
-from .test_dashboard_browser import CHROMIUM, CHROMIUM_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -91,16 +90,8 @@ def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Example]
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        unavailable("Chromium", f"{CHROMIUM} not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def open_projects(browser, example: Example, org: str):
