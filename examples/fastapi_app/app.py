@@ -125,7 +125,9 @@ def create_app(database_url: str | None = None, *, interval_seconds: float = 30.
 
     @app.post("/projects")
     async def add_project(request: Request, name: str = Form(..., max_length=4 * MAX_NAME)) -> Response:
-        project = await create_project(sessions(), current_org(request), check_name(name))
+        name = check_name(name)
+        async with sessions() as session:
+            project = await create_project(session, current_org(request), name)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse(project.as_json(), status_code=201)
         return RedirectResponse("/", status_code=303)  # a browser without JavaScript
