@@ -45,7 +45,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,6 +61,7 @@ from .errors import ConfigurationError
 from .handlers.base import BatchHandler, DeliveredEvent, Route, default_handlers
 from .lease import LeaseKeeper
 from .models import ALL_HANDLERS, DEFAULT_TABLES, MAX_HANDLER_NAME, EventStatus, OutboxTables
+from .observe import DeliveryAttempt, DispatchObserver, EventResult, Observers, Outcome
 from .patterns import glob_for_postgres, glob_for_sqlite, matches_everything
 from .sql import CLAIMED_COLUMNS, dispatcher_sql
 
@@ -81,6 +82,7 @@ LEDGER_HINT = len(CLAIMED_COLUMNS)
 #: duration ms, None) for a success, (event id, handler, None, error message) for a failure.
 Delivery = tuple[str, str, float | None, str | None]
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NOT_OBSERVED = nullcontext()
 Clock = Callable[[], dt.datetime]
 
 
@@ -164,6 +166,7 @@ class Dispatcher:
     handler that keeps failing, so an outage spends no attempts (``outbox_admin.breaker``).
     While handlers run, the batch's lease is renewed every ``lease_seconds / 3``, so a
     slow batch is never handed to a second dispatcher (``outbox_admin.lease``).
+    ``observers`` see each delivery and each tick (``outbox_admin.observe``): metrics, traces, logs.
     """
 
     def __init__(
@@ -180,6 +183,7 @@ class Dispatcher:
         tables: OutboxTables = DEFAULT_TABLES,
         clock: Clock | None = None,
         breaker: BreakerPolicy | None = BreakerPolicy(),  # noqa: B008 - frozen, shared safely
+        observers: Iterable[DispatchObserver] = (),
     ) -> None:
         check_engine(engine)
         if batch_size < 1:
@@ -197,6 +201,7 @@ class Dispatcher:
         self._autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._statements: _Statements | None = None
         self.breaker_policy = breaker
+        self._observers = Observers(list(observers))
         self._monotonic = time.monotonic if clock is None else (lambda: clock().timestamp())
         self.routes = [Route.of(h) for h in (default_handlers() if handlers is None else handlers)]
         self.batch_size = batch_size
@@ -218,6 +223,7 @@ class Dispatcher:
         # Outcomes of a batch whose finish could not be written (the database went away): written first
         # at the next tick, their leases renewed meanwhile, so they are recorded as what they were.
         self._unwritten: list[_Outcome] = []
+        self._results: list[EventResult] = []  # this tick's outcomes, for the observers
         # Events whose failure a breaker gave back once (insertion order: the oldest are dropped first).
         self._forgiven: OrderedDict[str, bool] = OrderedDict()
 
@@ -382,6 +388,9 @@ class Dispatcher:
             finally:
                 self._lease_keeper.release()
         report.seconds = time.perf_counter() - started
+        if self._observers:
+            self._observers.finished(self._results, report)
+            self._results = []
         return report
 
     # -- health ------------------------------------------------------------------------
@@ -555,6 +564,7 @@ class Dispatcher:
         """
         ledger = ledger or _Ledger()
         handled = _Handled()
+        observers = self._observers
         errors, waiting = handled.errors, handled.waiting
         # Per route: the events whose failures make up its current streak. If the streak opens the
         # breaker, they were failures of the handler, not of the events: they wait, no attempt spent.
@@ -637,12 +647,17 @@ class Dispatcher:
                 if decision == "probe":
                     targets = fewest_attempts_first(targets)
                 sent, targets = (targets[:1], targets[1:]) if decision == "probe" else (targets, [])
-                started = time.perf_counter()
-                try:
-                    failures = route.handler.handle_batch(sent) or {}
-                except Exception as exc:  # noqa: BLE001 - a handler failure is data, not a crash
-                    failures = {e.id: exc for e in sent}
-                took = time.perf_counter() - started
+                with observers.delivering(route_names[index], sent) if observers else _NOT_OBSERVED:
+                    started = time.perf_counter()
+                    try:
+                        failures = route.handler.handle_batch(sent) or {}
+                    except Exception as exc:  # noqa: BLE001 - a handler failure is data, not a crash
+                        failures = {e.id: exc for e in sent}
+                    took = time.perf_counter() - started
+                    if observers:
+                        observers.delivered(
+                            [DeliveryAttempt(e, route_names[index], took, failures.get(e.id)) for e in sent]
+                        )
                 for e in sent:
                     if e.id in failures:
                         failed(index, e.id, failures[e.id], route_names[index])
@@ -668,14 +683,21 @@ class Dispatcher:
                 if breaker is not None and breaker.allow() == "skip":
                     waiting[event.id] = _waiting_text(breaker)
                     continue
-                started = time.perf_counter()
-                try:
-                    route.handler(event)
-                except Exception as exc:  # noqa: BLE001
-                    failed(index, event.id, exc, route_names[index])
+                error: Exception | None = None
+                with observers.delivering(route_names[index], (event,)) if observers else _NOT_OBSERVED:
+                    started = time.perf_counter()
+                    try:
+                        route.handler(event)
+                    except Exception as exc:  # noqa: BLE001
+                        error = exc
+                    took = time.perf_counter() - started
+                    if observers:
+                        observers.delivered([DeliveryAttempt(event, route_names[index], took, error)])
+                if error is not None:
+                    failed(index, event.id, error, route_names[index])
                     continue
                 succeeded(index)
-                delivered(event.id, route_names[index], time.perf_counter() - started)
+                delivered(event.id, route_names[index], took)
         for event_id in ledger.delivered.keys() | ledger.owed.keys() | ledger.failing.keys():
             handled.recorded[event_id] = ledger.rows_of(event_id)
         for event_id in ledger.owed.keys() & ledger.failing.keys():
@@ -775,6 +797,8 @@ class Dispatcher:
         self._count(outcomes, written, report)
 
     def _count(self, outcomes: list[_Outcome], written: set[str], report: DispatchReport) -> None:
+        if self._observers:
+            self._results.extend(_result(o, written) for o in outcomes)
         for outcome in outcomes:
             if outcome.event.id not in written:
                 continue
@@ -846,6 +870,23 @@ class Dispatcher:
             if counted:
                 conn.exec_driver_sql(sql.count, counted)
         return written
+
+
+def _result(outcome: _Outcome, written: set[str]) -> EventResult:
+    """An outcome as observers see it (``outbox_admin.observe``)."""
+    if outcome.event.id not in written:
+        return EventResult(outcome.event, "lost", outcome.message)
+    if outcome.status == COMPLETED:
+        kind: Outcome = "completed"
+    elif outcome.waiting:
+        kind = "waiting"
+    elif outcome.released:
+        kind = "released"
+    elif outcome.status == FAILED:
+        kind = "failed"
+    else:
+        kind = "retried"
+    return EventResult(outcome.event, kind, outcome.message)
 
 
 @contextmanager
