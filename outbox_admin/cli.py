@@ -138,15 +138,17 @@ class _VisibleFormatter(logging.Formatter):
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _stderr_handler() -> logging.Handler:
+def _stderr_handler(log_format: str = "text") -> logging.Handler:
+    from .logs import JsonLogFormatter
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_VisibleFormatter(_LOG_FORMAT))
+    handler.setFormatter(JsonLogFormatter() if log_format == "json" else _VisibleFormatter(_LOG_FORMAT))
     return handler
 
 
-def _configure_logging(level: int) -> None:
+def _configure_logging(level: int, log_format: str = "text") -> None:
     """Log to stderr, as data (a no-op when the process has configured logging already)."""
-    logging.basicConfig(level=level, handlers=[_stderr_handler()])
+    logging.basicConfig(level=level, handlers=[_stderr_handler(log_format)])
 
 
 _debug: list[tuple[logging.Logger, logging.Handler, int, bool]] = []  # what --debug changed, undone by main
@@ -279,6 +281,14 @@ def dispatch(
     lease_seconds: Annotated[float | None, typer.Option("--lease-seconds", min=0.1)] = None,
     ordering: Annotated[str | None, typer.Option("--ordering", help="'entity' to keep each entity in order.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not print the audit log of delivered events.")] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="'text' (default), or 'json': one JSON object per line on stderr, with a record per delivery "
+            "(event_id, event_type, handler, outcome, duration_ms, error).",
+        ),
+    ] = "text",
     log_only: Annotated[
         bool,
         typer.Option(
@@ -308,7 +318,9 @@ def dispatch(
     import signal
     import threading
 
-    _configure_logging(logging.WARNING if quiet else logging.INFO)
+    if log_format not in ("text", "json"):
+        _fail(f"--log-format takes 'text' or 'json', not {visible(log_format)!r}", EXIT_USAGE)
+    _configure_logging(logging.WARNING if quiet else logging.INFO, log_format)
     for noisy in ("apscheduler", "alembic"):  # their INFO lines are about themselves, not the outbox
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -338,6 +350,10 @@ def dispatch(
     dispatcher = Dispatcher.from_settings(
         engine, settings, handlers=default_handlers() + deliveries.targets, ordering=ordering, **overrides
     )
+    if log_format == "json":
+        from .logs import DeliveryLog
+
+        dispatcher.add_observer(DeliveryLog(dispatcher=dispatcher.name))
     if once:
         report = dispatcher.drain(max_seconds=None)
         engine.dispose()
@@ -353,12 +369,17 @@ def dispatch(
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     service.start()
-    _say(
+    started = (
         f"dispatching from {engine.url.render_as_string(hide_password=True)} as {dispatcher.name} "
-        f"every {service.interval_seconds:g} s (Ctrl-C to stop)",
-        err=True,
+        f"every {service.interval_seconds:g} s (Ctrl-C to stop)"
     )
-    _say(f"delivering to: {', '.join(route.name for route in dispatcher.routes)}", err=True)
+    targets = f"delivering to: {', '.join(route.name for route in dispatcher.routes)}"
+    if log_format == "json":  # stderr stays one JSON object per line
+        for line in (started, targets):
+            logging.getLogger("outbox_admin.cli").info("%s", line)
+    else:
+        _say(started, err=True)
+        _say(targets, err=True)
     while not stopped.wait(1.0):
         pass
     service.stop(wait=True)

@@ -255,6 +255,14 @@ class Dispatcher:
             None if policy is None else CircuitBreaker(r.name, policy, monotonic=self._monotonic) for r in self._routes
         ]
 
+    @property
+    def observers(self) -> tuple[DispatchObserver, ...]:
+        return self._observers.observers
+
+    def add_observer(self, observer: DispatchObserver) -> None:
+        """Observe this dispatcher from its next handler call on (``outbox_admin.observe``)."""
+        self._observers = Observers([*self._observers.observers, observer])
+
     @classmethod
     def from_settings(cls, engine: Engine, settings: Settings, **kwargs: Any) -> Dispatcher:
         """A dispatcher with the batch size, attempts and lease of ``settings``."""
