@@ -202,6 +202,7 @@ class Dispatcher:
         self._statements: _Statements | None = None
         self.breaker_policy = breaker
         self._observers = Observers(list(observers))
+        self._ticking = self._observers  # the observers of the tick in progress (add_observer waits for the next)
         self._monotonic = time.monotonic if clock is None else (lambda: clock().timestamp())
         self.routes = [Route.of(h) for h in (default_handlers() if handlers is None else handlers)]
         self.batch_size = batch_size
@@ -254,14 +255,6 @@ class Dispatcher:
         self._breakers = [
             None if policy is None else CircuitBreaker(r.name, policy, monotonic=self._monotonic) for r in self._routes
         ]
-
-    @property
-    def observers(self) -> tuple[DispatchObserver, ...]:
-        return self._observers.observers
-
-    def add_observer(self, observer: DispatchObserver) -> None:
-        """Observe this dispatcher from its next handler call on (``outbox_admin.observe``)."""
-        self._observers = Observers([*self._observers.observers, observer])
 
     @classmethod
     def from_settings(cls, engine: Engine, settings: Settings, **kwargs: Any) -> Dispatcher:
@@ -374,6 +367,7 @@ class Dispatcher:
 
     def _tick(self, conn: Connection) -> DispatchReport:
         started = time.perf_counter()
+        self._ticking = self._observers
         report = DispatchReport(ticks=1)
         if self._unwritten:
             self._write_unwritten(conn, report)
@@ -396,10 +390,24 @@ class Dispatcher:
             finally:
                 self._lease_keeper.release()
         report.seconds = time.perf_counter() - started
-        if self._observers:
-            self._observers.finished(self._results, report)
+        if self._ticking:
+            self._ticking.finished(self._results, report)
             self._results = []
         return report
+
+    # -- observers ---------------------------------------------------------------------
+
+    @property
+    def observers(self) -> tuple[DispatchObserver, ...]:
+        """The observers that see each delivery and each tick (``outbox_admin.observe``)."""
+        return self._observers.observers
+
+    def add_observer(self, observer: DispatchObserver) -> None:
+        """Observe this dispatcher from its next tick on (a tick in progress is not shown to it);
+        an observer already added is not added twice."""
+        if any(o is observer for o in self._observers.observers):
+            return
+        self._observers = Observers([*self._observers.observers, observer])
 
     # -- health ------------------------------------------------------------------------
 
@@ -572,7 +580,7 @@ class Dispatcher:
         """
         ledger = ledger or _Ledger()
         handled = _Handled()
-        observers = self._observers
+        observers = self._ticking
         errors, waiting = handled.errors, handled.waiting
         # Per route: the events whose failures make up its current streak. If the streak opens the
         # breaker, they were failures of the handler, not of the events: they wait, no attempt spent.
@@ -805,7 +813,7 @@ class Dispatcher:
         self._count(outcomes, written, report)
 
     def _count(self, outcomes: list[_Outcome], written: set[str], report: DispatchReport) -> None:
-        if self._observers:
+        if self._ticking:
             self._results.extend(_result(o, written) for o in outcomes)
         for outcome in outcomes:
             if outcome.event.id not in written:
