@@ -895,12 +895,17 @@ def _bound_time(engine: Engine, value: dt.datetime) -> Any:
 
 def rollup_totals(engine: Engine, *, tables: OutboxTables = DEFAULT_TABLES) -> RollupTotals:
     """Counts per status and the retry histogram of all events, without reading every event."""
+    with _reading(engine) as conn:
+        return _rollup_totals_in(conn, tables)
+
+
+def _rollup_totals_in(conn: Connection, tables: OutboxTables) -> RollupTotals:
     from . import stats
     from .sql import rollup
 
-    with _reading(engine) as conn:
-        sums = conn.exec_driver_sql(_driver_sql(engine, rollup.totals_sql(engine.dialect, tables))).one()
-        live = conn.exec_driver_sql(_driver_sql(engine, rollup.unfinished_totals_sql(engine.dialect, tables))).all()
+    engine = conn.engine
+    sums = conn.exec_driver_sql(_driver_sql(engine, rollup.totals_sql(engine.dialect, tables))).one()
+    live = conn.exec_driver_sql(_driver_sql(engine, rollup.unfinished_totals_sql(engine.dialect, tables))).all()
     found: dict[str, int] = {status: int(sums[i] or 0) for i, status in enumerate(stats.COUNTED)}
     retries: list[tuple[int, str, int]] = []
     offset = len(stats.COUNTED)
@@ -1066,3 +1071,84 @@ def pauses(
         rows = conn.execute(stmt.order_by(desc(table.c.id)).limit(limit)).all()
     frame = _frame(rows, PAUSE_COLUMNS, ("paused_at", "resumed_at"))
     return frame.astype({"active": bool})
+
+
+# -- the gauges a metrics scrape reads (outbox_admin.metrics): a few index-backed reads, time-limited --
+
+#: How long the reads of one ``outbox_gauges`` may take, together (PostgreSQL: a statement timeout;
+#: SQLite: the query is interrupted).
+GAUGES_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class OutboxGauges:
+    """The outbox's state as a monitoring system samples it, read at ``checked_at`` (the database's clock).
+
+    ``oldest_due_seconds`` is the lag: how long the oldest PENDING event that is due has waited since it
+    was published (0 when none is due; events of a paused type count, they wait too). ``last_claim_at`` is
+    the newest claim any dispatcher wrote to the history (``None``: none there), which is how a dispatcher
+    running anywhere is seen.
+    """
+
+    checked_at: dt.datetime
+    counts: dict[str, int]  # events per status, every status (zero included), from the rollup
+    oldest_due_seconds: float
+    expired_leases: int
+    active_pauses: int
+    last_claim_at: dt.datetime | None
+
+
+def _oldest_due_select(tables: OutboxTables) -> Any:
+    """The creation time of the oldest due PENDING event: the first entry of the due index (its plan is
+    tested) whose ``available_at`` has come, so the walk passes only events waiting on a backoff."""
+    ev = tables.events
+    return (
+        select(ev.c.created_at)
+        .where(ev.c.status == literal_column(f"'{EventStatus.PENDING.value}'"), ev.c.available_at <= db_now())
+        .order_by(ev.c.created_at, ev.c.id)
+        .limit(1)
+    )
+
+
+def _last_claim_select(tables: OutboxTables) -> Any:
+    """The newest claim in the history: the end of the (to_status, from_status, at) index (its plan is tested)."""
+    tr = tables.transitions
+    return (
+        select(tr.c.at)
+        .where(
+            tr.c.to_status == literal_column(f"'{EventStatus.PROCESSING.value}'"),
+            tr.c.from_status == literal_column(f"'{EventStatus.PENDING.value}'"),
+        )
+        .order_by(desc(tr.c.at))
+        .limit(1)
+    )
+
+
+def _active_pauses_select(tables: OutboxTables) -> Any:
+    """How many pauses are active: the partial unique index of the active ones."""
+    pauses_table = tables.pauses
+    return select(func.count()).select_from(pauses_table).where(pauses_table.c.resumed_at.is_(None))
+
+
+def outbox_gauges(
+    engine: Engine, *, timeout_seconds: float = GAUGES_TIMEOUT_SECONDS, tables: OutboxTables = DEFAULT_TABLES
+) -> OutboxGauges:
+    """Events per status, lag, expired leases, active pauses and the last claim, in one read-only
+    transaction that may take ``timeout_seconds`` at most (past it the database error is raised).
+
+    Each read goes through an index meant for it, whatever the table's size: the rollup and the
+    unfinished statuses' ranges (``rollup_totals``), the due index, the leases' partial index, the
+    active pauses' partial index and the end of the history's (to_status, from_status, at) index.
+    """
+    from .reads import time_limited
+
+    with _reading(engine) as conn, time_limited(conn, timeout_seconds):
+        checked_at = conn.execute(select(db_now())).scalar_one()
+        totals = _rollup_totals_in(conn, tables)
+        oldest = conn.execute(_oldest_due_select(tables)).scalar_one_or_none()
+        leases = conn.execute(_expired_leases_select(EventFilter(), tables)).all()
+        active = int(conn.execute(_active_pauses_select(tables)).scalar_one())
+        last_claim = conn.execute(_last_claim_select(tables)).scalar_one_or_none()
+    counts = {str(row.status): int(row.count) for row in totals.counts.itertuples()}
+    lag = 0.0 if oldest is None else max(0.0, (checked_at - oldest).total_seconds())
+    return OutboxGauges(checked_at, counts, lag, sum(int(r[1]) for r in leases), active, last_claim)

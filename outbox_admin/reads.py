@@ -3,6 +3,7 @@ rows made into frames, and the SQL for the seconds between two stored times."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,6 +65,32 @@ def reading(engine: Engine) -> Iterator[Connection]:
     beside writers (WAL); the filters' SQL functions registered."""
     with read_connection(engine) as conn:
         yield prepare_connection(conn)
+
+
+@contextmanager
+def time_limited(conn: Connection, seconds: float) -> Iterator[Connection]:
+    """Let the statements run on ``conn`` inside the block take ``seconds`` at most, together.
+
+    PostgreSQL: ``statement_timeout`` for the transaction (``set_config(..., true)``: it ends with the
+    transaction, so a pooled connection keeps its own setting). SQLite: a progress handler interrupts
+    the statement running past the deadline. Either way the statement fails with the driver's error
+    (``OperationalError``: canceled, interrupted), for the caller to report.
+    """
+    if conn.dialect.name == "postgresql":
+        milliseconds = max(1, int(seconds * 1000))
+        conn.exec_driver_sql("SELECT set_config('statement_timeout', %(ms)s, true)", {"ms": str(milliseconds)})
+        yield conn
+        return
+    driver = conn.connection.driver_connection
+    if conn.dialect.name != "sqlite" or driver is None:
+        yield conn
+        return
+    deadline = time.monotonic() + seconds
+    driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+    try:
+        yield conn
+    finally:
+        driver.set_progress_handler(None, 0)
 
 
 def page_bounds(limit: int, offset: int) -> tuple[int, int]:
