@@ -306,6 +306,19 @@ def dispatch(
             "(default: outbox.toml here, if it exists).",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics) while dispatching; "
+            "needs the metrics extra.",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="The address the metrics are served on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -355,12 +368,19 @@ def dispatch(
 
         dispatcher.add_observer(DeliveryLog(dispatcher=dispatcher.name))
     if once:
+        if metrics_port is not None:
+            _fail("--metrics-port serves a running dispatcher; --once ends before anything could scrape it", EXIT_USAGE)
         report = dispatcher.drain(max_seconds=None)
         engine.dispose()
         dispatcher.close()
         _print_report(report, json_output)
         return
-    service = DispatcherService(dispatcher, interval_seconds=interval or settings.interval_seconds)
+    service = DispatcherService(
+        dispatcher,
+        interval_seconds=interval or settings.interval_seconds,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
     stopped = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -374,12 +394,13 @@ def dispatch(
         f"every {service.interval_seconds:g} s (Ctrl-C to stop)"
     )
     targets = f"delivering to: {', '.join(route.name for route in dispatcher.routes)}"
+    lines = [started, targets] + ([f"metrics at {service.metrics_url}"] if service.metrics_url is not None else [])
     if log_format == "json":  # stderr stays one JSON object per line
-        for line in (started, targets):
+        for line in lines:
             logging.getLogger("outbox_admin.cli").info("%s", line)
     else:
-        _say(started, err=True)
-        _say(targets, err=True)
+        for line in lines:
+            _say(line, err=True)
     while not stopped.wait(1.0):
         pass
     service.stop(wait=True)
@@ -1105,6 +1126,32 @@ def pauses(
         shown[name] = [None if pd.isna(v) else _when(v) for v in frame[name]]
     title = f"{len(frame)} pause(s), newest first" if all_pauses else f"{len(frame)} active pause(s)"
     _table(shown, columns, title, {"reason": 60})
+
+
+@_command()
+def metrics(
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds the database reads may take, together.")
+    ] = 10.0,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print the database gauges once in Prometheus' text format (for cron or a textfile collector).
+
+    Events per status, lag, expired leases, active pauses and the last claim, read through a
+    read-only connection. When the database cannot be read it prints outbox_database_up 0
+    (and no other gauge), says why on stderr and exits 1.
+    """
+    from .metrics import database_metrics_text
+
+    engine = make_engine(database_url or default_database_url(), read_only=True)
+    try:
+        text, error = database_metrics_text(engine, timeout_seconds=timeout)
+    finally:
+        engine.dispose()
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if error is not None:
+        _fail(f"the database could not be read: {error}")
 
 
 @_command("hash-password")

@@ -22,6 +22,10 @@ for minutes under load still shows its progress (``last_tick_at``, ``current_run
 When a handler's circuit breaker is open, the service ticks again when its probe
 is due. Safety between processes comes from the database (``SKIP LOCKED``), not
 from the scheduler.
+
+``metrics_port=9464`` (``metrics_host``, default 127.0.0.1: exposing metrics beyond the host is a
+choice to make) serves Prometheus metrics while the service runs: the dispatcher's counts and
+timings, its breakers and its database's gauges (``outbox_admin.metrics``; the ``metrics`` extra).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -42,6 +46,9 @@ from .config import DEFAULT_INTERVAL_SECONDS
 from .dispatcher import Dispatcher, DispatchReport
 from .errors import AdminActionError, ConfigurationError
 from .wakeup import NOTIFY_CHANNEL, PostgresListener, WakeSignal, wake_key, wake_signal
+
+if TYPE_CHECKING:
+    from .metrics import DispatchMetrics, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +115,9 @@ class DispatcherService:
         drain_seconds: float | None = None,
         listen: bool = True,
         signal: WakeSignal = wake_signal,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics: DispatchMetrics | None = None,
     ) -> None:
         if interval_seconds <= 0:
             raise ConfigurationError("interval_seconds must be positive")
@@ -138,6 +148,32 @@ class DispatcherService:
         self._totals = DispatchReport()
         self._drain_thread: threading.Thread | None = None
         self._manual = threading.Event()  # a run_batch() is in progress
+        self.metrics: DispatchMetrics | None = None
+        self._metrics_server: MetricsServer | None = None
+        if metrics is not None or metrics_port is not None:
+            self._wire_metrics(metrics, metrics_port, metrics_host)
+
+    def _wire_metrics(self, metrics: DispatchMetrics | None, port: int | None, host: str) -> None:
+        """Observe the dispatcher with ``metrics`` (or the ``DispatchMetrics`` it already has, or a new one),
+        its breakers and its database's gauges in the same registry; serve it on ``port`` when given.
+
+        Wired once, here: a service started and stopped again keeps its counters, and only its HTTP
+        server comes and goes with ``start()`` and ``stop()``.
+        """
+        from .metrics import DispatchMetrics, MetricsServer, metrics_of
+
+        metrics = metrics or metrics_of(self.dispatcher) or DispatchMetrics()
+        metrics.watch(self.dispatcher)
+        metrics.watch_database(self.dispatcher.engine, tables=self.dispatcher.tables)
+        self.metrics = metrics
+        if port is not None:
+            self._metrics_server = MetricsServer(metrics.registry, port, host)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the metrics are served while the service runs (``http://host:port/metrics``), else ``None``."""
+        server = self._metrics_server
+        return None if server is None else server.url
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -152,6 +188,8 @@ class DispatcherService:
                 return
             if self.draining or self._manual.is_set():
                 raise AdminActionError("a drain or a batch is running; start the service when it ends")
+            if self._metrics_server is not None:
+                self._metrics_server.start()  # first: a port in use refuses the start before anything runs
             self.dispatcher.clear_stop()
             self._closing.clear()
             self._worker = threading.Thread(target=self._work, name="outbox-dispatch", daemon=True)
@@ -195,6 +233,8 @@ class DispatcherService:
             self._wake_pending.set()
             if wait and worker is not None:
                 worker.join()
+            if self._metrics_server is not None:
+                self._metrics_server.stop()
 
     def configure(self, *, interval_seconds: float | None = None, batch_size: int | None = None) -> None:
         """Change the interval (rescheduling a running service) and the batch size; takes effect
