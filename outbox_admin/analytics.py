@@ -1099,8 +1099,9 @@ class OutboxGauges:
 
 
 def _oldest_due_select(tables: OutboxTables) -> Any:
-    """The creation time of the oldest due PENDING event: the first entry of the due index (its plan is
-    tested) whose ``available_at`` has come, so the walk passes only events waiting on a backoff."""
+    """The creation time of the oldest due PENDING event: the PENDING events in creation order (the due
+    index, or the PENDING range of the (status, created_at, id) index: its plan is tested) up to the first
+    whose ``available_at`` has come, so the walk passes only events waiting on a backoff."""
     ev = tables.events
     return (
         select(ev.c.created_at)

@@ -26,6 +26,8 @@ from the scheduler.
 ``metrics_port=9464`` (``metrics_host``, default 127.0.0.1: exposing metrics beyond the host is a
 choice to make) serves Prometheus metrics while the service runs: the dispatcher's counts and
 timings, its breakers and its database's gauges (``outbox_admin.metrics``; the ``metrics`` extra).
+``metrics=DispatchMetrics(registry=...)`` chooses the observer and its registry (without it: the one the
+dispatcher already has, else a new one with a registry of its own).
 """
 
 from __future__ import annotations

@@ -106,3 +106,15 @@ def test_a_broken_observer_never_stops_a_delivery(engine: Engine) -> None:
     report = Dispatcher(engine, [handler, FailsFirst()], backoff=NO_WAIT, observers=[Broken(), recorder]).drain()
     assert report.completed == 2 and sorted(handler.ids) == sorted(ids)
     assert [c for c in recorder.calls if c[0] == "finished"][-1][1] == ([], 0)  # the observer after it still runs
+
+
+def test_an_observer_added_later_sees_the_next_ticks_once(engine: Engine) -> None:
+    recorder = Recorder()
+    dispatcher = Dispatcher(engine, [RecordingHandler()])
+    assert dispatcher.observers == ()
+    dispatcher.add_observer(recorder)
+    dispatcher.add_observer(recorder)  # added once
+    assert dispatcher.observers == (recorder,)
+    [event] = [e["id"] for e in publish_demo(engine, 1)]
+    dispatcher.dispatch_once()
+    assert [c for c in recorder.calls if c[0] == "finished"] == [("finished", ([(event, "completed")], 1))]
