@@ -73,6 +73,7 @@ def scrape_reads() -> dict[str, Any]:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # the stale state loads 30,000 events and 90,000 history rows
 @pytest.mark.parametrize("state", STATES)
 def test_postgres_plans_of_the_scrape_reads(postgres_url: str, state: str) -> None:
     build_history_state(postgres_url, state)
