@@ -64,6 +64,7 @@ from .models import ALL_HANDLERS, DEFAULT_TABLES, MAX_HANDLER_NAME, EventStatus,
 from .observe import DeliveryAttempt, DispatchObserver, EventResult, Observers, Outcome
 from .patterns import glob_for_postgres, glob_for_sqlite, matches_everything
 from .sql import CLAIMED_COLUMNS, dispatcher_sql
+from .tracing import decode as decode_trace
 
 log = logging.getLogger(__name__)
 
@@ -1029,7 +1030,8 @@ class _Statements:
             # a rounded REAL): it cannot be delivered as it was published.
             raise TypeError(f"the stored payload is a SQLite {type(row[5]).__name__}, not JSON text")
         created_at = self._utc.process_result_value(row[7], self.dialect)
-        return DeliveredEvent(row[0], row[1], row[2], row[3], row[4], payload, row[6], created_at)  # type: ignore[arg-type]
+        trace = decode_trace(row[8]) if row[8] is not None else None  # unreadable: ignored, never a failure
+        return DeliveredEvent(row[0], row[1], row[2], row[3], row[4], payload, row[6], created_at, trace)  # type: ignore[arg-type]
 
     def placeholder(self, row: Any) -> DeliveredEvent:
         """A claimed row that ``delivered`` cannot decode, with what its outcome needs (id, attempts)."""

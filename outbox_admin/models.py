@@ -99,6 +99,8 @@ def _define_tables(
         Column("locked_by", String(255)),
         Column("locked_until", UTCDateTime),
         Column("idempotency_key", String(255)),
+        # The W3C trace context of the span the event was published in (outbox_admin.tracing), or NULL.
+        Column("trace_context", Text),
         UniqueConstraint("org_id", "idempotency_key", name=f"uq_{events_name}_idempotency"),
         schema=schema,
     )
@@ -375,6 +377,7 @@ class OutboxEvent(Base):
     locked_by: Mapped[str | None]
     locked_until: Mapped[dt.datetime | None]
     idempotency_key: Mapped[str | None]
+    trace_context: Mapped[str | None]
 
     def __repr__(self) -> str:
         return f"<OutboxEvent {self.id} {self.event_type} {self.status}>"

@@ -29,6 +29,11 @@ commit try them again and fail again, so the transaction can only be rolled back
 published. After the commit the publisher wakes this process's dispatchers; on
 PostgreSQL each write also issues ``pg_notify``, which reaches listeners in other
 processes only if the transaction commits.
+
+**Trace context.** An event published inside an active OpenTelemetry span stores that
+span's W3C context (``trace_context``), taken at the call, so a buffered event keeps
+the span it was published in; outside a span, or without opentelemetry, NULL
+(``outbox_admin.tracing``).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from .models import DEFAULT_TABLES, EventStatus, OutboxEvent, OutboxTables
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES, INT64_MAX, INT64_MIN, encode_payload, text_fault
 from .sql import PUBLISHED_COLUMNS, PublishSql, publish_sql
 from .sql import PUBLISHER_ACTOR as PUBLISHER_ACTOR  # the history's actor for publishes; kept importable here
+from .tracing import capture as capture_trace
 from .wakeup import WakeSignal, wake_key, wake_signal
 
 PENDING = EventStatus.PENDING.value
@@ -119,6 +125,7 @@ def publish_outbox_event(
         idempotency_key,
         registry or default_registry,
         max_payload_bytes,
+        capture_trace(),
     )
     return _accept(tx, conn, [row], tables)[0]
 
@@ -137,6 +144,7 @@ def publish_outbox_events(
     """
     conn = _connection_of(tx)
     registry = registry or default_registry
+    trace = capture_trace()  # once: the active span cannot change during the call
     rows = []
     for item in events:
         spec = _as_spec(item)
@@ -150,6 +158,7 @@ def publish_outbox_events(
                 spec.idempotency_key,
                 registry,
                 max_payload_bytes,
+                trace,
             )
         )
     return _accept(tx, conn, rows, tables) if rows else []
@@ -283,10 +292,20 @@ class _Row:
     payload: Any  # the normalised payload, as the returned event holds it
     payload_json: str  # the same, encoded once: what is written
     key: str | None
+    trace: str | None  # the W3C context of the span active at the call (outbox_admin.tracing), if any
 
     def wire(self) -> tuple[Any, ...]:
-        """The row as one element of the statement's JSON array (payload as JSON text)."""
-        return (self.id, self.org_id, self.event_type, self.entity_type, self.entity_id, self.payload_json, self.key)
+        """The row as one element of the statement's JSON array (payload as JSON text), in PUBLISHED_COLUMNS order."""
+        return (
+            self.id,
+            self.org_id,
+            self.event_type,
+            self.entity_type,
+            self.entity_id,
+            self.payload_json,
+            self.key,
+            self.trace,
+        )
 
     def values(self, created_at: Any, available_at: Any) -> dict[str, Any]:
         return {
@@ -299,6 +318,7 @@ class _Row:
             "status": PENDING,
             "retry_count": 0,
             "idempotency_key": self.key,
+            "trace_context": self.trace,
             "created_at": created_at,
             "available_at": available_at,
             "error_message": None,
@@ -317,6 +337,7 @@ def _event_row(
     idempotency_key: object,
     registry: EventTypeRegistry,
     max_payload_bytes: int | None,
+    trace: str | None,
 ) -> _Row:
     """Check one event's fields and encode its payload; every refusal is an ``OutboxError``, in bounded time."""
     if event_type.__class__ is str and len(event_type) <= MAX_FIELD_LENGTH:
@@ -333,6 +354,7 @@ def _event_row(
         data,
         encoded,
         None if idempotency_key is None else _text_field("idempotency_key", idempotency_key),
+        trace,  # taken at the call, not at the write: a batch's buffered events keep their own span
     )
 
 

@@ -16,7 +16,7 @@ def test_init_db_twice_is_harmless(db_url: str) -> None:
     names = set(inspect(engine).get_table_names())
     assert {"OutboxEvent", "OutboxEventTransition", "outbox_alembic_version"} <= names
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM outbox_alembic_version")).scalars().all() == ["0007"]
+        assert conn.execute(text("SELECT version_num FROM outbox_alembic_version")).scalars().all() == ["0008"]
     foreign_keys = inspect(engine).get_foreign_keys("OutboxEventTransition")
     # Migration 0003: PostgreSQL no longer checks the history's foreign key (see its docstring).
     assert [fk["referred_table"] for fk in foreign_keys] == (

@@ -32,6 +32,10 @@ class DeliveredEvent:
     payload: Any
     retry_count: int
     created_at: dt.datetime
+    # The W3C trace context it was published in ({"traceparent": ..., "tracestate": ...}), or None.
+    # Last, with a default, so handlers and tests that build events keep working. Sinks send
+    # ``outbox_admin.tracing.trace_headers(event)``, which prefers the delivery span's context.
+    trace_context: Mapping[str, str] | None = None
 
     @property
     def attempt(self) -> int:

@@ -86,10 +86,31 @@ class PublishSql:
 
 
 #: What a published event's statement carries for each event, in this order.
-PUBLISHED_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "idempotency_key")
+PUBLISHED_COLUMNS = (
+    "id",
+    "org_id",
+    "event_type",
+    "entity_type",
+    "entity_id",
+    "payload",
+    "idempotency_key",
+    "trace_context",
+)
 PUBLISHER_ACTOR = "publisher"
 
-CLAIMED_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "retry_count", "created_at")
+#: What a claim returns per event (``dispatcher._Statements.delivered`` reads them by position), then
+#: ``may_have_deliveries``. ``trace_context`` is last so the positions of the others never moved.
+CLAIMED_COLUMNS = (
+    "id",
+    "org_id",
+    "event_type",
+    "entity_type",
+    "entity_id",
+    "payload",
+    "retry_count",
+    "created_at",
+    "trace_context",
+)
 HISTORY_COLUMNS = "event_id, from_status, to_status, at, actor, attempt, error_message"
 LEDGER_COLUMNS = "event_id, handler, attempt, delivered_at, duration_ms, last_error"
 
