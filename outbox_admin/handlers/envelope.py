@@ -13,10 +13,15 @@ Consumers on any platform can read it with a CloudEvents SDK or plain JSON::
       "orgid": "org-1",                     # extension attributes: lower-case letters and digits only
       "entitytype": "Project",
       "entityid": "p-1",
+      "traceparent": "00-4bf9...-01",       # only for an event published inside a span
       "data": {"name": "Apollo"}            # the payload
     }
 
-The envelope depends only on the event, so a redelivery carries the same bytes.
+An event published inside an OpenTelemetry span carries the CloudEvents distributed
+tracing extension: ``traceparent`` (and ``tracestate``) of that publishing span, the
+event's origin, as the extension defines them. The sinks send the delivery's own hop
+in their transport headers (``outbox_admin.tracing.trace_headers``). So the envelope
+depends only on the event, and a redelivery carries the same bytes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ DATA_CONTENT_TYPE = "application/json"
 ORG_ID = "orgid"
 ENTITY_TYPE = "entitytype"
 ENTITY_ID = "entityid"
+#: The CloudEvents distributed tracing extension's attributes (W3C Trace Context).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 
 def check_source(source: str) -> str:
@@ -55,7 +63,7 @@ def rfc3339(moment: dt.datetime) -> str:
 
 def to_envelope(event: DeliveredEvent, *, source: str = DEFAULT_SOURCE) -> dict[str, Any]:
     """The CloudEvents 1.0 attributes of ``event``, with its payload as ``data``."""
-    return {
+    envelope: dict[str, Any] = {
         "specversion": SPECVERSION,
         "id": event.id,
         "source": source,
@@ -66,8 +74,12 @@ def to_envelope(event: DeliveredEvent, *, source: str = DEFAULT_SOURCE) -> dict[
         ORG_ID: event.org_id,
         ENTITY_TYPE: event.entity_type,
         ENTITY_ID: event.entity_id,
-        "data": event.payload,
     }
+    trace = event.trace_context
+    if trace:  # the distributed tracing extension: the publishing span, as stored
+        envelope.update({key: trace[key] for key in (TRACEPARENT, TRACESTATE) if trace.get(key)})
+    envelope["data"] = event.payload
+    return envelope
 
 
 def encode_envelope(envelope: dict[str, Any]) -> bytes:

@@ -1,7 +1,10 @@
 """NATS JetStream sink: publish each event to ``<subject_prefix>.<EVENT_TYPE>`` and wait for the ack.
 
 The ``Nats-Msg-Id`` header is the event id, so JetStream's duplicate window
-(2 minutes by default) drops a redelivery of an event it already stored. The
+(2 minutes by default) drops a redelivery of an event it already stored. The W3C
+``traceparent`` / ``tracestate`` headers (``outbox_admin.tracing.trace_headers``) are
+added when the event has a trace context; they are taken in the dispatcher's thread,
+where the delivery span is, before the batch goes to the sink's loop. The
 dispatcher is synchronous and nats-py is asyncio-only: the sink runs a private
 event loop in a background thread and hands it coroutines; ``close()`` closes the
 connection and stops the loop.
@@ -18,6 +21,7 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, SinkError
+from ..tracing import trace_headers
 from .base import DeliveredEvent
 from .envelope import CONTENT_TYPE, DEFAULT_SOURCE, encode_envelope
 from .sink import SinkBase, check_url, redact_url, require
@@ -147,19 +151,24 @@ class NatsJetStreamSink(SinkBase):
         # Each step (connect, look up / create the stream, publish) stops after ``timeout`` by itself;
         # this bound only guards against a stuck loop.
         bound = 4 * self.timeout + 5
+        traced = {event.id: trace_headers(event) for event in events}  # read here: the loop has its own context
         try:
-            return self._loop.run(self._publish_all(events), timeout=bound)
+            return self._loop.run(self._publish_all(events, traced), timeout=bound)
         except concurrent.futures.TimeoutError:
             raise SinkError(f"no answer from the sink's event loop within {bound:g} s", sink=self.name) from None
 
     # -- on the sink's event loop -------------------------------------------------
 
-    async def _publish_all(self, events: Sequence[DeliveredEvent]) -> dict[str, BaseException]:
+    async def _publish_all(
+        self, events: Sequence[DeliveredEvent], traced: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, BaseException]:
         try:
             js = await self._connected()
         except SinkError as unreachable:
             return {event.id: unreachable for event in events}
-        results = await asyncio.gather(*(self._publish(js, event) for event in events), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._publish(js, event, traced[event.id]) for event in events), return_exceptions=True
+        )
         failures: dict[str, BaseException] = {}
         for event, result in zip(events, results, strict=True):
             if isinstance(result, BaseException):
@@ -168,8 +177,8 @@ class NatsJetStreamSink(SinkBase):
                 failures[event.id] = error
         return failures
 
-    async def _publish(self, js: Any, event: DeliveredEvent) -> None:
-        headers = {MSG_ID_HEADER: event.id, "Content-Type": CONTENT_TYPE}
+    async def _publish(self, js: Any, event: DeliveredEvent, trace: Mapping[str, str]) -> None:
+        headers = {MSG_ID_HEADER: event.id, "Content-Type": CONTENT_TYPE, **trace}
         ack = await js.publish(
             self.subject_for(event),
             encode_envelope(self.envelope(event)),

@@ -1,10 +1,11 @@
 """RabbitMQ sink: publish each event to a topic exchange, routed by its event type, with publisher confirms.
 
 Messages are persistent, carry ``message_id`` = the event id and ``type`` = the
-event type, and the body is the CloudEvents JSON. A delivery counts only when the
-broker confirms it; a message no queue would receive is returned by the broker
-(``mandatory``) and fails the delivery, so it is retried and finally
-dead-lettered in the outbox instead of silently dropped.
+event type, W3C ``traceparent`` / ``tracestate`` headers when the event has a trace
+context (``outbox_admin.tracing.trace_headers``), and the body is the CloudEvents
+JSON. A delivery counts only when the broker confirms it; a message no queue would
+receive is returned by the broker (``mandatory``) and fails the delivery, so it is
+retried and finally dead-lettered in the outbox instead of silently dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigurationError, SinkError
+from ..tracing import trace_headers
 from .base import DeliveredEvent
 from .envelope import DEFAULT_SOURCE, encode_envelope
 from .sink import SinkBase, check_url, redact_url, require
@@ -90,6 +92,7 @@ class RabbitMQSink(SinkBase):
             type=event.event_type,
             timestamp=int(event.created_at.timestamp()),
             app_id=APP_ID,
+            headers=trace_headers(event) or None,
         )
 
     def __call__(self, event: DeliveredEvent) -> None:

@@ -1,7 +1,9 @@
 """Redis Streams sink: ``XADD`` each event to one stream, or to a stream per event type or org.
 
 An entry's fields: ``id`` (the event id), ``type``, ``orgid``, ``subject`` (for
-consumers that filter without parsing) and ``envelope`` (the CloudEvents JSON).
+consumers that filter without parsing), ``envelope`` (the CloudEvents JSON) and, when
+the event has a trace context, ``traceparent`` / ``tracestate``
+(``outbox_admin.tracing.trace_headers``): a stream entry has no headers, so they are fields.
 A batch goes out as one pipeline: one round trip, failures reported per event.
 """
 
@@ -12,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError, SinkError
+from ..tracing import trace_headers
 from .base import DeliveredEvent
 from .envelope import DEFAULT_SOURCE, encode_envelope
 from .sink import SinkBase, check_url, redact_url, require
@@ -93,6 +96,7 @@ class RedisStreamSink(SinkBase):
             "orgid": event.org_id,
             "subject": envelope["subject"],
             "envelope": encode_envelope(envelope),
+            **trace_headers(event),
         }
 
     def __call__(self, event: DeliveredEvent) -> None:

@@ -3,9 +3,11 @@
 Headers: ``webhook-id`` (the event id, the same on every retry), ``webhook-timestamp``
 (Unix seconds) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256 of
 "id.timestamp.body">``), made by the ``standardwebhooks`` package, so receivers can
-verify with any Standard Webhooks library. Any non-2xx answer, a timeout or a
-refused connection fails the delivery (redirects are not followed: a moved
-endpoint should be fixed in the configuration, not silently followed).
+verify with any Standard Webhooks library; ``traceparent`` / ``tracestate`` (W3C Trace
+Context, ``outbox_admin.tracing.trace_headers``) when the event was published inside a
+span or is delivered by a tracing dispatcher (not signed: tracing headers never are).
+Any non-2xx answer, a timeout or a refused connection fails the delivery (redirects are
+not followed: a moved endpoint should be fixed in the configuration, not silently followed).
 
 ``timeout`` is a total deadline for one delivery — connect, send and the whole
 answer together. httpx's own timeouts apply per network operation, so a receiver
@@ -29,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigurationError, SinkError
+from ..tracing import trace_headers
 from .base import DeliveredEvent
 from .envelope import CONTENT_TYPE, DEFAULT_SOURCE, encode_envelope
 from .sink import SinkBase, check_url, redact_url, require
@@ -149,6 +152,7 @@ class WebhookSink(SinkBase):
             "webhook-id": event.id,
             "webhook-timestamp": str(ts),
             "webhook-signature": signature,
+            **trace_headers(event),
         }
         return body, headers
 
