@@ -319,6 +319,14 @@ def dispatch(
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="The address the metrics are served on (0.0.0.0: every interface).")
     ] = "127.0.0.1",
+    trace: Annotated[
+        bool,
+        typer.Option(
+            "--trace",
+            help="Trace each delivery with OpenTelemetry, on the global tracer provider: set one up with "
+            "opentelemetry-instrument or in the handlers' module (needs outbox_admin[tracing]).",
+        ),
+    ] = False,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -327,6 +335,8 @@ def dispatch(
     It delivers to the handlers and sinks of the config file, after the audit log and the
     in-process bus. With none configured it refuses to start (it would mark events
     COMPLETED that nobody received) unless --log-only says the log is the receiver.
+    --trace adds a DeliveryTracer on the global provider, looked up after the handlers'
+    module was imported, so that module may configure the SDK.
     """
     import signal
     import threading
@@ -358,6 +368,11 @@ def dispatch(
             "--log-only delivers to the audit log alone",
             EXIT_USAGE,
         )
+    tracer = None
+    if trace:
+        from .tracing import DeliveryTracer
+
+        tracer = DeliveryTracer()  # no opentelemetry: a ConfigurationError, exit 2, before anything starts
     engine = make_engine(database_url or settings.database_url)
     init_db(engine)
     dispatcher = Dispatcher.from_settings(
@@ -367,6 +382,8 @@ def dispatch(
         from .logs import DeliveryLog
 
         dispatcher.add_observer(DeliveryLog(dispatcher=dispatcher.name))
+    if tracer is not None:
+        dispatcher.add_observer(tracer)
     if once:
         if metrics_port is not None:
             _fail("--metrics-port serves a running dispatcher; --once ends before anything could scrape it", EXIT_USAGE)
