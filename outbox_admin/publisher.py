@@ -33,7 +33,8 @@ processes only if the transaction commits.
 **Trace context.** An event published inside an active OpenTelemetry span stores that
 span's W3C context (``trace_context``), taken at the call, so a buffered event keeps
 the span it was published in; outside a span, or without opentelemetry, NULL
-(``outbox_admin.tracing``).
+(``outbox_admin.tracing``). A write with no traced event leaves the column out: the
+statement it always was, which also runs on a database not yet at migration 0008.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ from .event_types import EventTypeRegistry, default_registry
 from .ids import new_event_id
 from .models import DEFAULT_TABLES, EventStatus, OutboxEvent, OutboxTables
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES, INT64_MAX, INT64_MIN, encode_payload, text_fault
-from .sql import PUBLISHED_COLUMNS, PublishSql, publish_sql
 from .sql import PUBLISHER_ACTOR as PUBLISHER_ACTOR  # the history's actor for publishes; kept importable here
+from .sql import PublishSql, publish_sql
 from .tracing import capture as capture_trace
 from .wakeup import WakeSignal, wake_key, wake_signal
 
@@ -294,18 +295,11 @@ class _Row:
     key: str | None
     trace: str | None  # the W3C context of the span active at the call (outbox_admin.tracing), if any
 
-    def wire(self) -> tuple[Any, ...]:
-        """The row as one element of the statement's JSON array (payload as JSON text), in PUBLISHED_COLUMNS order."""
-        return (
-            self.id,
-            self.org_id,
-            self.event_type,
-            self.entity_type,
-            self.entity_id,
-            self.payload_json,
-            self.key,
-            self.trace,
-        )
+    def wire(self, traced: bool = False) -> tuple[Any, ...]:
+        """The row as one element of the statement's JSON array (payload as JSON text), in the order of
+        ``PUBLISHED_COLUMNS``, or ``TRACED_COLUMNS`` when ``traced``."""
+        fields = (self.id, self.org_id, self.event_type, self.entity_type, self.entity_id, self.payload_json, self.key)
+        return (*fields, self.trace) if traced else fields
 
     def values(self, created_at: Any, available_at: Any) -> dict[str, Any]:
         return {
@@ -408,12 +402,21 @@ def _connection_of(tx: object) -> Connection:
 # but nothing is compiled per call. Every event of a write travels in one JSON array
 # parameter, so the text is the same for one event or thousands.
 
-_COLUMNS = PUBLISHED_COLUMNS
-
 
 @functools.lru_cache(maxsize=64)
-def _publish_sql(tables: OutboxTables, dialect: Dialect) -> PublishSql:
-    return publish_sql(dialect, tables)
+def _publish_sql(tables: OutboxTables, dialect: Dialect, traced: bool) -> PublishSql:
+    return publish_sql(dialect, tables, traced=traced)
+
+
+def _statements(conn: Connection, rows: list[_Row], tables: OutboxTables) -> PublishSql:
+    """The statements for ``rows``: with ``trace_context`` only when one of them has a trace, so an
+    untraced write is the statement it always was (and runs on a database not yet at migration 0008)."""
+    traced = False
+    for row in rows:
+        if row.trace is not None:
+            traced = True
+            break
+    return _publish_sql(tables, conn.dialect, traced)
 
 
 _UTC = UTCDateTime()
@@ -430,20 +433,21 @@ def _sqlite_stamp() -> tuple[str, dt.datetime]:
 
 def _write_rows(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dt.datetime:
     """Write ``rows`` (no idempotency keys) and return the time they were stamped with."""
-    sql = _publish_sql(tables, conn.dialect)
+    sql = _statements(conn, rows, tables)
+    traced = sql.traced
     if sql.history is None:
-        wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
+        wire = json.dumps([row.wire(traced) for row in rows], ensure_ascii=False)
         count, stamp = conn.exec_driver_sql(sql.insert, sql.args("insert", {"events": wire})).one()[:2]
         if count != len(rows):  # pragma: no cover - an INSERT ... SELECT writes every row or fails
             raise RuntimeError(f"wrote {count} of {len(rows)} events")
         return _UTC.process_result_value(stamp, conn.dialect)  # type: ignore[return-value]
     text, stamp = _sqlite_stamp()
     if len(rows) == 1 and sql.insert_one and sql.history_one:
-        single = dict(zip(_COLUMNS, rows[0].wire(), strict=True), at=text)
+        single = dict(zip(sql.columns, rows[0].wire(traced), strict=True), at=text)
         conn.exec_driver_sql(sql.insert_one, single)
         conn.exec_driver_sql(sql.history_one, single)
     else:
-        wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
+        wire = json.dumps([row.wire(traced) for row in rows], ensure_ascii=False)
         conn.exec_driver_sql(sql.insert, {"events": wire, "at": text})
         conn.exec_driver_sql(sql.history, {"ids": json.dumps([row.id for row in rows]), "at": text})
     return stamp
@@ -488,8 +492,8 @@ def _write_through(
 
 def _insert_keyed(conn: Connection, rows: list[_Row], tables: OutboxTables) -> dict[str, tuple[Any, Any]]:
     """Insert ``rows``, skipping taken idempotency keys; ``{id: (created_at, available_at)}`` of those written."""
-    sql = _publish_sql(tables, conn.dialect)
-    wire = json.dumps([row.wire() for row in rows], ensure_ascii=False)
+    sql = _statements(conn, rows, tables)
+    wire = json.dumps([row.wire(sql.traced) for row in rows], ensure_ascii=False)
     if sql.history is None:
         return {
             event_id: (created, available)

@@ -110,9 +110,14 @@ def test_publishing_inside_a_span_stores_its_context_and_outside_stores_null(eng
             buffered = publish_outbox_event(conn, **FIELDS, entity_id="buffered").id
             with spans.tracer.start_as_current_span("nested") as nested:
                 deeper = publish_outbox_event(conn, **FIELDS, entity_id="deeper").id
+    with engine.begin() as conn, outbox_batch(conn):  # one write holding a traced and an untraced event
+        untraced = publish_outbox_event(conn, **FIELDS, entity_id="untraced").id
+        with spans.tracer.start_as_current_span("late") as late:
+            traced = publish_outbox_event(conn, **FIELDS, entity_id="traced").id
     # "deeper" was buffered in the nested span and written after it ended: each event keeps the span of its call
     contexts = stored(engine)
-    assert contexts[outside] is None
+    assert contexts[outside] is None and contexts[untraced] is None
+    assert json.loads(contexts[traced]) == {"traceparent": traceparent(late)}  # type: ignore[arg-type]
     for event_id in [inside, *many, buffered]:
         assert json.loads(contexts[event_id]) == {"traceparent": traceparent(request)}  # type: ignore[arg-type]
     assert json.loads(contexts[deeper]) == {"traceparent": traceparent(nested)}  # type: ignore[arg-type]

@@ -33,6 +33,14 @@ from ..models import OutboxTables
 _NAMED_PARAMETER = re.compile(r":(\w+)")
 
 
+#: What a published event's statement carries for each event, in this order.
+PUBLISHED_COLUMNS = ("id", "org_id", "event_type", "entity_type", "entity_id", "payload", "idempotency_key")
+#: ... and in a write holding at least one event published inside a span, its trace context (migration
+#: 0008). A write with none leaves the column out: the same statement as before, which also runs on a
+#: database not yet upgraded to 0008 (an application deployed before its ``init_db``).
+TRACED_COLUMNS = (*PUBLISHED_COLUMNS, "trace_context")
+
+
 @dataclass(frozen=True)
 class DispatcherSql:
     """The dispatcher's statements for one table set on one dialect, in the driver's parameter style."""
@@ -78,6 +86,12 @@ class PublishSql:
     # For positional parameter styles (asyncpg's ``$1``): each statement's parameter names in the
     # order its text numbers them, keyed by field name. Empty for named styles (psycopg, sqlite3).
     positional: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    columns: tuple[str, ...] = PUBLISHED_COLUMNS  # what each event's element holds, in order
+
+    @property
+    def traced(self) -> bool:
+        """Whether the statements write ``trace_context`` (``TRACED_COLUMNS``)."""
+        return len(self.columns) > len(PUBLISHED_COLUMNS)
 
     def args(self, statement: str, values: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
         """The parameters of the statement in field ``statement``, as its text wants them."""
@@ -85,17 +99,6 @@ class PublishSql:
         return values if order is None else tuple(values[name] for name in order)
 
 
-#: What a published event's statement carries for each event, in this order.
-PUBLISHED_COLUMNS = (
-    "id",
-    "org_id",
-    "event_type",
-    "entity_type",
-    "entity_id",
-    "payload",
-    "idempotency_key",
-    "trace_context",
-)
 PUBLISHER_ACTOR = "publisher"
 
 #: What a claim returns per event (``dispatcher._Statements.delivered`` reads them by position), then
@@ -127,16 +130,23 @@ def may_have_deliveries(alias: str = "") -> str:
     return f"({alias}retry_count > 0 OR {alias}available_at <> {alias}created_at)"
 
 
-def publish_sql(dialect: Any, tables: OutboxTables) -> PublishSql:
-    """The publisher's statements of ``dialect`` for ``tables``."""
+def publish_sql(dialect: Any, tables: OutboxTables, *, traced: bool = False) -> PublishSql:
+    """The publisher's statements of ``dialect`` for ``tables``; ``traced``: with ``trace_context``."""
     names = _names(dialect, tables)
+    columns = TRACED_COLUMNS if traced else PUBLISHED_COLUMNS
     if dialect.name == "postgresql":
         from . import postgres
 
-        return postgres.publish_sql(names, dialect)
+        return postgres.publish_sql(names, dialect, columns)
     from . import sqlite
 
-    return sqlite.publish_sql(names, dialect)
+    return sqlite.publish_sql(names, dialect, columns)
+
+
+def quoted_columns(dialect: Any, columns: tuple[str, ...]) -> str:
+    """``columns`` as a quoted, comma-separated list."""
+    quote = dialect.identifier_preparer.quote
+    return ", ".join(quote(c) for c in columns)
 
 
 def admin_sql(dialect: Any, tables: OutboxTables) -> AdminSql:
@@ -162,7 +172,6 @@ def _names(dialect: Any, tables: OutboxTables) -> _Names:
         leases_index=quote.quote(f"ix_{tables.events.name}_leases"),
         pauses=quote.format_table(tables.pauses),
         active_pauses_index=quote.quote(f"uq_{tables.pauses.name}_active"),
-        published_columns=", ".join(quote.quote(c) for c in PUBLISHED_COLUMNS),
         idempotency_target=f"({quote.quote('org_id')}, {quote.quote('idempotency_key')})",
     )
 
@@ -200,7 +209,6 @@ class _Names:
     leases_index: str
     pauses: str
     active_pauses_index: str  # the partial unique index of the active pauses
-    published_columns: str  # the PUBLISHED_COLUMNS, quoted
     idempotency_target: str  # (org_id, idempotency_key), quoted
 
 

@@ -55,7 +55,6 @@ from . import (
     CLAIMED_COLUMNS,
     HISTORY_COLUMNS,
     LEDGER_COLUMNS,
-    PUBLISHED_COLUMNS,
     PUBLISHER_ACTOR,
     AdminSql,
     DispatcherSql,
@@ -64,6 +63,7 @@ from . import (
     dialect_style,
     driver_style,
     may_have_deliveries,
+    quoted_columns,
     render,
 )
 from .rollup import latency_us_sql, upsert_sql
@@ -247,20 +247,21 @@ def admin_sql(names: _Names, dialect: Any) -> AdminSql:
     )
 
 
-def publish_sql(names: _Names, dialect: Any) -> PublishSql:
+def publish_sql(names: _Names, dialect: Any, columns: tuple[str, ...]) -> PublishSql:
     """One statement per write: the events, their first history rows (a data-modifying CTE) and the
     NOTIFY that wakes other processes once the transaction commits. Only the partial unique index of
     migration 0003 holds idempotency keys, hence the conflict target's WHERE."""
     now = str(db_now().compile(dialect=dialect))
     source = ", ".join(
-        f"CAST(value ->> {i} AS jsonb)" if c == "payload" else f"value ->> {i}" for i, c in enumerate(PUBLISHED_COLUMNS)
+        f"CAST(value ->> {i} AS jsonb)" if c == "payload" else f"value ->> {i}" for i, c in enumerate(columns)
     )
+    published = quoted_columns(dialect, columns)
     history_columns = "event_id, from_status, to_status, at, actor, attempt"
     conflict = f" ON CONFLICT {names.idempotency_target} WHERE idempotency_key IS NOT NULL DO NOTHING"
 
     def insert(conflict: str, result: str) -> str:
         return (
-            f"WITH new AS (INSERT INTO {names.events} ({names.published_columns}, status, retry_count, created_at, "
+            f"WITH new AS (INSERT INTO {names.events} ({published}, status, retry_count, created_at, "
             f"available_at) SELECT {source}, '{PENDING}', 0, {now}, {now} "
             f"FROM json_array_elements(CAST(:events AS json)){conflict} RETURNING id, created_at, available_at), "
             f"history AS (INSERT INTO {names.transitions} ({history_columns}) "
@@ -275,7 +276,13 @@ def publish_sql(names: _Names, dialect: Any) -> PublishSql:
         {} if plain_order is None or keyed_order is None else {"insert": plain_order, "insert_keyed": keyed_order}
     )
     return PublishSql(
-        insert=plain, insert_keyed=keyed, history=None, insert_one=None, history_one=None, positional=positional
+        insert=plain,
+        insert_keyed=keyed,
+        history=None,
+        insert_one=None,
+        history_one=None,
+        positional=positional,
+        columns=columns,
     )
 
 

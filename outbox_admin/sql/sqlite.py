@@ -34,13 +34,13 @@ from . import (
     CLAIMED_COLUMNS,
     HISTORY_COLUMNS,
     LEDGER_COLUMNS,
-    PUBLISHED_COLUMNS,
     PUBLISHER_ACTOR,
     AdminSql,
     DispatcherSql,
     PublishSql,
     _Names,
     may_have_deliveries,
+    quoted_columns,
 )
 from .rollup import add_rows_sql
 from .shared import PENDING, PROCESSING, clock, expire_set, finish_set, older_unfinished, out_of_attempts
@@ -163,14 +163,15 @@ def admin_sql(names: _Names, dialect: Any) -> AdminSql:
     return AdminSql(recover=recover, history=_history(tr, now), notify=None, count=add_rows_sql(names.stats))
 
 
-def publish_sql(names: _Names, dialect: Any) -> PublishSql:
+def publish_sql(names: _Names, dialect: Any, columns: tuple[str, ...]) -> PublishSql:
     """The stamp is a parameter (SQLite's clock is this machine's clock), so the events and their
     first history rows take two statements and nothing is read back."""
-    source = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(PUBLISHED_COLUMNS)))
-    target = f"INSERT INTO {names.events} ({names.published_columns}, status, retry_count, created_at, available_at)"
+    source = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
+    published = quoted_columns(dialect, columns)
+    target = f"INSERT INTO {names.events} ({published}, status, retry_count, created_at, available_at)"
     insert = f"{target} SELECT {source}, '{PENDING}', 0, :at, :at FROM json_each(:events) WHERE true"
     history_columns = "event_id, from_status, to_status, at, actor, attempt"
-    one = ", ".join(f":{c}" for c in PUBLISHED_COLUMNS)
+    one = ", ".join(f":{c}" for c in columns)
     return PublishSql(
         insert=insert,
         insert_keyed=f"{insert} ON CONFLICT {names.idempotency_target} DO NOTHING RETURNING id",
@@ -183,6 +184,7 @@ def publish_sql(names: _Names, dialect: Any) -> PublishSql:
             f"INSERT INTO {names.transitions} ({history_columns}) "
             f"VALUES (:id, NULL, '{PENDING}', :at, '{PUBLISHER_ACTOR}', 0)"
         ),
+        columns=columns,
     )
 
 
