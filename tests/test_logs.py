@@ -104,7 +104,9 @@ def test_dispatch_log_format_json_writes_only_json_lines(sqlite_url: str, tmp_pa
     )
     (tmp_path / "outbox.toml").write_text('handlers = "refusing_handlers:handlers"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env.update(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url, PYTHONPATH=str(tmp_path))
+    # the handlers' folder, then whatever path the tests run with (a checkout's own code before the installed one)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    env.update(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url, PYTHONPATH=path)
     env["OUTBOX_MAX_ATTEMPTS"] = "1"
     result = subprocess.run(
         [sys.executable, "-m", "outbox_admin", "dispatch", "--once", "--log-format", "json", "--json"],
