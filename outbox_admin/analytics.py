@@ -513,7 +513,7 @@ def _error_groups(
 
 #: How many of the newest events with an error ``closest_error_groups`` reads: a bounded, indexed read
 #: (the partial index of the events with an error, newest first), whatever the table's size.
-CLOSEST_GROUPS_SCAN = 2000
+CLOSEST_GROUPS_SCAN = 500
 
 
 @dataclass(frozen=True)
@@ -524,6 +524,19 @@ class GroupCheck:
     exists: bool
     closest: tuple[str, ...]
     scanned: int  # how many of the newest errors the closest groups were looked for in
+
+
+def newest_errors_select(scan: int, tables: OutboxTables = DEFAULT_TABLES) -> Any:
+    """The messages of the newest ``scan`` events with an error: read backwards through the partial
+    index of the events with an error (``ix_<events>_errors``), its plan tested. (A PostgreSQL table never
+    analysed is read whole instead: the planner's default guess is that nearly every row has an error.)"""
+    ev = tables.events
+    return (
+        select(ev.c.error_message.label("message"))
+        .where(ev.c.error_message.is_not(None))
+        .order_by(desc(ev.c.created_at))
+        .limit(max(1, scan))
+    )
 
 
 def check_error_group(
@@ -546,13 +559,7 @@ def check_error_group(
     flt = as_filter(None, error_group=group)
     ev = tables.events
     exists = select(literal(1)).select_from(ev).where(flt.clause(tables)).limit(1)
-    newest = (
-        select(ev.c.error_message.label("message"))
-        .where(ev.c.error_message.is_not(None))
-        .order_by(desc(ev.c.created_at))
-        .limit(max(1, scan))
-        .subquery("newest")
-    )
+    newest = newest_errors_select(scan, tables).subquery("newest")
     counted = select(func.count()).select_from(newest)
     groups = select(normalized_error(newest.c.message)).distinct()
     with _reading(engine) as conn:

@@ -256,7 +256,7 @@ def _attempts(text: str) -> int | None:
     try:
         if not text.strip():
             raise ConfigurationError("empty")
-        return parse_max_attempts(text, "--max-attempts")
+        return parse_max_attempts(text, "--max-attempts", forever=("none", "forever"))
     except ConfigurationError:
         raise typer.BadParameter(
             f"{visible(text)!r} is not a positive integer or 'none' (retry forever)", param_hint="'--max-attempts'"

@@ -33,14 +33,16 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = floa
 FOREVER = ("none", "forever", "0")
 
 
-def parse_max_attempts(raw: str, name: str = "OUTBOX_MAX_ATTEMPTS") -> int | None:
-    """A positive number of attempts, or None for ``none`` (also ``forever`` or ``0``): retry forever.
+def parse_max_attempts(
+    raw: str, name: str = "OUTBOX_MAX_ATTEMPTS", *, forever: tuple[str, ...] = FOREVER
+) -> int | None:
+    """A positive number of attempts, or None for one of ``forever`` (``none``, ``forever``, ``0``): retry forever.
 
-    One parser for the variable and the CLI's option, so both accept the same text; ``name`` is
-    what a refusal (``ConfigurationError``) names.
+    One parser for the variable and the CLI's option; ``name`` is what a refusal (``ConfigurationError``)
+    names. The CLI passes ``forever=("none", "forever")``: an option's ``0`` reads as a typo, not as a wish.
     """
     text = raw.strip().lower()
-    if text in FOREVER:
+    if text in forever:
         return None
     return int(_number({name: text}, name, DEFAULT_MAX_ATTEMPTS, int, 1))
 

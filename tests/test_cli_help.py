@@ -42,7 +42,9 @@ def test_help_explains_every_option_without_type_noise(
     for param in click_command.params:
         for opt in getattr(param, "opts", []):
             if opt.startswith("--"):
-                line = next(line for line in out.splitlines() if line.strip().startswith(opt + " ") or line.strip() == opt)
+                line = next(
+                    line for line in out.splitlines() if line.strip().startswith(opt + " ") or line.strip() == opt
+                )
                 if getattr(param, "is_flag", False):
                     assert line.split()[0] == opt and not re.match(rf"\s*{opt} [A-Z]", line), line
                 else:
@@ -118,7 +120,7 @@ def test_dispatch_accepts_max_attempts_none(
     assert '"ticks": 1' in out
 
 
-@pytest.mark.parametrize("value", ["-1", "many", "1.5", ""])
+@pytest.mark.parametrize("value", ["0", "-1", "many", "1.5", ""])
 @pytest.mark.parametrize("command", [["recover", "--dry-run"], ["dispatch", "--once", "--log-only"]])
 def test_a_bad_max_attempts_is_a_usage_error(
     command: list[str], value: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
