@@ -253,14 +253,15 @@ def _attempts(text: str) -> int | None:
     """``--max-attempts``: a positive integer, or None for 'none' (retry forever); else a usage error."""
     from .config import parse_max_attempts
 
+    refusal = typer.BadParameter(
+        f"{visible(text)!r} is not a positive integer or 'none' (retry forever)", param_hint="'--max-attempts'"
+    )
+    if not text.strip():  # the variable's empty value means the default; an option's is a mistake
+        raise refusal
     try:
-        if not text.strip():
-            raise ConfigurationError("empty")
         return parse_max_attempts(text, "--max-attempts", forever=("none", "forever"))
     except ConfigurationError:
-        raise typer.BadParameter(
-            f"{visible(text)!r} is not a positive integer or 'none' (retry forever)", param_hint="'--max-attempts'"
-        ) from None
+        raise refusal from None
 
 
 @_command()

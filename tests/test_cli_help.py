@@ -93,6 +93,21 @@ def statuses(engine: Engine) -> set[str]:
         return {row[0] for row in conn.execute(select(EVENTS.c.status))}
 
 
+def test_the_variable_and_the_option_share_one_parser() -> None:
+    from outbox_admin.config import Settings, parse_max_attempts
+    from outbox_admin.errors import ConfigurationError
+
+    assert [parse_max_attempts(text) for text in ("none", " Forever ", "0", "3")] == [None, None, None, 3]
+    assert Settings.from_env({"OUTBOX_MAX_ATTEMPTS": "none"}).max_attempts is None
+    assert Settings.from_env({}).max_attempts == 5
+    assert parse_max_attempts("forever", "--max-attempts", forever=("none", "forever")) is None
+    for bad in ("-1", "x", "1.5"):
+        with pytest.raises(ConfigurationError, match="OUTBOX_MAX_ATTEMPTS"):
+            parse_max_attempts(bad)
+    with pytest.raises(ConfigurationError, match="--max-attempts"):
+        parse_max_attempts("0", "--max-attempts", forever=("none", "forever"))
+
+
 def test_recover_with_max_attempts_none_retries_forever(
     engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
