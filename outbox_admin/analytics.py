@@ -511,6 +511,66 @@ def _error_groups(
     return frame.astype({"events": "int64", "failed": "int64"}), total
 
 
+#: How many of the newest events with an error ``closest_error_groups`` reads: a bounded, indexed read
+#: (the partial index of the events with an error, newest first), whatever the table's size.
+CLOSEST_GROUPS_SCAN = 500
+
+
+@dataclass(frozen=True)
+class GroupCheck:
+    """Whether an error group names any stored error, and if not the closest stored groups."""
+
+    group: str
+    exists: bool
+    closest: tuple[str, ...]
+    scanned: int  # how many of the newest errors the closest groups were looked for in
+
+
+def newest_errors_select(scan: int, tables: OutboxTables = DEFAULT_TABLES) -> Any:
+    """The messages of the newest ``scan`` events with an error: read backwards through the partial
+    index of the events with an error (``ix_<events>_errors``), its plan tested. (A PostgreSQL table never
+    analysed is read whole instead: the planner's default guess is that nearly every row has an error.)"""
+    ev = tables.events
+    return (
+        select(ev.c.error_message.label("message"))
+        .where(ev.c.error_message.is_not(None))
+        .order_by(desc(ev.c.created_at))
+        .limit(max(1, scan))
+    )
+
+
+def check_error_group(
+    engine: Engine,
+    group: str,
+    *,
+    limit: int = 5,
+    scan: int = CLOSEST_GROUPS_SCAN,
+    tables: OutboxTables = DEFAULT_TABLES,
+) -> GroupCheck:
+    """Does any stored error belong to ``group`` (any status, any other filter)? When none does, the
+    ``limit`` closest groups (``difflib.get_close_matches``) among those of the newest ``scan`` errors.
+
+    For a filter that matched nothing: a mistyped group (or one copied from an older normalisation)
+    is told apart from a group that exists but not among the filtered events. Groups are normalised
+    by the database (``normalized_error``), as the filter compares them, so a suggestion always matches.
+    """
+    import difflib
+
+    flt = as_filter(None, error_group=group)
+    ev = tables.events
+    exists = select(literal(1)).select_from(ev).where(flt.clause(tables)).limit(1)
+    newest = newest_errors_select(scan, tables).subquery("newest")
+    counted = select(func.count()).select_from(newest)
+    groups = select(normalized_error(newest.c.message)).distinct()
+    with _reading(engine) as conn:
+        if conn.execute(exists).first() is not None:
+            return GroupCheck(group, True, (), 0)
+        scanned = int(conn.execute(counted).scalar_one())
+        names = [row[0] for row in conn.execute(groups)]
+    closest = difflib.get_close_matches(group, names, n=limit, cutoff=0.4)
+    return GroupCheck(group, False, tuple(closest), scanned)
+
+
 def count_error_groups(
     engine: Engine, filters: EventFilter | None = None, *, tables: OutboxTables = DEFAULT_TABLES, **loose: Any
 ) -> int:

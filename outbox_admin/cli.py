@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import sys
+import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.text import Text
-from typer.core import TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from .db import default_database_url, init_db, make_engine
 from .display import has_surrogates, visible, visible_json
@@ -52,6 +53,10 @@ class _DataCommand(TyperCommand):
     File paths are exempt: a file name is bytes to the OS, not text.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _tidy_help(self.params)
+
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         for param in self.params:
             for value in _texts(ctx.params.get(param.name or "")):
@@ -71,6 +76,41 @@ class _DataCommand(TyperCommand):
         return super().invoke(ctx)
 
 
+class _Argument(TyperArgument):
+    """An argument whose help line is its name and help, without typer's ``<str>`` type label."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+def _metavar(param: TyperOption) -> str:
+    """The short metavar of an option that names none: what kind of value it takes."""
+    annotation = param.type_descriptor.annotation
+    if typing.get_origin(annotation) is list:
+        (annotation,) = typing.get_args(annotation)
+    if annotation is int:
+        return "INTEGER"
+    if annotation is float:
+        return "NUMBER"
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        return "FILE"
+    return "TEXT"
+
+
+def _tidy_help(params: Sequence[Any]) -> None:
+    """Help lines as click writes them: a flag shows no type, an option a short metavar (``N``,
+    ``SECONDS``, ``TEXT``), an argument its name. typer labels each with its Python type instead
+    (``<bool>``, ``<int range>``, ``<list[str]>``), noise that says nothing the help does not.
+
+    typer builds the parameters and has no hook for their class, so arguments are given ours here.
+    """
+    for param in params:
+        if type(param) is TyperArgument:
+            param.__class__ = _Argument
+        elif isinstance(param, TyperOption) and param.metavar is None and not param.is_flag:
+            param.metavar = _metavar(param)
+
+
 def _texts(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -85,6 +125,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help, as written: typer's rich mode reads help texts as markup (it swallowed
+    # "[dashboard.users]") and labels every option with its Python type ("<bool>", "<int range>").
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 
 
@@ -189,10 +233,35 @@ DatabaseUrl = Annotated[
     typer.Option(
         "--database-url",
         envvar="OUTBOX_DATABASE_URL",
+        metavar="URL",
         help="SQLAlchemy URL; default: SQLite file outbox.db in the working directory.",
     ),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+MaxAttemptsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-attempts",
+        metavar="N|none",
+        help="Attempts before an event is FAILED, as the dispatchers are configured; 'none' retries forever "
+        "(default: OUTBOX_MAX_ATTEMPTS, or 5).",
+    ),
+]
+
+
+def _attempts(text: str) -> int | None:
+    """``--max-attempts``: a positive integer, or None for 'none' (retry forever); else a usage error."""
+    from .config import parse_max_attempts
+
+    refusal = typer.BadParameter(
+        f"{visible(text)!r} is not a positive integer or 'none' (retry forever)", param_hint="'--max-attempts'"
+    )
+    if not text.strip():  # the variable's empty value means the default; an option's is a mistake
+        raise refusal
+    try:
+        return parse_max_attempts(text, "--max-attempts", forever=("none", "forever"))
+    except ConfigurationError:
+        raise refusal from None
 
 
 @_command()
@@ -209,16 +278,37 @@ def init(database_url: DatabaseUrl = None, json_output: JsonOutput = False) -> N
 @_command()
 def publish(
     event_type: Annotated[str, typer.Argument(help="A registered type, e.g. PROJECT.CREATED.")],
-    org_id: Annotated[str, typer.Option("--org", help="Organisation id.")] = "demo-org",
-    entity_type: Annotated[str, typer.Option("--entity-type")] = "Project",
-    entity_id: Annotated[str, typer.Option("--entity-id")] = "1",
-    payload: Annotated[str | None, typer.Option("--payload", help="JSON text (null, or none given: {}).")] = None,
-    payload_file: Annotated[Path | None, typer.Option("--payload-file", help="A JSON file.")] = None,
-    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    org_id: Annotated[
+        str,
+        typer.Option("--org", metavar="ORG", help="The organisation the event belongs to (a demo value by default)."),
+    ] = "demo-org",
+    entity_type: Annotated[
+        str, typer.Option("--entity-type", metavar="TYPE", help="The type of the entity the event is about.")
+    ] = "Project",
+    entity_id: Annotated[str, typer.Option("--entity-id", metavar="ID", help="The id of that entity.")] = "1",
+    payload: Annotated[
+        str | None,
+        typer.Option("--payload", metavar="JSON", help="The payload as JSON text (null, or none given: {})."),
+    ] = None,
+    payload_file: Annotated[
+        Path | None, typer.Option("--payload-file", metavar="FILE", help="The payload from a JSON file.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Publish at most once per key and org: the same key again returns the first event.",
+        ),
+    ] = None,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Publish one event in its own transaction."""
+    """Publish one event in its own transaction.
+
+    Without --org, --entity-type and --entity-id the event is about entity Project/1 of
+    organisation demo-org: values for trying the outbox out, not for real events.
+    """
     data: Any = {}
     try:
         if payload is not None and payload_file is not None:
@@ -275,16 +365,44 @@ def _surrogate_path(data: Any, path: str) -> str | None:
 @_command()
 def dispatch(
     once: Annotated[bool, typer.Option("--once", help="Drain what is due now, then exit.")] = False,
-    interval: Annotated[float | None, typer.Option("--interval", min=0.01, help="Seconds between ticks.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    max_attempts: Annotated[int | None, typer.Option("--max-attempts", min=1)] = None,
-    lease_seconds: Annotated[float | None, typer.Option("--lease-seconds", min=0.1)] = None,
-    ordering: Annotated[str | None, typer.Option("--ordering", help="'entity' to keep each entity in order.")] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            "--interval",
+            min=0.01,
+            metavar="SECONDS",
+            help="Seconds between ticks (default: OUTBOX_INTERVAL_SECONDS, or 30).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            metavar="N",
+            help="Events claimed per batch (default: OUTBOX_BATCH_SIZE, or 50).",
+        ),
+    ] = None,
+    max_attempts: MaxAttemptsOpt = None,
+    lease_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--lease-seconds",
+            min=0.1,
+            metavar="SECONDS",
+            help="How long a claim holds an event before another dispatcher may recover it; renewed while "
+            "handlers run (default: OUTBOX_LEASE_SECONDS, or 60).",
+        ),
+    ] = None,
+    ordering: Annotated[
+        str | None, typer.Option("--ordering", metavar="entity", help="'entity' to keep each entity in order.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not print the audit log of delivered events.")] = False,
     log_format: Annotated[
         str,
         typer.Option(
             "--log-format",
+            metavar="text|json",
             help="'text' (default), or 'json': one JSON object per line on stderr, with a record per delivery "
             "(event_id, event_type, handler, outcome, duration_ms, error).",
         ),
@@ -302,6 +420,7 @@ def dispatch(
         typer.Option(
             "--config",
             envvar="OUTBOX_CONFIG",
+            metavar="FILE",
             help='TOML file naming the handlers (handlers = "module:attr") and the sinks to deliver to '
             "(default: outbox.toml here, if it exists).",
         ),
@@ -312,12 +431,16 @@ def dispatch(
             "--metrics-port",
             min=0,
             max=65535,
+            metavar="PORT",
             help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics) while dispatching; "
             "needs the metrics extra.",
         ),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option("--metrics-host", help="The address the metrics are served on (0.0.0.0: every interface).")
+        str,
+        typer.Option(
+            "--metrics-host", metavar="HOST", help="The address the metrics are served on (0.0.0.0: every interface)."
+        ),
     ] = "127.0.0.1",
     trace: Annotated[
         bool,
@@ -355,11 +478,11 @@ def dispatch(
     if ordering not in (None, "entity"):
         _fail("--ordering takes 'entity'", EXIT_USAGE)
     settings = Settings.from_env()
-    overrides = {
-        k: v
-        for k, v in {"batch_size": batch_size, "max_attempts": max_attempts, "lease_seconds": lease_seconds}.items()
-        if v is not None
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"batch_size": batch_size, "lease_seconds": lease_seconds}.items() if v is not None
     }
+    if max_attempts is not None:  # "none" is None once parsed: retry forever
+        overrides["max_attempts"] = _attempts(max_attempts)
     deliveries = load_deliveries(config)  # a bad config fails before anything starts
     if not deliveries.targets and not log_only:
         _fail(
@@ -454,18 +577,33 @@ def _print_report(report: Any, json_output: bool) -> None:
 
 # --- operations: stats, events, show, requeue, discard, purge -----------------------------
 
-Status = Annotated[list[str] | None, typer.Option("--status", help="Status (repeat or comma-separate).")]
-EventTypeOpt = Annotated[list[str] | None, typer.Option("--event-type", help="Event type (repeatable).")]
-OrgOpt = Annotated[list[str] | None, typer.Option("--org", help="Org id (repeatable).")]
-EntityOpt = Annotated[str | None, typer.Option("--entity", help="Entity as Type or Type/id.")]
-SinceOpt = Annotated[str | None, typer.Option("--since", help="Created at or after (ISO 8601).")]
-UntilOpt = Annotated[str | None, typer.Option("--until", help="Created before (ISO 8601).")]
-SearchOpt = Annotated[str | None, typer.Option("--search", help="Text in the id, entity id or error message.")]
-ErrorGroupOpt = Annotated[str | None, typer.Option("--error-group", help="A normalised error message (see stats).")]
+Status = Annotated[
+    list[str] | None, typer.Option("--status", metavar="STATUS", help="Status (repeat or comma-separate).")
+]
+EventTypeOpt = Annotated[
+    list[str] | None, typer.Option("--event-type", metavar="TYPE", help="Event type (repeatable).")
+]
+OrgOpt = Annotated[list[str] | None, typer.Option("--org", metavar="ORG", help="Org id (repeatable).")]
+EntityOpt = Annotated[str | None, typer.Option("--entity", metavar="TYPE[/ID]", help="Entity as Type or Type/id.")]
+SinceOpt = Annotated[str | None, typer.Option("--since", metavar="TIME", help="Created at or after (ISO 8601).")]
+UntilOpt = Annotated[str | None, typer.Option("--until", metavar="TIME", help="Created before (ISO 8601).")]
+SearchOpt = Annotated[
+    str | None, typer.Option("--search", metavar="TEXT", help="Text in the id, entity id or error message.")
+]
+ErrorGroupOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--error-group",
+        metavar="GROUP",
+        help="An error group exactly as stats lists it (ids and numbers as <id>, <n>...); one that matches "
+        "no stored error is refused, naming the closest groups.",
+    ),
+]
 PayloadOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--payload",
+        metavar="PATH=VALUE",
         help="PATH=VALUE inside the payload, e.g. customer.id=42 (repeatable, all must hold); "
         "VALUE is JSON when it parses, else text: status=ACTIVE; --payload 'name=\"42\"' for the text 42.",
     ),
@@ -530,6 +668,36 @@ def _engine(database_url: str | None, *, read_only: bool = False) -> Iterator[An
         engine.dispose()
 
 
+def _unknown_group(engine: Any, flt: Any) -> None:
+    """After a filter with ``--error-group`` matched nothing: when no stored error belongs to that group,
+    say so, list the closest stored groups (exact names, one a line, to copy) and exit 1 (nothing done).
+
+    A group that exists, but not among the events the other filters keep, is a plain "0 events".
+    """
+    group = getattr(flt, "error_group", None)
+    if not group:
+        return
+    from . import analytics
+
+    check = analytics.check_error_group(engine, group)
+    if check.exists:
+        return
+    _error_line(f"no stored error group is {group!r} (groups are matched exactly, as stats lists them)")
+    if check.closest:
+        _say(f"the closest of the groups of the newest {check.scanned} errors:", err=True)
+        for name in check.closest:
+            _say(f"  {name}", err=True)
+    elif check.scanned == 0:
+        _say("no stored event has an error", err=True)
+    else:
+        _say(
+            f"none of the groups of the newest {check.scanned} errors is close to it; "
+            "`outbox-admin stats` lists the top groups",
+            err=True,
+        )
+    raise typer.Exit(EXIT_FAILURE)
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
@@ -570,11 +738,11 @@ def stats(
     until: UntilOpt = None,
     search: SearchOpt = None,
     payload: PayloadOpt = None,
-    top: Annotated[int, typer.Option("--top", min=1, max=100, help="How many error groups.")] = 10,
+    top: Annotated[int, typer.Option("--top", min=1, max=100, metavar="N", help="How many error groups.")] = 10,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Counts per status, latency percentiles and the top error groups."""
+    """Counts per status, latency (p50, p95, p99 and max; --json adds mean and p90) and the top error groups."""
     from . import analytics
 
     flt = _filters(status, event_type, org, entity, since, until, search, payload=payload)
@@ -586,7 +754,7 @@ def stats(
         _dump({"status_counts": _records(counts), "latency": _records(latency), "errors": _records(errors)})
         return
     _table(counts, ["status", "count"], "Events by status")
-    _table(latency.round(4), ["event_type", "events", "p50", "p90", "p99", "max"], "Latency (seconds)")
+    _table(latency.round(4), ["event_type", "events", "p50", "p95", "p99", "max"], "Latency (seconds)")
     _table(
         errors, ["events", "failed", "error_group", "event_types", "last_seen"], "Top error groups", {"error_group": 60}
     )
@@ -605,8 +773,10 @@ def events(
     payload: PayloadOpt = None,
     lease_expired: LeaseExpiredOpt = False,
     scheduled: ScheduledOpt = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
-    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, metavar="N", help="Events per page.")] = 50,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, metavar="N", help="Skip this many of the newest matching events.")
+    ] = 0,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -629,6 +799,8 @@ def events(
     with _engine(database_url, read_only=True) as engine:
         frame = analytics.events_frame(engine, flt, limit=limit, offset=offset)
         total = analytics.count_events(engine, flt)
+        if total == 0:
+            _unknown_group(engine, flt)
     if json_output:
         _dump({"total": total, "events": _records(frame)})
         return
@@ -688,6 +860,8 @@ def _run_action(
         force = kwargs.get("force", False)
         plan = admin.plan_action(engine, action, ids or None, status=status, force=force, **flt_kwargs)  # type: ignore[arg-type]
         name = action.replace("_", "-")  # as the command is spelled
+        if plan.count == 0:
+            _unknown_group(engine, flt_kwargs.get("filters"))
         if dry_run:
             if json_output:
                 _dump({"action": name, "dry_run": True, "count": plan.count, "sample_ids": plan.sample_ids})
@@ -725,7 +899,7 @@ def requeue(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Also redeliver PROCESSING or COMPLETED events.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
-    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    actor: Annotated[str, typer.Option("--actor", metavar="NAME", help="Who is acting (kept in the history).")] = "cli",
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -760,9 +934,9 @@ def discard(
     search: SearchOpt = None,
     error_group: ErrorGroupOpt = None,
     payload: PayloadOpt = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the history).")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", metavar="TEXT", help="Why (kept in the history).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
-    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    actor: Annotated[str, typer.Option("--actor", metavar="NAME", help="Who is acting (kept in the history).")] = "cli",
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -795,7 +969,7 @@ def retry_now(
     error_group: ErrorGroupOpt = None,
     payload: PayloadOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
-    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    actor: Annotated[str, typer.Option("--actor", metavar="NAME", help="Who is acting (kept in the history).")] = "cli",
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -815,14 +989,9 @@ def recover(
     until: UntilOpt = None,
     search: SearchOpt = None,
     payload: PayloadOpt = None,
-    max_attempts: Annotated[
-        int | None,
-        typer.Option(
-            "--max-attempts", min=1, help="As the dispatchers are configured (default: OUTBOX_MAX_ATTEMPTS, or 5)."
-        ),
-    ] = None,
+    max_attempts: MaxAttemptsOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would move.")] = False,
-    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    actor: Annotated[str, typer.Option("--actor", metavar="NAME", help="Who is acting (kept in the history).")] = "cli",
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -839,7 +1008,7 @@ def recover(
         database_url,
         filters=flt,
         status=None,
-        max_attempts=max_attempts if max_attempts is not None else Settings.from_env().max_attempts,
+        max_attempts=_attempts(max_attempts) if max_attempts is not None else Settings.from_env().max_attempts,
         actor=actor,
     )
 
@@ -848,6 +1017,7 @@ HandlerOpt = Annotated[
     list[str],
     typer.Option(
         "--handler",
+        metavar="NAME",
         help="The name of a handler to send the events to again (repeatable: --handler webhook --handler redis). "
         "Only the named handlers receive them; the others keep what they have.",
     ),
@@ -857,6 +1027,7 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         envvar="OUTBOX_CONFIG",
+        metavar="FILE",
         help="The TOML file naming the handlers and sinks, as for dispatch (default: outbox.toml here, if it "
         "exists): --handler names not among them are refused (exit 2). Without one the names are not checked.",
     ),
@@ -885,7 +1056,7 @@ def replay(
     payload: PayloadOpt = None,
     config: ConfigOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how many would be sent again.")] = False,
-    actor: Annotated[str, typer.Option("--actor", help="Who is acting (kept in the history).")] = "cli",
+    actor: Annotated[str, typer.Option("--actor", metavar="NAME", help="Who is acting (kept in the history).")] = "cli",
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -917,6 +1088,8 @@ def replay(
     with _engine(database_url) as engine:
         if dry_run:
             plan = admin.plan_action(engine, "replay", event_ids or None, status=wanted, filters=flt, handlers=names)
+            if plan.count == 0:
+                _unknown_group(engine, flt)
             refused = _refused_ids(engine, event_ids) if wanted is None else 0
             if json_output:
                 _dump(
@@ -943,6 +1116,8 @@ def replay(
                 )
             return
         moved = admin.replay(engine, event_ids or None, handlers=names, status=wanted, filters=flt, actor=actor)
+        if moved == 0:
+            _unknown_group(engine, flt)
     if json_output:
         _dump({"action": "replay", "handlers": list(names), "handlers_checked": checked, "moved": moved})
     else:
@@ -1018,9 +1193,25 @@ def parse_age(text: str) -> dt.timedelta | None:
 
 @_command()
 def purge(
-    older_than: Annotated[str, typer.Option("--older-than", help="Age such as 7d, 12h, 30min.")],
-    status: Annotated[list[str] | None, typer.Option("--status", help="Statuses to purge.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000)] = 5000,
+    older_than: Annotated[str, typer.Option("--older-than", metavar="AGE", help="Age such as 7d, 12h, 30min.")],
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            metavar="STATUS",
+            help="Statuses to purge (repeat or comma-separate; default: COMPLETED,DISCARDED).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=100_000,
+            metavar="N",
+            help="Events deleted per transaction, so no transaction holds many locks for long.",
+        ),
+    ] = 5000,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -1064,7 +1255,7 @@ def purge(
 PatternArg = Annotated[
     str, typer.Argument(help="An event type, or a glob as handlers use: 'PROJECT.*', '*', '[AB]*' (quote it).")
 ]
-ActorOpt = Annotated[str, typer.Option("--actor", help="Who is acting (kept with the pause).")]
+ActorOpt = Annotated[str, typer.Option("--actor", metavar="NAME", help="Who is acting (kept with the pause).")]
 
 
 def _pause_record(pause: Any) -> dict[str, Any]:
@@ -1078,7 +1269,7 @@ def _when(value: Any) -> str:
 @_command()
 def pause(
     pattern: PatternArg,
-    reason: Annotated[str, typer.Option("--reason", help="Why (required; shown with the pause).")],
+    reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="Why (required; shown with the pause).")],
     actor: ActorOpt = "cli",
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
@@ -1121,7 +1312,9 @@ def resume(
 @_command()
 def pauses(
     all_pauses: Annotated[bool, typer.Option("--all", help="The whole history, resumed pauses included.")] = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 200,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=10_000, metavar="N", help="At most this many pauses.")
+    ] = 200,
     database_url: DatabaseUrl = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -1148,7 +1341,8 @@ def pauses(
 @_command()
 def metrics(
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds the database reads may take, together.")
+        float,
+        typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Seconds the database reads may take, together."),
     ] = 10.0,
     database_url: DatabaseUrl = None,
 ) -> None:

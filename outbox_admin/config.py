@@ -29,6 +29,24 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = floa
     return value
 
 
+#: The spellings of "retry forever" (``max_attempts=None``) for OUTBOX_MAX_ATTEMPTS and ``--max-attempts``.
+FOREVER = ("none", "forever", "0")
+
+
+def parse_max_attempts(
+    raw: str, name: str = "OUTBOX_MAX_ATTEMPTS", *, forever: tuple[str, ...] = FOREVER
+) -> int | None:
+    """A positive number of attempts, or None for one of ``forever`` (``none``, ``forever``, ``0``): retry forever.
+
+    One parser for the variable and the CLI's option; ``name`` is what a refusal (``ConfigurationError``)
+    names. The CLI passes ``forever=("none", "forever")``: an option's ``0`` reads as a typo, not as a wish.
+    """
+    text = raw.strip().lower()
+    if text in forever:
+        return None
+    return int(_number({name: text}, name, DEFAULT_MAX_ATTEMPTS, int, 1))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the CLI, the dashboard and the service need to know.
@@ -49,12 +67,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``OUTBOX_*`` environment variables (or the given mapping)."""
         env = os.environ if env is None else env
-        attempts_raw = env.get("OUTBOX_MAX_ATTEMPTS", "").strip().lower()
-        max_attempts: int | None
-        if attempts_raw in ("none", "forever", "0"):
-            max_attempts = None
-        else:
-            max_attempts = int(_number(env, "OUTBOX_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, int, 1))
+        max_attempts = parse_max_attempts(env.get("OUTBOX_MAX_ATTEMPTS", ""))
         return cls(
             database_url=env.get("OUTBOX_DATABASE_URL") or None,
             interval_seconds=_number(env, "OUTBOX_INTERVAL_SECONDS", DEFAULT_INTERVAL_SECONDS, float, 0.01),

@@ -3,6 +3,7 @@ or the dead letters' failing handlers, grouped by handler and error (from the de
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import streamlit as st
@@ -71,11 +72,32 @@ def failures() -> None:
     _group(ctx, group)
 
 
+def _exact_name(group: str, *, command: bool = True) -> None:
+    """The selected group's exact name in a code block, whose copy button copies it, and the CLI
+    command that selects it: the name must be given exactly (``--error-group``, the Events filter).
+
+    A name holding characters a terminal would act on or hide is shown with escapes (as everywhere),
+    so its copy is not the name: the page says so instead of offering a command that matches nothing.
+    ``command=False`` for a handler's error (from the ledger), which ``--error-group`` does not select.
+    """
+    shown = visible(group)
+    st.caption("The group's exact name (the button at the right of the block copies it):")
+    st.code(shown, language=None)
+    if shown != group:
+        st.warning(
+            "This name holds characters a terminal would act on or hide, shown as escapes: a copy of it "
+            "is not the name and matches no group."
+        )
+        return
+    if command:
+        st.code(f"outbox-admin requeue --error-group {shlex.quote(group)} --dry-run", language="bash")
+
+
 def _group(ctx: Context, group: str) -> None:
     """One group's FAILED events, paged, with its actions and a link to all its events on the Events page."""
     engine = ctx.engine
     st.subheader("FAILED events of this group")
-    st.code(visible(group), language=None)
+    _exact_name(group)
     st.markdown(components.events_link(EventFilter(error_group=group), "Open this group in Events"))
     dead_filter = EventFilter(status=("FAILED",), error_group=group)
     page_key = components.table_key("failures_dead_page", [group])
@@ -143,7 +165,7 @@ def _by_handler(ctx: Context) -> None:
     handler, group = groups["handler"].iloc[rows[0]], groups["error_group"].iloc[rows[0]]
     st.subheader("FAILED events of this handler and error")
     st.markdown(f"Handler {components.literal(analytics.handler_label(handler))}")
-    st.code(visible(group), language=None)
+    _exact_name(group, command=False)
     ids = analytics.failing_event_ids(ctx.engine, handler, group)
     page_key = components.table_key("failures_handler_events_page", [handler, group])
     start = components.pager(page_key, len(ids), EVENTS_PAGE, "FAILED events")
