@@ -185,11 +185,16 @@ def _cli_lines(path: Path) -> Iterator[tuple[Block, list[str]]]:
         if block.lang not in ("bash", "console", "sh", "shell"):
             continue
         for line in block.source.splitlines():
-            line = re.sub(r"^\$\s*", "", line.split(" #", 1)[0]).strip()
-            for part in re.split(r"&&|\|\||[|;>]", line):
-                words = shlex.split(part.strip())
-                if words and words[0] == "outbox-admin":
-                    yield block, words[1:]
+            lexer = shlex.shlex(re.sub(r"^\$\s*", "", line), posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True  # with punctuation_chars: &&, |, ;, > are tokens of their own
+            command: list[str] = []
+            for token in [*lexer, ";"]:
+                if token and set(token) <= set("&|;<>()"):
+                    if command and command[0] == "outbox-admin":
+                        yield block, command[1:]
+                    command = []
+                else:
+                    command.append(token)
 
 
 @pytest.mark.parametrize("path", PAGES, ids=page_id)
