@@ -213,6 +213,7 @@ def test_cli_examples_name_real_commands_and_options(path: Path) -> None:
 
 
 def test_the_cli_help_of_the_docs_runs() -> None:
+    """``outbox-admin --help`` in a process of its own, and ``COMMAND --help`` of every command the docs show."""
     done = subprocess.run(
         [sys.executable, "-m", "outbox_admin", "--help"],
         capture_output=True,
@@ -224,6 +225,15 @@ def test_the_cli_help_of_the_docs_runs() -> None:
     assert done.returncode == 0, done.stderr
     for name in _cli_commands():
         assert name in done.stdout
+    from typer.testing import CliRunner
+
+    from outbox_admin.cli import app
+
+    shown = sorted({words[0] for path in PAGES for _, words in _cli_lines(path) if words and words[0] != "--help"})
+    assert {"dispatch", "publish", "requeue", "stats"} <= set(shown)
+    for name in shown:
+        result = CliRunner().invoke(app, [name, "--help"])
+        assert result.exit_code == 0, f"outbox-admin {name} --help: {result.output}"
 
 
 def test_the_readme_is_short_with_the_two_quick_start_commands_and_a_15_line_example() -> None:
