@@ -23,6 +23,8 @@ DOCS = ROOT / "docs"
 NOT_RUN = re.compile(r"#\s*not run:\s*(?P<reason>\S.*)")
 #: A page with this HTML comment (invisible once rendered) runs on a fresh, empty PostgreSQL database.
 POSTGRES_PAGE = "<!-- examples: postgres -->"
+#: A shell block right after this HTML comment is run, line by line, after the page's Python blocks.
+RUN_SHELL = "<!-- examples: run -->"
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 
@@ -35,6 +37,8 @@ class Block:
     line: int
     lang: str
     source: str
+    #: A shell block marked to run (``RUN_SHELL`` on the line before its fence).
+    run: bool = False
 
     @property
     def not_run_reason(self) -> str | None:
@@ -62,7 +66,8 @@ def blocks(path: Path) -> list[Block]:
         if indent:
             body = "".join(line.removeprefix(indent) for line in body.splitlines(keepends=True))
         line = text.count("\n", 0, match.start("body")) + 1
-        found.append(Block(path, line, match["lang"].lower(), body))
+        before = text[: match.start()].rstrip().rsplit("\n", 1)[-1].strip()
+        found.append(Block(path, line, match["lang"].lower(), body, run=before == RUN_SHELL))
     return found
 
 

@@ -15,7 +15,9 @@
   ``outbox:*``, the JetStream stream ``OUTBOX``, the RabbitMQ exchange ``outbox`` and queue ``billing``)
   are removed before and after the page, so each run owns its data.
 - ```toml blocks must parse; the ``outbox-admin`` commands of ```bash / ```console blocks must name
-  existing commands and options (checked against the CLI, not run).
+  existing commands and options (checked against the CLI; each shown command's ``--help`` runs). A shell
+  block right after ``<!-- examples: run -->`` is run line by line after the page's Python blocks, in
+  the same folder and environment.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def runnable(path: Path) -> list[Block]:
     return [b for b in python_blocks(path) if b.not_run_reason is None]
 
 
-RUNNABLE_PAGES = [p for p in PAGES if runnable(p)]
+RUNNABLE_PAGES = [p for p in PAGES if runnable(p) or any(b.run for b in blocks(p))]
 
 
 def _clean_shared_names(sources: str) -> None:
@@ -139,6 +141,24 @@ def test_the_examples_of_a_page_run(path: Path, tmp_path: Path, request: pytest.
     finally:
         _clean_shared_names(sources)
     assert done.returncode == 0, f"{page_id(path)}: an example failed\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    _run_shell_blocks(path, tmp_path, env)
+
+
+def _run_shell_blocks(path: Path, cwd: Path, env: dict[str, str]) -> None:
+    """The page's shell blocks marked ``<!-- examples: run -->``, each line in bash, in the page's folder and
+    environment (so on its database), with this Python's scripts (``outbox-admin``) first on ``PATH``."""
+    env = {**env, "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
+    for block in blocks(path):
+        if not block.run:
+            continue
+        for offset, line in enumerate(block.source.splitlines()):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            done = subprocess.run(
+                ["bash", "-c", line], capture_output=True, text=True, cwd=cwd, env=env, timeout=PAGE_TIMEOUT
+            )
+            where = f"{page_id(path)}:{block.line + offset}"
+            assert done.returncode == 0, f"{where}: {line}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
 
 
 def test_the_blocks_not_run_are_few_and_say_why() -> None:
