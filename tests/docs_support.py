@@ -52,8 +52,9 @@ class Block:
 
 
 def pages() -> list[Path]:
-    """README.md and every Markdown page of the docs site, in a stable order."""
-    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    """README.md, CONTRIBUTING.md (which docs/contributing.md includes) and every Markdown page of the
+    docs site, in a stable order."""
+    return [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted(DOCS.rglob("*.md"))]
 
 
 def blocks(path: Path) -> list[Block]:
