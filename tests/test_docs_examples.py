@@ -42,7 +42,7 @@ from .sinks_support import WebhookReceiver
 README = ROOT / "README.md"
 PAGES = pages()
 #: Blocks not run, all pages together: keep this small.
-MAX_NOT_RUN = 8
+MAX_NOT_RUN = 5
 #: Seconds one page's examples may take (they run against local servers; the whole file stays under 20 s).
 PAGE_TIMEOUT = 60
 
