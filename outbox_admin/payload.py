@@ -5,7 +5,7 @@ before publishing; here the publisher does it, so consumers always see plain JSO
 numbers. Anything that has no faithful JSON form is refused with a ``PayloadError``
 naming where it sits (``payload.items[3].price``), before anything is written.
 
-The rules, identical on SQLite and PostgreSQL (the README's Publishing section
+The rules, identical on SQLite and PostgreSQL (docs/publishing.md
 says the same to users):
 
 - A payload is a JSON **object or array** (an entity's fields); a top-level

@@ -11,7 +11,7 @@ already read only the window through one. Written by the publisher it would have
 cost every application transaction a row (and missed events other programs
 insert); written by a periodic job from the history it would miss transactions
 that commit late. Its price: 3-4% of dispatch throughput for a burst, up to 11%
-for a backlog spread over a day (README, Benchmarks).
+for a backlog spread over a day (docs/benchmarks.md).
 
 What a row says. Of the events *created* in ``period`` (a minute; after compaction
 an hour or a day, ``span`` seconds) with one ``event_type``: how many are now

@@ -313,9 +313,9 @@ def test_an_unexpected_error_is_one_line_with_code_3_and_its_traceback_with_debu
     one_error_line(run(monkeypatch, capsys, "show", "x"), 3)  # --debug lasted one run
 
 
-def test_the_readme_and_main_document_the_same_exit_codes() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    paragraph = readme[readme.index("**The CLI**") :].split("\n\n")[0]
+def test_the_docs_and_main_document_the_same_exit_codes() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text(encoding="utf-8")
+    paragraph = page[page.index("## The CLI") :].split("\n\n")[1]
     documented = set(re.findall(r"(\d+)\s+(?:ok|a failure|bad usage|an internal error|interrupted)", paragraph))
     in_main = set(re.findall(r"^\s*- (\d+) ", cli.main.__doc__ or "", re.MULTILINE))
     constants = {str(getattr(cli, n)) for n in dir(cli) if n.startswith("EXIT_")}
