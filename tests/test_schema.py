@@ -5,8 +5,9 @@ import threading
 import pytest
 from sqlalchemy import inspect, text
 
-from outbox_admin import ConfigurationError, OutboxTables, init_db, make_engine, publish_outbox_event
+from outbox_admin import ConfigurationError, Dispatcher, OutboxTables, init_db, make_engine, publish_outbox_event
 from outbox_admin.db import normalize_url
+from outbox_admin.handlers.base import RecordingHandler
 
 
 def test_init_db_twice_is_harmless(db_url: str) -> None:
@@ -167,4 +168,12 @@ def test_adopt_a_prisma_made_table(empty_postgres_url: str) -> None:
         assert row.available_at == row.created_at
         conn.execute(text("""UPDATE "OutboxEvent" SET status = 'DISCARDED' WHERE id = 'prisma-1'"""))
         publish_outbox_event(conn, org_id="org", event_type="PROJECT.UPDATED", entity_type="Project", entity_id="p1")
+        # the original's publisher, still running beside this library, writes without available_at
+        conn.execute(
+            text("""INSERT INTO "OutboxEvent" (id, org_id, event_type, entity_type, entity_id, payload)
+                    VALUES ('prisma-2', 'org', 'PROJECT.UPDATED', 'Project', 'p1', '{"a": 2}')""")
+        )
+    handler = RecordingHandler()
+    assert Dispatcher(engine, [handler]).drain().completed == 2
+    assert "prisma-2" in handler.ids
     engine.dispose()

@@ -78,7 +78,9 @@ def _adopt_events_table(bind, events: str, schema: str | None) -> None:
             op.add_column(events, sa.Column("available_at", UTCDateTime, nullable=True), schema=schema)
             op.execute(sa.text(f"UPDATE {table_sql} SET available_at = created_at"))
             if postgres:
-                op.alter_column(events, "available_at", nullable=False, schema=schema)
+                # The original's publisher does not know the column: a default lets its inserts go on
+                # (due at once, as its rows were) while both write to the table. This library always sets it.
+                op.alter_column(events, "available_at", nullable=False, server_default=sa.text("now()"), schema=schema)
             continue
         column.primary_key = False
         op.add_column(events, column, schema=schema)
