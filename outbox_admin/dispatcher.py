@@ -84,6 +84,7 @@ LEDGER_HINT = len(CLAIMED_COLUMNS)
 Delivery = tuple[str, str, float | None, str | None]
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NOT_OBSERVED = nullcontext()
+_NO_NAMES: frozenset[str] = frozenset()
 Clock = Callable[[], dt.datetime]
 
 
@@ -582,6 +583,8 @@ class Dispatcher:
         ledger = ledger or _Ledger()
         handled = _Handled()
         observers = self._ticking
+        observed = bool(observers)  # once per batch: checked for every call
+        deliveries = handled.deliveries
         errors, waiting = handled.errors, handled.waiting
         # Per route: the events whose failures make up its current streak. If the streak opens the
         # breaker, they were failures of the handler, not of the events: they wait, no attempt spent.
@@ -664,14 +667,14 @@ class Dispatcher:
                 if decision == "probe":
                     targets = fewest_attempts_first(targets)
                 sent, targets = (targets[:1], targets[1:]) if decision == "probe" else (targets, [])
-                with observers.delivering(route_names[index], sent) if observers else _NOT_OBSERVED:
+                with observers.delivering(route_names[index], sent) if observed else _NOT_OBSERVED:
                     started = time.perf_counter()
                     try:
                         failures = route.handler.handle_batch(sent) or {}
                     except Exception as exc:  # noqa: BLE001 - a handler failure is data, not a crash
                         failures = {e.id: exc for e in sent}
                     took = time.perf_counter() - started
-                    if observers:
+                    if observed:
                         observers.delivered(
                             [DeliveryAttempt(e, route_names[index], took, failures.get(e.id)) for e in sent]
                         )
@@ -694,27 +697,24 @@ class Dispatcher:
                 handled.unhandled = [e for e in events[position:] if e.id not in errors and e.id not in waiting]
                 break
             for index, route in single:
-                if not wanted(index, route, event):
+                if not (wanted(index, route, event) if recorded else route.accepts(event)):
                     continue
                 breaker = self._breakers[index]
                 if breaker is not None and breaker.allow() == "skip":
                     waiting[event.id] = _waiting_text(breaker)
                     continue
-                error: Exception | None = None
-                with observers.delivering(route_names[index], (event,)) if observers else _NOT_OBSERVED:
-                    started = time.perf_counter()
-                    try:
-                        route.handler(event)
-                    except Exception as exc:  # noqa: BLE001
-                        error = exc
-                    took = time.perf_counter() - started
-                    if observers:
+                if observed:
+                    with observers.delivering(route_names[index], (event,)):
+                        error, took = _timed_call(route.handler, event)
                         observers.delivered([DeliveryAttempt(event, route_names[index], took, error)])
+                else:
+                    error, took = _timed_call(route.handler, event)
                 if error is not None:
                     failed(index, event.id, error, route_names[index])
                     continue
                 succeeded(index)
-                delivered(event.id, route_names[index], took)
+                # delivered(), inlined: this loop runs once per event and handler
+                deliveries.setdefault(event.id, []).append((event.id, route_names[index], round(took * 1000, 3), None))
         for event_id in ledger.delivered.keys() | ledger.owed.keys() | ledger.failing.keys():
             handled.recorded[event_id] = ledger.rows_of(event_id)
         for event_id in ledger.owed.keys() & ledger.failing.keys():
@@ -749,7 +749,8 @@ class Dispatcher:
         outcomes: list[_Outcome] = []
         for e in events:
             done = deliveries.get(e.id, ())
-            known = frozenset(handled.recorded.get(e.id, ()))
+            had = handled.recorded.get(e.id)
+            known = frozenset(had) if had else _NO_NAMES
             if e.id in undecodable:  # no attempt can succeed: straight to the dead letters
                 outcomes.append(_Outcome(e, FAILED, 1, undecodable[e.id], e.retry_count + 1, 0.0))
             elif e.id in errors:
@@ -887,6 +888,16 @@ class Dispatcher:
             if counted:
                 conn.exec_driver_sql(sql.count, counted)
         return written
+
+
+def _timed_call(handler: Any, event: DeliveredEvent) -> tuple[Exception | None, float]:
+    """Call a one-event handler: (its exception or None, seconds it took)."""
+    started = time.perf_counter()
+    try:
+        handler(event)
+    except Exception as exc:  # noqa: BLE001 - a handler failure is data, not a crash
+        return exc, time.perf_counter() - started
+    return None, time.perf_counter() - started
 
 
 def _result(outcome: _Outcome, written: set[str]) -> EventResult:
