@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
 TIMEOUT = 60
@@ -18,6 +20,26 @@ def keep_main_module() -> Iterator[None]:
     yield
     if main is not None:
         sys.modules["__main__"] = main
+
+
+def dashboard_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """A migrated SQLite file the dashboard opens (``OUTBOX_DATABASE_URL``), no sign-in or read-only
+    setting; afterwards the dashboard's services are stopped and its cached resources cleared."""
+    import streamlit as st
+
+    from outbox_admin import init_db, make_engine
+    from outbox_admin.ui.context import stop_all_services
+
+    url = f"sqlite:///{tmp_path / 'dashboard.db'}"
+    monkeypatch.setenv("OUTBOX_DATABASE_URL", url)
+    for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY"):
+        monkeypatch.delenv(name, raising=False)
+    engine = make_engine(url)
+    init_db(engine)
+    yield engine
+    engine.dispose()
+    stop_all_services()
+    st.cache_resource.clear()
 
 
 def linked_ids(links: object) -> list[str]:

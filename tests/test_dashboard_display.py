@@ -16,14 +16,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import streamlit as st
 
-from outbox_admin import Dispatcher, analytics, init_db, make_engine, publish_outbox_event
+from outbox_admin import Dispatcher, analytics, publish_outbox_event
 from outbox_admin.display import visible, visible_json
 from outbox_admin.ui.components import literal, table_key
-from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module, page  # noqa: F401 - an autouse fixture
+from .dashboard_support import dashboard_database, keep_main_module, page  # noqa: F401 - an autouse fixture
 
 TIMEOUT = 60
 MARKDOWN = "**b** _i_ [x](https://evil.example) :red[r] :smile: $x$ <b>h</b> `t` ``u"
@@ -63,16 +61,7 @@ def frame_of(element: Any) -> pd.DataFrame:
 
 @pytest.fixture
 def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    url = f"sqlite:///{tmp_path / 'dashboard.db'}"
-    monkeypatch.setenv("OUTBOX_DATABASE_URL", url)
-    for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY"):
-        monkeypatch.delenv(name, raising=False)
-    engine = make_engine(url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
-    stop_all_services()
-    st.cache_resource.clear()
+    yield from dashboard_database(tmp_path, monkeypatch)
 
 
 def receiver(event: Any) -> None:

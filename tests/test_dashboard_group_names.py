@@ -8,31 +8,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from sqlalchemy import Engine, update
 
-from outbox_admin import analytics, init_db, make_engine, publish_outbox_event
+from outbox_admin import analytics, publish_outbox_event
 from outbox_admin.models import DEFAULT_TABLES
 from outbox_admin.ui.components import table_key
-from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module, page  # noqa: F401 - an autouse fixture
+from .dashboard_support import dashboard_database, keep_main_module, page  # noqa: F401 - an autouse fixture
 
 EVENTS = DEFAULT_TABLES.events
 
 
 @pytest.fixture
 def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'dashboard.db'}"
-    monkeypatch.setenv("OUTBOX_DATABASE_URL", url)
-    for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY"):
-        monkeypatch.delenv(name, raising=False)
-    engine = make_engine(url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
-    stop_all_services()
-    st.cache_resource.clear()
+    yield from dashboard_database(tmp_path, monkeypatch)
 
 
 def fail(engine: Engine, messages: list[str]) -> None:
