@@ -22,9 +22,12 @@ def keep_main_module() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def dashboard_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+def dashboard_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, unset: tuple[str, ...] = ()
+) -> Iterator[Engine]:
     """A migrated SQLite file the dashboard opens (``OUTBOX_DATABASE_URL``), no sign-in or read-only
-    setting; afterwards the dashboard's services are stopped and its cached resources cleared."""
+    setting (nor the variables in ``unset``); afterwards the dashboard's services are stopped and its
+    cached resources cleared."""
     import streamlit as st
 
     from outbox_admin import init_db, make_engine
@@ -32,7 +35,7 @@ def dashboard_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 
     url = f"sqlite:///{tmp_path / 'dashboard.db'}"
     monkeypatch.setenv("OUTBOX_DATABASE_URL", url)
-    for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY"):
+    for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY", *unset):
         monkeypatch.delenv(name, raising=False)
     engine = make_engine(url)
     init_db(engine)

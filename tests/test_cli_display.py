@@ -10,7 +10,6 @@ stderr of ``dispatch``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from sqlalchemy import Engine
 from outbox_admin import Dispatcher, analytics, cli, make_engine, publish_outbox_event
 from outbox_admin.display import visible, visible_json
 
+from .cli_support import clean_env, run_entry_point
 from .cli_support import run_main as run
 
 LINK = "[link=https://evil.example]click[/link]"
@@ -235,8 +235,7 @@ def test_undecodable_arguments_are_refused_in_one_line(
 
 def test_undecodable_bytes_in_the_real_argv_are_refused(sqlite_url: str, tmp_path: Path) -> None:
     """Bytes that are not UTF-8, as a shell passes them, through the real entry point."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env.update(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url)
+    env = clean_env(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url)
     result = subprocess.run(
         [sys.executable, "-m", "outbox_admin", "events", b"--search", b"caf\xe9"],
         cwd=tmp_path,
@@ -327,17 +326,8 @@ def test_the_dispatch_log_shows_stored_text_visibly(sqlite_url: str, tmp_path: P
     engine = make_engine(sqlite_url)
     publish(engine, entity_id="p-\x1b[2J", payload={"body": "\x9b\u202eevil"})
     engine.dispose()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env.update(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url)
-    result = subprocess.run(
-        [sys.executable, "-m", "outbox_admin", "dispatch", "--once", "--log-only", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-    )
+    env = clean_env(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url)
+    result = run_entry_point(["dispatch", "--once", "--log-only", "--json"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["completed"] == 1
     assert not RAW_CONTROLS.search(result.stderr)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +22,7 @@ from sqlalchemy import Engine, func, insert, inspect, select
 from outbox_admin import analytics, make_engine
 from outbox_admin.models import DEFAULT_TABLES
 
-from .cli_support import run_main
+from .cli_support import clean_env, run_entry_point, run_main
 
 EVENTS = DEFAULT_TABLES.events
 TRANSITIONS = DEFAULT_TABLES.transitions
@@ -148,19 +146,10 @@ def seeded(db_url: str) -> Iterator[tuple[str, Engine]]:
 
 def run_cli(calls: Mapping[str, Sequence[str]], cwd: Path) -> dict[str, subprocess.CompletedProcess[str]]:
     """Run ``python -m outbox_admin ARGS`` for each named call, side by side; their results by name."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env.update(PYTHONIOENCODING="utf-8", NO_COLOR="1", COLUMNS="200")
+    env = clean_env(PYTHONIOENCODING="utf-8", NO_COLOR="1", COLUMNS="200")
 
     def one(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "outbox_admin", *args],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            timeout=60,
-        )
+        return run_entry_point(args, cwd, env)
 
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         futures = {name: pool.submit(one, args) for name, args in calls.items()}

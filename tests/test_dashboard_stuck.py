@@ -9,16 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
-from outbox_admin import Dispatcher, analytics, init_db, make_engine
+from outbox_admin import Dispatcher, analytics
 from outbox_admin.filters import EventFilter
 from outbox_admin.ui.components import table_key
-from outbox_admin.ui.context import stop_all_services
 
-from .dashboard_support import keep_main_module, linked_ids, page  # noqa: F401 - an autouse fixture
+from .dashboard_support import dashboard_database, keep_main_module, linked_ids, page  # noqa: F401 - an autouse fixture
 from .test_stuck import events, history, mixed, row, seed
 
 TIMEOUT = 60
@@ -26,16 +24,7 @@ TIMEOUT = 60
 
 @pytest.fixture
 def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'dashboard.db'}"
-    monkeypatch.setenv("OUTBOX_DATABASE_URL", url)
-    for name in ("OUTBOX_DASHBOARD_PASSWORD", "OUTBOX_DASHBOARD_READONLY", "OUTBOX_MAX_ATTEMPTS"):
-        monkeypatch.delenv(name, raising=False)
-    engine = make_engine(url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
-    stop_all_services()
-    st.cache_resource.clear()
+    yield from dashboard_database(tmp_path, monkeypatch, unset=("OUTBOX_MAX_ATTEMPTS",))
 
 
 def button(at: AppTest, label: str):

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from outbox_admin import Dispatcher, make_engine
 from outbox_admin.handlers.base import DeliveredEvent, RecordingHandler
 from outbox_admin.logs import FIELDS, DeliveryLog, JsonLogFormatter
 
+from .cli_support import clean_env, run_entry_point
 from .sinks_support import NO_WAIT, publish_demo
 
 
@@ -103,20 +103,10 @@ def test_dispatch_log_format_json_writes_only_json_lines(sqlite_url: str, tmp_pa
         )
     )
     (tmp_path / "outbox.toml").write_text('handlers = "refusing_handlers:handlers"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
     # the handlers' folder, then whatever path the tests run with (a checkout's own code before the installed one)
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
-    env.update(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url, PYTHONPATH=path)
-    env["OUTBOX_MAX_ATTEMPTS"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-m", "outbox_admin", "dispatch", "--once", "--log-format", "json", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-    )
+    env = clean_env(PYTHONIOENCODING="utf-8", OUTBOX_DATABASE_URL=sqlite_url, PYTHONPATH=path, OUTBOX_MAX_ATTEMPTS="1")
+    result = run_entry_point(["dispatch", "--once", "--log-format", "json", "--json"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["failed"] == 2
     lines = [json.loads(line) for line in result.stderr.splitlines()]  # every stderr line is JSON
@@ -128,15 +118,7 @@ def test_dispatch_log_format_json_writes_only_json_lines(sqlite_url: str, tmp_pa
 
 
 def test_an_unknown_log_format_is_refused(sqlite_url: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env.update(OUTBOX_DATABASE_URL=sqlite_url)
-    result = subprocess.run(
-        [sys.executable, "-m", "outbox_admin", "dispatch", "--once", "--log-only", "--log-format", "xml\x1b"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = clean_env(OUTBOX_DATABASE_URL=sqlite_url)
+    result = run_entry_point(["dispatch", "--once", "--log-only", "--log-format", "xml\x1b"], tmp_path, env)
     assert result.returncode == 2 and "--log-format takes 'text' or 'json'" in result.stderr
     assert "\x1b" not in result.stderr

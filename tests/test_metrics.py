@@ -4,7 +4,6 @@ the database gauges against the database, the CLI's text, and a database that is
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ from outbox_admin.metrics import DatabaseCollector, DispatchMetrics, MetricsServ
 from outbox_admin.models import DEFAULT_TABLES
 from outbox_admin.reads import time_limited
 
-from .cli_support import run_main
+from .cli_support import clean_env, run_main
 from .services import free_port
 from .sinks_support import NO_WAIT, publish_demo, wait_until
 
@@ -350,7 +349,7 @@ def test_the_dispatch_command_serves_metrics(tmp_path: Path, sqlite_url: str) ->
     publish_demo(engine, 3)
     engine.dispose()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env = clean_env()
     command = [sys.executable, "-m", "outbox_admin", "dispatch", "--log-only", "--quiet", "--interval", "0.5"]
     command += ["--metrics-port", str(port), "--database-url", sqlite_url]
     process = subprocess.Popen(
