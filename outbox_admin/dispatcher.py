@@ -692,29 +692,38 @@ class Dispatcher:
                 if targets:
                     probe = fewest_attempts_first(targets)[0]
                     events = [probe, *(e for e in events if e is not probe)]
+        # This loop runs once per event and handler: what it needs of each route is looked up once per
+        # batch, and the call is timed, its breaker told and its ledger row appended inline.
+        calls = [(i, r, r.handler, r.accepts, self._breakers[i], route_names[i]) for i, r in single]
+        clock = time.perf_counter
         for position, event in enumerate(events):
             if self.stopping:
                 handled.unhandled = [e for e in events[position:] if e.id not in errors and e.id not in waiting]
                 break
-            for index, route in single:
-                if not (wanted(index, route, event) if recorded else route.accepts(event)):
+            for index, route, handler, accepts, breaker, name in calls:
+                if not (wanted(index, route, event) if recorded else accepts(event)):
                     continue
-                breaker = self._breakers[index]
                 if breaker is not None and breaker.allow() == "skip":
                     waiting[event.id] = _waiting_text(breaker)
                     continue
                 if observed:
-                    with observers.delivering(route_names[index], (event,)):
-                        error, took = _timed_call(route.handler, event)
-                        observers.delivered([DeliveryAttempt(event, route_names[index], took, error)])
+                    with observers.delivering(name, (event,)):
+                        error, took = _timed_call(handler, event)
+                        observers.delivered([DeliveryAttempt(event, name, took, error)])
                 else:
-                    error, took = _timed_call(route.handler, event)
+                    error = None
+                    started = clock()
+                    try:
+                        handler(event)
+                    except Exception as exc:  # noqa: BLE001 - a handler failure is data, not a crash
+                        error = exc
+                    took = clock() - started
                 if error is not None:
-                    failed(index, event.id, error, route_names[index])
+                    failed(index, event.id, error, name)
                     continue
-                succeeded(index)
-                # delivered(), inlined: this loop runs once per event and handler
-                deliveries.setdefault(event.id, []).append((event.id, route_names[index], round(took * 1000, 3), None))
+                if breaker is not None:
+                    succeeded(index)
+                deliveries.setdefault(event.id, []).append((event.id, name, round(took * 1000, 3), None))
         for event_id in ledger.delivered.keys() | ledger.owed.keys() | ledger.failing.keys():
             handled.recorded[event_id] = ledger.rows_of(event_id)
         for event_id in ledger.owed.keys() & ledger.failing.keys():
