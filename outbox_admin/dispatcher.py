@@ -751,9 +751,40 @@ class Dispatcher:
         cannot be written (it went away), the outcomes are kept and written first at the next
         tick (guarded like any finish); the error is raised.
         """
+        undecodable = undecodable or {}
+        deliveries = handled.deliveries
+        if (
+            handled.errors
+            or handled.waiting
+            or handled.unhandled
+            or undecodable
+            or handled.still_failing
+            or handled.recorded
+        ):
+            outcomes = self._outcomes(events, handled, undecodable)
+        else:  # the usual batch: first tries, every handler succeeded
+            outcomes = [
+                _Outcome(e, COMPLETED, 0, None, e.retry_count + 1, None, deliveries=deliveries.get(e.id, ()))
+                for e in events
+            ]
+        try:
+            written = self._write_outcomes(conn, outcomes)
+        except DBAPIError as exc:
+            self._unwritten = outcomes
+            log.warning(
+                "dispatcher %s could not record the outcome of %d event(s), kept to write at the next tick: %s",
+                self.name,
+                len(outcomes),
+                _first_line(exc),
+            )
+            exc.add_note(f"outbox_admin: {len(outcomes)} outcome(s) kept; they are written at the next tick")
+            raise
+        self._count(outcomes, written, report)
+
+    def _outcomes(self, events: list[DeliveredEvent], handled: _Handled, undecodable: dict[str, str]) -> list[_Outcome]:
+        """Each event's outcome from what its handlers did (``_handle``) and what the ledger had."""
         unhandled_ids = {e.id for e in handled.unhandled}
         waiting, errors = handled.waiting, handled.errors
-        undecodable = undecodable or {}
         deliveries = handled.deliveries
         outcomes: list[_Outcome] = []
         for e in events:
@@ -801,19 +832,7 @@ class Dispatcher:
                 outcomes.append(
                     _Outcome(e, COMPLETED, 0, None, e.retry_count + 1, None, deliveries=done, recorded=known)
                 )
-        try:
-            written = self._write_outcomes(conn, outcomes)
-        except DBAPIError as exc:
-            self._unwritten = outcomes
-            log.warning(
-                "dispatcher %s could not record the outcome of %d event(s), kept to write at the next tick: %s",
-                self.name,
-                len(outcomes),
-                _first_line(exc),
-            )
-            exc.add_note(f"outbox_admin: {len(outcomes)} outcome(s) kept; they are written at the next tick")
-            raise
-        self._count(outcomes, written, report)
+        return outcomes
 
     def _write_unwritten(self, conn: Connection, report: DispatchReport) -> None:
         """Write the outcomes a failed finish kept (see ``_finish``); raises again if the database is still gone."""
