@@ -894,13 +894,17 @@ class Dispatcher:
             new = [row for o in outcomes for row in o.deliveries if row[1] not in o.recorded]
             params["new_deliveries"] = json.dumps(new)
             params["deliveries"] = json.dumps([row for o in outcomes for row in o.deliveries if row[1] in o.recorded])
+            # The statement returns the ids it did not write (a claim lost meanwhile): usually none.
             with _planned_per_execution(conn):
                 try:
-                    return {r[0] for r in conn.exec_driver_sql(sql.finish, params)}
+                    lost = conn.exec_driver_sql(sql.finish, params).scalars().all()
                 except IntegrityError:
                     log.warning("dispatcher %s: a ledger row appeared during its claim; upserting them all", self.name)
                     retry = {**params, "new_deliveries": "[]", "deliveries": json.dumps(ledger)}
-                    return {r[0] for r in conn.exec_driver_sql(sql.finish, retry)}
+                    lost = conn.exec_driver_sql(sql.finish, retry).scalars().all()
+            written = {o.event.id for o in outcomes}
+            written.difference_update(lost)
+            return written
         with conn.begin():
             rows = conn.exec_driver_sql(sql.finish, params).all()
             written = {r[0] for r in rows}
@@ -967,7 +971,7 @@ def _planned_per_execution(conn: Connection) -> Iterator[None]:
         driver.prepare_threshold = saved
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ took 2.0 µs, this one 0.5 (one per event)
 class _Outcome:
     """What happens to one claimed event: its new status, and the history row that records it."""
 

@@ -334,6 +334,28 @@ def test_expired_lease_is_recovered_and_the_late_dispatcher_cannot_overwrite(eng
     ]
 
 
+def test_a_finish_writes_the_events_it_holds_and_reports_the_one_taken_from_it(engine: Engine) -> None:
+    """Of a batch of three, one event is taken over by another holder while the handlers run: the finish
+    writes the other two (status, history, ledger) and reports that one lost, leaving it untouched."""
+    ids = publish(engine, 3)
+    taken = ids[1]
+
+    def take_over_the_second(event: DeliveredEvent) -> None:
+        if event.id == ids[0]:
+            with engine.begin() as conn:
+                conn.execute(EVENTS.update().where(EVENTS.c.id == taken).values(locked_by="someone-else"))
+
+    report = Dispatcher(engine, [take_over_the_second], name="A").dispatch_once()
+    assert (report.claimed, report.completed, report.lost) == (3, 2, 1)
+    assert [row(engine, i).status for i in ids] == ["COMPLETED", "PROCESSING", "COMPLETED"]
+    assert row(engine, taken).locked_by == "someone-else"
+    assert history(engine, taken)[-1][:2] == ("PENDING", "PROCESSING")
+    ledger = DEFAULT_TABLES.deliveries
+    with engine.connect() as conn:
+        recorded = set(conn.execute(select(ledger.c.event_id)).scalars())
+    assert recorded == {ids[0], ids[2]}
+
+
 def test_expired_lease_without_attempts_left_is_failed(engine: Engine) -> None:
     (event_id,) = publish(engine)
     clock = FakeClock()

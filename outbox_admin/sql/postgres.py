@@ -36,6 +36,8 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   of 1.8 s (``bench.fanout``).
 - The read of the active pauses (``active_pauses``) reads the partial unique
   index of the active rows in its order, so a long pause history costs nothing.
+- The finish returns the ids it did *not* write (a claim lost to an expired lease): none,
+  nearly always, so a batch's 500 ids do not travel back to be read one row at a time.
 - The finish, the renewal and the recovery's UPDATE reach rows only through the
   primary key. Their guards (``locked_by = :name``, the attempt) have no index,
   and the status is not tested at all: ``locked_by`` is set on PROCESSING rows
@@ -182,7 +184,7 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
             ), inserted_deliveries AS ({_recorded_deliveries(names, now, ":new_deliveries", upsert=False)}
             ), recorded_deliveries AS ({_recorded_deliveries(names, now, ":deliveries", upsert=True)}
             )
-            SELECT id FROM changed"""
+            SELECT event_id FROM c WHERE NOT EXISTS (SELECT 1 FROM changed WHERE changed.id = c.event_id)"""
     delivered = f"""
             SELECT d.event_id, d.handler, d.delivered_at IS NOT NULL, d.requested_at IS NOT NULL
             FROM json_array_elements_text(CAST(:ids AS json)) AS batch(id)
