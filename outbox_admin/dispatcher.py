@@ -879,19 +879,24 @@ class Dispatcher:
             for o in outcomes
         ]
         # One JSON document for the whole batch: far cheaper for the driver than one array per field.
-        params["outcomes"] = json.dumps(
-            [
-                [o.event.id, o.event.retry_count, o.status, o.failed, o.message, o.step, o.delay, due]
-                for o, due in zip(outcomes, dues, strict=True)
-            ]
-        )
+        elements = [
+            [o.event.id, o.event.retry_count, o.status, o.failed, o.message, o.step, o.delay, due]
+            for o, due in zip(outcomes, dues, strict=True)
+        ]
         ledger = [row for o in outcomes for row in o.deliveries]
         if self._postgres:
             # A row no handler wrote before is inserted plainly: the upsert's conflict check was most of
-            # what the ledger added to a finish. Only this claim's holder writes an event's rows (a replay
-            # owes rows to finished events only), so none can appear meanwhile; if one did anyway, the
-            # statement fails whole and runs again with every row upserted.
-            new = [row for o in outcomes for row in o.deliveries if row[1] not in o.recorded]
+            # what the ledger added to a finish. An event's first such row rides in its outcome (the
+            # usual batch, one handler: no second document at all). Only this claim's holder writes an
+            # event's rows (a replay owes rows to finished events only), so none can appear meanwhile;
+            # if one did anyway, the statement fails whole and runs again with every row upserted.
+            new: list[Delivery] = []
+            for o, row in zip(outcomes, elements, strict=True):
+                fresh = [d for d in o.deliveries if d[1] not in o.recorded] if o.recorded else o.deliveries
+                if fresh:
+                    row.extend(fresh[0][1:])
+                    new.extend(fresh[1:])
+            params["outcomes"] = json.dumps(elements)
             params["new_deliveries"] = json.dumps(new)
             params["deliveries"] = json.dumps([row for o in outcomes for row in o.deliveries if row[1] in o.recorded])
             # The statement returns the ids it did not write (a claim lost meanwhile): usually none.
@@ -900,11 +905,13 @@ class Dispatcher:
                     lost = conn.exec_driver_sql(sql.finish, params).scalars().all()
                 except IntegrityError:
                     log.warning("dispatcher %s: a ledger row appeared during its claim; upserting them all", self.name)
-                    retry = {**params, "new_deliveries": "[]", "deliveries": json.dumps(ledger)}
+                    plain = json.dumps([row[:8] for row in elements])
+                    retry = {**params, "outcomes": plain, "new_deliveries": "[]", "deliveries": json.dumps(ledger)}
                     lost = conn.exec_driver_sql(sql.finish, retry).scalars().all()
             written = {o.event.id for o in outcomes}
             written.difference_update(lost)
             return written
+        params["outcomes"] = json.dumps(elements)
         with conn.begin():
             rows = conn.exec_driver_sql(sql.finish, params).all()
             written = {r[0] for r in rows}

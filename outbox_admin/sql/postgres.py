@@ -22,8 +22,10 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   failed, for the events the finish changed (so a dispatcher that lost its claim
   records nothing). Rows the claim's ledger read found are upserted on the ledger's
   primary key (``recorded_deliveries``); the others, a batch's first tries and
-  nearly every row, are inserted plainly (``inserted_deliveries``): the upsert's
-  conflict check cost about 3 ms of a 500-event finish. The read of a batch's ledger
+  nearly every row, are inserted plainly: the upsert's conflict check cost about
+  3 ms of a 500-event finish. An event's first new row rides in its outcome and is
+  inserted from ``changed`` itself (``first_deliveries``); only further handlers'
+  rows come as a second document (``inserted_deliveries``, matched to ``changed``). The read of a batch's ledger
   rows (``delivered``) runs only for the claimed events that may have some (the
   claim's last column, ``may_have_deliveries``: none in a batch of first tries); it
   probes that key once per event (a LATERAL subquery that
@@ -96,12 +98,15 @@ NOT_BLOCKED = """
 #: The batch's ids as an array, for ``id = ANY(...)`` on the primary key.
 IDS = "ARRAY(SELECT json_array_elements_text(CAST(:ids AS json)))"
 
-#: One outcome per element: [event id, attempt, outcome, failed, message, step, delay, due].
+#: One outcome per element: [event id, attempt, outcome, failed, message, step, delay, due], then
+#: optionally the event's first new ledger row: [handler, duration ms, error] (``first_deliveries``).
 OUTCOMES = """
                 SELECT value ->> 0 AS event_id, CAST(value ->> 1 AS integer) AS attempt,
                        value ->> 2 AS outcome, CAST(value ->> 3 AS integer) AS failed,
                        value ->> 4 AS message, CAST(value ->> 5 AS integer) AS step,
-                       CAST(value ->> 6 AS double precision) AS delay, CAST(value ->> 7 AS timestamptz) AS due
+                       CAST(value ->> 6 AS double precision) AS delay, CAST(value ->> 7 AS timestamptz) AS due,
+                       value ->> 8 AS handler, CAST(value ->> 9 AS double precision) AS duration_ms,
+                       value ->> 10 AS handler_error
                 FROM json_array_elements(CAST(:outcomes AS json))"""
 
 
@@ -175,12 +180,16 @@ def dispatcher_sql(names: _Names, dialect: Any, *, ordering: str | None, clocked
                 WHERE e.id = ANY(ARRAY(SELECT event_id FROM c)) AND e.id = c.event_id
                   AND e.retry_count = c.attempt AND e.locked_by = :name
                 RETURNING e.id, c.outcome, c.step, c.message, e.event_type, e.created_at, e.processed_at,
-                          e.retry_count
+                          e.retry_count, c.handler, c.duration_ms, c.handler_error
             ), recorded AS (
                 INSERT INTO {tr} ({HISTORY_COLUMNS})
                 SELECT id, '{PROCESSING}', outcome, {now}, :name, step, message FROM changed
             ), counted AS (
                 {_counted(names, "outcome")}
+            ), first_deliveries AS (
+                INSERT INTO {names.deliveries} ({LEDGER_COLUMNS})
+                SELECT id, handler, 1, CASE WHEN handler_error IS NULL THEN {now} END, duration_ms, handler_error
+                FROM changed WHERE handler IS NOT NULL
             ), inserted_deliveries AS ({_recorded_deliveries(names, now, ":new_deliveries", upsert=False)}
             ), recorded_deliveries AS ({_recorded_deliveries(names, now, ":deliveries", upsert=True)}
             )
