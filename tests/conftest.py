@@ -31,13 +31,6 @@ from .services import PG_ADMIN_URL, unavailable
 BACKENDS = ["sqlite", "postgres"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked ``slow`` first: started at once on the xdist workers, with the short ones
-    filling in around them (``--dist worksteal``), instead of one starting near the end and running
-    alone while the other workers sit idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 class PostgresDatabases:
     """Creates throw-away databases from a migrated template."""
 

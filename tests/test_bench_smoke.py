@@ -15,7 +15,6 @@ BENCHMARKS = ["publish", "dispatch", "fanout", "latency", "memory"]
 MACHINE_KEYS = {"cpu_count", "cpu_model", "python", "sqlite", "postgresql", "sqlalchemy", "psycopg", "apscheduler"}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_smoke_mode_runs_and_writes_its_json(name: str, backend: str, request: pytest.FixtureRequest, tmp_path: Path):
@@ -39,7 +38,6 @@ def test_smoke_mode_runs_and_writes_its_json(name: str, backend: str, request: p
     assert data["targets"] and all({"name", "value", "op", "threshold", "met"} <= set(t) for t in data["targets"])
 
 
-@pytest.mark.slow
 def test_peers_smoke_measures_both_libraries(postgres_databases: object, tmp_path: Path) -> None:
     """``bench.peers --smoke``: ours and pgqueuer, throughput and wake latency, on the test server."""
     for module in ("pgqueuer", "asyncpg"):
@@ -127,7 +125,6 @@ def test_seed_writes_realistic_rows(sqlite_url: str) -> None:
         engine.dispose()
 
 
-@pytest.mark.slow
 def test_outage_smoke_dead_letters_nothing_with_breakers(tmp_path: Path) -> None:
     """``bench.outage --smoke``: a private redis-server down for 2 s; the breaker row must be 0 FAILED."""
     from .sinks_support import private_redis

@@ -25,8 +25,6 @@ from outbox_admin import demo, init_db, make_engine
 from .browser_support import chromium
 from .test_dashboard_browser import running_dashboard
 
-pytestmark = pytest.mark.slow  # run first (tests/conftest.py): they are the suite's longest
-
 PASSWORD = "correct horse battery"
 ACCESS = {
     "OUTBOX_DASHBOARD_PASSWORD": PASSWORD,

@@ -23,8 +23,6 @@ from outbox_admin import analytics, demo, init_db, make_engine
 
 from .browser_support import chromium
 
-pytestmark = pytest.mark.slow  # run first (tests/conftest.py): they are the suite's longest
-
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("OUTBOX_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "screenshots"
 

@@ -19,7 +19,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, func, select, text
 
 from outbox_admin import Dispatcher, DispatchReport, EventSpec, make_engine, publish_outbox_events
@@ -239,7 +238,6 @@ def run_draining_workers(
 # --- 1. a dispatcher killed while holding a batch --------------------------------------------------
 
 
-@pytest.mark.slow
 def test_batch_of_a_killed_dispatcher_is_recovered_after_its_lease(db_url: str) -> None:
     engine = make_engine(db_url)
     ctx = multiprocessing.get_context("spawn")
@@ -314,7 +312,6 @@ def test_batch_of_a_killed_dispatcher_is_recovered_after_its_lease(db_url: str) 
 # --- 2. four processes drain 5,000 events on PostgreSQL --------------------------------------------
 
 
-@pytest.mark.slow
 def test_four_processes_drain_5000_events_exactly_once_on_postgres(postgres_url: str) -> None:
     total_events = 5000
     engine = make_engine(postgres_url)
@@ -410,7 +407,6 @@ def test_two_threads_with_their_own_engines_drain_sqlite_exactly_once(sqlite_url
 # --- 4. per-entity order with four processes on PostgreSQL ----------------------------------------
 
 
-@pytest.mark.slow
 def test_entity_ordering_holds_across_four_processes_on_postgres(postgres_url: str) -> None:
     entities, per_entity = 40, 10  # entities: a multiple of 4
     engine = make_engine(postgres_url)

@@ -39,8 +39,6 @@ from .docs_support import POSTGRES_PAGE, ROOT, Block, blocks, pages, python_bloc
 from .services import NATS_URL, RABBITMQ_URL, REDIS_URL, require_nats, require_rabbitmq, require_redis
 from .sinks_support import WebhookReceiver
 
-pytestmark = pytest.mark.slow  # run first (tests/conftest.py): they are the suite's longest
-
 README = ROOT / "README.md"
 PAGES = pages()
 #: Blocks not run, all pages together: keep this small.
