@@ -25,8 +25,8 @@ Plans (``tests/test_plans.py`` checks them with no, stale and fresh statistics):
   nearly every row, are inserted plainly: the upsert's conflict check cost about
   3 ms of a 500-event finish. An event's first new row rides in its outcome and is
   inserted from ``changed`` itself (``first_deliveries``); only further handlers'
-  rows come as a second document (``inserted_deliveries``, matched to ``changed``). The read of a batch's ledger
-  rows (``delivered``) runs only for the claimed events that may have some (the
+  rows come as a second document (``inserted_deliveries``, matched to ``changed``).
+  The read of a batch's ledger rows (``delivered``) runs only for the claimed events that may have some (the
   claim's last column, ``may_have_deliveries``: none in a batch of first tries); it
   probes that key once per event (a LATERAL subquery that
   ``OFFSET 0`` keeps from being flattened into a join), and is planned per run, as
