@@ -883,7 +883,6 @@ class Dispatcher:
             [o.event.id, o.event.retry_count, o.status, o.failed, o.message, o.step, o.delay, due]
             for o, due in zip(outcomes, dues, strict=True)
         ]
-        ledger = [row for o in outcomes for row in o.deliveries]
         if self._postgres:
             # A row no handler wrote before is inserted plainly: the upsert's conflict check was most of
             # what the ledger added to a finish. An event's first such row rides in its outcome (the
@@ -891,14 +890,18 @@ class Dispatcher:
             # event's rows (a replay owes rows to finished events only), so none can appear meanwhile;
             # if one did anyway, the statement fails whole and runs again with every row upserted.
             new: list[Delivery] = []
+            existing: list[Delivery] = []  # rows the claim's ledger read found: upserted
             for o, row in zip(outcomes, elements, strict=True):
-                fresh = [d for d in o.deliveries if d[1] not in o.recorded] if o.recorded else o.deliveries
+                fresh: Sequence[Delivery] = o.deliveries
+                if o.recorded:
+                    fresh = [d for d in o.deliveries if d[1] not in o.recorded]
+                    existing.extend(d for d in o.deliveries if d[1] in o.recorded)
                 if fresh:
                     row.extend(fresh[0][1:])
                     new.extend(fresh[1:])
             params["outcomes"] = json.dumps(elements)
             params["new_deliveries"] = json.dumps(new)
-            params["deliveries"] = json.dumps([row for o in outcomes for row in o.deliveries if row[1] in o.recorded])
+            params["deliveries"] = json.dumps(existing)
             # The statement returns the ids it did not write (a claim lost meanwhile): usually none.
             with _planned_per_execution(conn):
                 try:
@@ -906,7 +909,8 @@ class Dispatcher:
                 except IntegrityError:
                     log.warning("dispatcher %s: a ledger row appeared during its claim; upserting them all", self.name)
                     plain = json.dumps([row[:8] for row in elements])
-                    retry = {**params, "outcomes": plain, "new_deliveries": "[]", "deliveries": json.dumps(ledger)}
+                    every = json.dumps([d for o in outcomes for d in o.deliveries])
+                    retry = {**params, "outcomes": plain, "new_deliveries": "[]", "deliveries": every}
                     lost = conn.exec_driver_sql(sql.finish, retry).scalars().all()
             written = {o.event.id for o in outcomes}
             written.difference_update(lost)
@@ -915,7 +919,7 @@ class Dispatcher:
         with conn.begin():
             rows = conn.exec_driver_sql(sql.finish, params).all()
             written = {r[0] for r in rows}
-            ledger = [row for row in ledger if row[0] in written]
+            ledger = [d for o in outcomes if o.event.id in written for d in o.deliveries]
             if ledger:
                 deliveries = {"deliveries": json.dumps(ledger), **({"now": params["now"]} if "now" in params else {})}
                 conn.exec_driver_sql(sql.record_deliveries, deliveries)
